@@ -1,0 +1,45 @@
+# Two commands for a fresh machine:  `make demo` (set up + run the main job)  and  `make test` (set up + test).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU machines and CI get the CPU wheel; GPU users: `make setup TORCH=torch` (or install torch first).
+TORCH  ?= torch==2.13.0
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --retries 5 --timeout 60
+
+DATA   ?= data/stdlib
+RUN    ?= runs/demo
+STEPS  ?= 300
+
+.PHONY: setup demo test test-fast clean help
+
+help:
+	@echo "make demo   set up, prepare the stdlib corpus, train the tiny model (~5 min), sample, evaluate"
+	@echo "make test   set up and run the whole test suite"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/codelm data prepare --out $(DATA)
+	$(BIN)/codelm train --data $(DATA) --out $(RUN) --preset tiny --steps $(STEPS) --batch-size 16 \
+		--lr 2e-3 --warmup-steps 30 --eval-every 100 --save-every 100 --log-every 10
+	$(BIN)/codelm sample $(RUN) --prompt 'def fibonacci(n):' --max-new-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0
+	@echo
+	@echo "shards:      $(DATA)/   (index.json, manifest.json)"
+	@echo "run:         $(RUN)/    (config.json, metrics.jsonl, checkpoints/)"
+	@echo "checkpoint:  $$(ls -d $(RUN)/checkpoints/step_* | tail -1)"
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not docker and not browser"
+
+clean:
+	rm -rf $(VENV) data runs .pytest_cache

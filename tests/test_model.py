@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from codelm.model import ModelConfig, Transformer, count_parameters, flops_per_token, preset_config
+
+
+def micro(**kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, context_length=64, n_layer=2, n_head=4, d_model=32, **kw)
+    return Transformer(cfg).eval()
+
+
+@pytest.mark.parametrize("n_kv_head", [0, 2, 1])
+def test_causal_masking(n_kv_head):
+    """Changing token t never changes the logits before t."""
+    model = micro(n_kv_head=n_kv_head)
+    x = torch.randint(0, 128, (2, 20))
+    base = model(x)
+    for t in (0, 7, 19):
+        x2 = x.clone()
+        x2[:, t] = (x2[:, t] + 1) % 128
+        out = model(x2)
+        torch.testing.assert_close(out[:, :t], base[:, :t])
+        assert not torch.allclose(out[:, t:], base[:, t:])
+
+
+@pytest.mark.parametrize("n_kv_head", [0, 1])
+def test_kv_cache_decoding_equals_full_forward(n_kv_head):
+    model = micro(n_kv_head=n_kv_head)
+    x = torch.randint(0, 128, (3, 24))
+    full = model(x)
+    model.setup_cache(3, 64)
+    pieces = [model(x[:, :10])]  # prefill
+    for t in range(10, 24):  # then one token at a time
+        pieces.append(model(x[:, t:t + 1]))
+    model.clear_cache()
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_matches_unpadded_rows():
+    """Prompts of different lengths in one batch: left padding + key mask + per-row positions."""
+    model = micro()
+    a, b = torch.randint(0, 128, (1, 12)), torch.randint(0, 128, (1, 7))
+    pad = torch.zeros(1, 5, dtype=torch.long)
+    batch = torch.cat([a, torch.cat([pad, b], dim=1)])
+    keys = torch.ones(2, 12, dtype=torch.bool)
+    keys[1, :5] = False
+    positions = torch.stack([torch.arange(12), torch.clamp(torch.arange(12) - 5, min=0)])
+    out = model(batch, positions=positions, key_padding=keys)
+    torch.testing.assert_close(out[0], model(a)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, 5:], model(b)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_positions_beyond_context_are_refused():
+    model = micro()
+    with pytest.raises(ValueError, match="context_length"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_presets_have_the_documented_sizes():
+    assert 8e6 < count_parameters(preset_config("tiny")) < 12e6
+    assert 40e6 < count_parameters(preset_config("small")) < 60e6
+    big = preset_config("350m")
+    assert (big.n_layer, big.n_head, big.head_dim, big.n_kv_head, big.context_length) == (24, 16, 64, 1, 2048)
+    assert (preset_config("1.3b").head_dim, preset_config("2.7b").n_head, preset_config("2.7b").head_dim) == (128, 32, 80)
+
+
+def test_flops_per_token_follows_the_6n_rule():
+    cfg = preset_config("tiny")
+    f = flops_per_token(cfg)
+    n = count_parameters(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model
+    assert f["train"] == 6 * n + 12 * cfg.n_layer * cfg.d_model * cfg.context_length
+    assert f["forward"] * 3 == f["train"]
+
+
+def test_tied_embeddings_share_storage():
+    model = micro()
+    assert model.lm_head.weight.data_ptr() == model.embed.weight.data_ptr()
+    assert micro(tie_embeddings=False).lm_head.weight.data_ptr() != micro(tie_embeddings=False).embed.weight.data_ptr()
+
+
+def test_bad_head_configuration_is_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=30, n_head=4)

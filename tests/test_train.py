@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from codelm.checkpoint import load_checkpoint, list_checkpoints
+from codelm.generate import SamplingParams, generate
+from codelm.train import Trainer, TrainConfig, lr_at, sample_windows
+from conftest import micro_train_config
+
+
+def test_loss_goes_down_and_checkpoint_samples(trained_run):
+    metrics = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    train = [m["loss"] for m in metrics if m["kind"] == "train"]
+    assert train[-1] < train[0] - 1.0
+    val = [m for m in metrics if m["kind"] == "val"][-1]
+    assert val["val_l2r_bpb"] > 0 and val["val_l2r"] < train[0]
+    ck = load_checkpoint(trained_run)
+    assert ck.capabilities["objectives"] == {"l2r": 1.0}
+    assert ck.meta["step"] == 40
+    text = generate(ck.model, ck.tokenizer, "def ", SamplingParams(max_new_tokens=16, temperature=0.8, seed=1))
+    assert isinstance(text, str) and len(text) > 0
+    assert json.loads((trained_run / "config.json").read_text())["train"]["steps"] == 40
+
+
+def test_windows_are_a_pure_function_of_seed_and_step():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    a, _ = sample_windows(tokens, 4, 32, seed=1, step=7, micro=0)
+    b, _ = sample_windows(tokens, 4, 32, seed=1, step=7, micro=0)
+    c, _ = sample_windows(tokens, 4, 32, seed=1, step=8, micro=0)
+    assert (a == b).all() and not (a == c).all()
+    assert (np.diff(a, axis=1) == 1).all()  # contiguous slices
+
+
+def test_schedule_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_resume_continues_bit_for_bit(tmp_path, small_shards):
+    full = Trainer(micro_train_config(small_shards, tmp_path / "full", steps=12))
+    full.fit()
+    part = Trainer(micro_train_config(small_shards, tmp_path / "part", steps=12))
+    part.fit(stop_at=6)  # stops at 6 with a checkpoint, as an interrupted run would have
+    resumed = Trainer(micro_train_config(small_shards, tmp_path / "part", steps=12, resume=True))
+    assert resumed.step == 6
+    resumed.fit()
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    losses = lambda run: [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                          if m["kind"] == "train"]
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path, small_shards):
+    Trainer(micro_train_config(small_shards, tmp_path / "r", steps=8, save_every=2, keep_last=2)).fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step_0000006", "step_0000008"]
+
+
+def test_tokenizer_mismatch_between_model_and_shards_is_refused(tmp_path, small_shards):
+    from codelm.errors import TokenizerMismatch
+    cfg = micro_train_config(small_shards, tmp_path / "r")
+    cfg.model["tokenizer"] = "cl100k_base:8192"
+    with pytest.raises(TokenizerMismatch, match="shard directory"):
+        Trainer(cfg)
