@@ -1,0 +1,207 @@
+"""Runs one program inside a warm sandbox container; its source is passed to `python3 -I -c` with every exec, so the
+image never goes stale when this file changes. Stdlib only.
+
+Reads a JSON request on stdin, runs the program as a module named "__sandbox__" in its own process group with
+rlimits, a wall limit and an output cap, then kills every process of the container's user (kill(-1): everything but
+itself and the container's init, which ignores signals from inside) and wipes the writable tmpfs mounts, so the
+next program finds the container as it was. Prints one JSON result on stdout.
+The trade-off against the local backend: one container serves many programs, so isolation between consecutive
+programs rests on this cleanup (same uid, wiped tmpfs); the container is replaced after a timeout.
+"""
+import base64
+import io
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import time
+import traceback
+import types
+
+WORKDIRS = ("/work", "/tmp", "/dev/shm")
+
+
+def run_source(source: str) -> int:
+    """In the forked child: the program as a module named "__sandbox__", with fresh stdio; returns its exit status."""
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8")
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    module = types.ModuleType("__sandbox__")
+    sys.modules["__sandbox__"] = module
+    sys.argv, sys.path[0] = ["program.py"], "/work"
+    try:
+        exec(compile(source, "program.py", "exec"), module.__dict__)
+        status = 0
+    except SystemExit as e:
+        status = 0 if e.code is None else e.code & 0xFF if isinstance(e.code, int) else 1
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            status = status or 120
+    return status
+
+
+def kill_all() -> None:
+    """SIGKILL every process of our uid but ourselves (and the container's init, immune from inside)."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nobody left
+
+
+def oom_kills() -> int:
+    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+        except OSError:
+            continue
+    return 0
+
+
+def run(req: dict) -> dict:
+    timeout_s = float(req.get("timeout_s", 10.0))
+    cpu_s = float(req.get("cpu_s") or timeout_s)
+    cap = int(req.get("max_output_bytes", 1 << 20))
+    for name, spec in (req.get("files") or {}).items():
+        path = os.path.normpath(os.path.join("/work", name))
+        if not path.startswith("/work/"):
+            raise ValueError(f"file name {name!r} leaves the work directory")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(spec["b64"]) if "b64" in spec else spec["text"].encode())
+    ooms_before = oom_kills()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        os.dup2(in_r, 0), os.dup2(out_w, 1), os.dup2(err_w, 2)
+        os.closerange(3, 1 << 16)
+        cpu = max(1, int(cpu_s + 0.999))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        file_bytes = int(req.get("max_file_mb", 64)) << 20
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        nofile = int(req.get("max_open_files", 256))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        os._exit(run_source(req["program"]))
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    return supervise(pid, start, req, in_w, out_r, err_r, timeout_s, cpu_s, cap, ooms_before)
+
+
+def supervise(pid, start, req, in_w, out_r, err_r, timeout_s, cpu_s, cap, ooms_before) -> dict:
+    stdin = (req.get("stdin") or "").encode()
+    pending_in = stdin
+    os.set_blocking(in_w, False)
+    buffers = {out_r: bytearray(), err_r: bytearray()}
+    poller = select.poll()
+    for fd in buffers:
+        poller.register(fd, select.POLLIN)
+    if pending_in:
+        poller.register(in_w, select.POLLOUT)
+    else:
+        os.close(in_w)
+    reason, end, open_fds = None, None, set(buffers) | ({in_w} if pending_in else set())
+    deadline = start + timeout_s
+    while buffers.keys() & open_fds:
+        now = time.monotonic()
+        if reason is None and now >= deadline:
+            reason, end = "timeout", now
+            kill_all()
+        if reason is not None and now > end + 5:
+            break
+        # Short polls: a daemon holding the pipes open must not hide that the program itself has exited.
+        for fd, _ in poller.poll(min(0.05, max(0.0, (deadline if reason is None else end + 5) - now)) * 1000 + 1):
+            if fd == in_w:
+                try:
+                    pending_in = pending_in[os.write(in_w, pending_in[:65536]):]
+                except OSError:
+                    pending_in = b""
+                if not pending_in:
+                    poller.unregister(in_w), os.close(in_w), open_fds.discard(in_w)
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                poller.unregister(fd), open_fds.discard(fd)
+                continue
+            buffers[fd] += data
+            if reason is None and len(buffers[out_r]) + len(buffers[err_r]) > cap:
+                reason, end = "output_limit", time.monotonic()
+                kill_all()
+        if reason is None and end is None:
+            waited, status = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                end, wait_status = time.monotonic(), status
+                kill_all()  # the program is done: so is everything it started
+    if end is None or reason is not None:
+        kill_all()
+        _, wait_status = os.waitpid(pid, 0)
+        end = end or time.monotonic()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
+    out, err = bytes(buffers[out_r][:cap]), bytes(buffers[err_r][:max(0, cap - len(buffers[out_r]))])
+    exit_code = None if reason else os.waitstatus_to_exitcode(wait_status)
+    stderr = err.decode("utf-8", "replace")
+    if reason:
+        status = reason
+    elif exit_code != 0 and oom_kills() > ooms_before:
+        status = "memory"
+    elif exit_code == -signal.SIGXCPU or (exit_code == -signal.SIGKILL and cpu >= cpu_s):
+        status = "timeout"
+    elif exit_code == 0:
+        status = "ok"
+    elif (stderr.strip().splitlines() or [""])[-1].startswith("MemoryError"):
+        status = "memory"
+    else:
+        status = "failed"
+    return {"status": status, "exit_code": exit_code, "stdout": out.decode("utf-8", "replace"), "stderr": stderr,
+            "wall_s": round(end - start, 6), "cpu_s": round(cpu, 6)}
+
+
+def wipe() -> None:
+    """Empty the writable mounts (files the program may have made unreadable to itself are chmod-ed first)."""
+    for top in WORKDIRS:
+        if not os.path.isdir(top):
+            continue
+        for root, dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                try:
+                    os.unlink(os.path.join(root, name))
+                except OSError:
+                    pass
+            for name in dirs:
+                path = os.path.join(root, name)
+                try:
+                    os.chmod(path, 0o700)
+                    os.rmdir(path)
+                except OSError:
+                    pass
+
+
+def main() -> None:
+    req = json.loads(sys.stdin.buffer.read())
+    try:
+        result = run(req)
+    except Exception as e:
+        result = {"status": "infra_error", "exit_code": None, "stdout": "", "stderr": f"container runner: {e!r}",
+                  "wall_s": 0.0, "cpu_s": 0.0}
+    wipe()
+    sys.stdout.write(json.dumps(result))
+
+
+main()

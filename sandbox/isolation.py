@@ -1,0 +1,83 @@
+"""Namespaces, mounts and privileges: once for the fork server, then per run for each run's init process.
+
+Layering (why each step happens where it does):
+  server, once:  its own mount namespace with private propagation, tmpfs over the host's home directories and the
+                 project (re-exposing the interpreter's prefix and site-packages, so `import numpy` still works), and a
+                 network namespace with nothing in it but a downed loopback, which every run then inherits.
+  run, per fork: new PID, mount, IPC and UTS namespaces; every mount read-only in one mount_setattr call; a fresh
+                 tmpfs on /tmp (the program's cwd) and /dev/shm; a /proc that shows only the run's own processes;
+                 then a host uid of its own (no capabilities left) inside a new user namespace. Because the mount
+                 namespace is created before and owned outside that user namespace, the program cannot unmount or
+                 remount anything, even as "root" of its user namespace.
+Stdlib only (imported by the fork server as a plain script).
+"""
+import os
+
+import syscalls as sc
+
+RUN_UID_BASE = 1_000_000  # each run gets host uid RUN_UID_BASE + its supervisor's pid: owns nothing on the host
+WORKDIR = "/tmp"
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def isolate_server(hide: list[str], keep: list[str]) -> None:
+    """Enter the server's namespaces and hide `hide` (except the `keep` paths beneath them). Raises OSError."""
+    uid, gid = os.geteuid(), os.getegid()
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWNET
+    if uid != 0:
+        flags |= sc.CLONE_NEWUSER  # unprivileged: become root of our own user namespace to mount at all
+    sc.unshare(flags)
+    if uid != 0:
+        _map_self(uid, gid, inside=0)
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing we mount propagates back to the host
+    hide = [h for h in hide if os.path.isdir(h)]
+    hide = [h for h in hide if not any(o != h and _under(h, o) for o in hide)]
+    # Open what must stay visible before covering it: bind mounts then come from these fds.
+    kept = {k: os.open(k, os.O_PATH | os.O_DIRECTORY) for k in keep
+            if os.path.isdir(k) and any(_under(k, h) for h in hide)}
+    for h in hide:
+        sc.mount("tmpfs", h, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "size=64k,mode=755")
+    for k, fd in sorted(kept.items()):
+        os.makedirs(k, exist_ok=True)
+        sc.mount(f"/proc/self/fd/{fd}", k, None, sc.MS_BIND | sc.MS_REC)
+        os.close(fd)
+
+
+def enter_run_namespaces(tmp_mb: int) -> None:
+    """Called by a run's init (already PID 1 of a new PID namespace, still privileged)."""
+    sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+    sc.sethostname("sandbox")
+    sc.make_tree_readonly("/")
+    nosuid_nodev = sc.MS_NOSUID | sc.MS_NODEV
+    sc.mount("tmpfs", WORKDIR, "tmpfs", nosuid_nodev, f"size={tmp_mb}m,mode=1777")
+    if os.path.isdir("/dev/shm"):
+        sc.mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, f"size={tmp_mb}m,mode=1777")
+    sc.mount("proc", "/proc", "proc", nosuid_nodev | sc.MS_NOEXEC)
+
+
+def drop_privileges(run_uid: int | None, user_namespace: bool) -> None:
+    """Become run_uid (when root) with no capabilities, then enter a user namespace mapping only that uid."""
+    if run_uid is not None:
+        os.setgroups([])
+        os.setresgid(run_uid, run_uid, run_uid)
+        os.setresuid(run_uid, run_uid, run_uid)  # leaving uid 0 clears every capability
+        # ...and makes us non-dumpable, which leaves /proc/self owned by root: we could not write our id maps.
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot give privileges back
+    if user_namespace:
+        uid, gid = os.geteuid(), os.getegid()
+        sc.unshare(sc.CLONE_NEWUSER)
+        _map_self(uid, gid, inside=uid)
+
+
+def _map_self(uid: int, gid: int, inside: int) -> None:
+    # An unprivileged process may map exactly its own ids, after denying setgroups.
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{inside} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{inside} {gid} 1")
