@@ -7,7 +7,7 @@ import torch
 from codelm.checkpoint import load_checkpoint, list_checkpoints
 from codelm.generate import SamplingParams, generate
 from codelm.train import Trainer, TrainConfig, lr_at, sample_windows
-from conftest import micro_train_config
+from support import micro_train_config
 
 
 def test_loss_goes_down_and_checkpoint_samples(trained_run):

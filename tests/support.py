@@ -1,0 +1,44 @@
+"""Helpers shared by test files (import as `from support import ...`; a module named conftest would be ambiguous
+between the test folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def stdlib_texts(n: int = 60) -> list[str]:
+    """The first n modules of the default corpus: real Python, deterministic for an interpreter version."""
+    from codelm.data.sources import stdlib_documents
+    docs = []
+    for doc in stdlib_documents():
+        if 2_000 < len(doc.text) < 40_000:
+            docs.append(doc.text)
+        if len(docs) == n:
+            break
+    return docs
+
+
+def make_shards(out: Path, texts: list[str], tokenizer, val_texts: list[str] | None = None) -> Path:
+    from codelm.data.shards import write_shards
+    if val_texts is None:  # hold out the last three documents
+        texts, val_texts = texts[:-3], texts[-3:]
+    train_texts = texts
+    splits = {"train": tokenizer.encode_batch(train_texts), "val": tokenizer.encode_batch(val_texts)}
+    nbytes = {"train": sum(len(t.encode()) for t in train_texts), "val": sum(len(t.encode()) for t in val_texts)}
+    return write_shards(out, splits, nbytes, tokenizer, {"source": "test"})
+
+
+# a model small enough to train a few steps in seconds on 2 cores
+MICRO_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 64, "context_length": 128}
+
+
+def micro_train_config(data: Path, out: Path, **kw):
+    from codelm.train import TrainConfig
+    base = dict(data=str(data), out=str(out), preset="tiny", model=dict(MICRO_MODEL), steps=20, batch_size=4,
+                context_length=64, lr=3e-3, warmup_steps=2, eval_every=0, eval_tokens=1024, save_every=0,
+                log_every=5, precision="fp32", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
