@@ -8,6 +8,7 @@
       train.docs.npy    int64 [n_docs + 1] start offsets of each document in train.bin (last = n_tokens)
       val.bin, val.docs.npy
       manifest.json     the data pipeline's stage-by-stage record (same content as index["manifest"])
+      timings.json      (optional) seconds and MB/s per stage; not hashed, differs between runs
 
 uint16 when every id fits (vocabularies up to 65,536), else uint32. `n_bytes` is the UTF-8 size of the split's text,
 which turns nats/token into bits/byte, a vocabulary-independent loss.
@@ -39,11 +40,37 @@ def manifest_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def remove_stale_temp_dirs(out_dir: Path) -> list[Path]:
+    """Temp/old directories left by an interrupted `write_shards` for `out_dir` whose process is gone."""
+    removed = []
+    for p in out_dir.parent.glob(f".*-{out_dir.name}-*"):
+        kind, _, rest = p.name[1:].partition(f"-{out_dir.name}-")
+        pid = rest.split("-")[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] | list[np.ndarray]],
-                 split_bytes: dict[str, int], tokenizer, manifest: dict) -> Path:
-    """Write all splits into a fresh temp dir, then swap it in for `out_dir` (a re-run never leaves a mix)."""
+                 split_bytes: dict[str, int], tokenizer, manifest: dict, timings: dict | None = None) -> Path:
+    """Write all splits into a fresh temp dir, then swap it in for `out_dir` (a re-run never leaves a mix, and
+    cleans what an interrupted run left behind). `timings` (optional) go to timings.json, outside the manifest and
+    the index, so that re-running on the same inputs rewrites index.json and manifest.json byte for byte."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out_dir)
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     dtype = token_dtype(tokenizer.n_vocab)
@@ -63,6 +90,8 @@ def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] |
                                      "n_tokens": int(offsets[-1]), "n_docs": len(docs),
                                      "n_bytes": int(split_bytes.get(name, 0))}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        if timings is not None:
+            (tmp / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
         (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True, default=str) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
