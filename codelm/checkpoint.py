@@ -92,6 +92,8 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, tokenizer, *, c
     tmp.mkdir()
     try:
         save_file(_unique_tensors(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if hasattr(tokenizer, "save_files"):  # an imported model's HF tokenizer travels as tokenizer.json
+            tokenizer.save_files(tmp)
         if train_state is not None:
             torch.save(train_state, tmp / TRAINER)
         config = {
@@ -148,6 +150,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"no such checkpoint or run directory: {path}")
     if is_checkpoint_dir(path):
         return path
+    from codelm.hf import is_hf_model_dir
+    if is_hf_model_dir(path):  # a Hugging Face model directory (load_checkpoint imports it)
+        return path
     if (path / CONFIG).is_file() and not (path / WEIGHTS).exists() and (path / "checkpoints").is_dir() is False:
         raise CheckpointError(f"{path / WEIGHTS}: missing (the checkpoint is incomplete)")
     ckpts = list_checkpoints(path)
@@ -192,9 +197,12 @@ def load_state_dict(path: Path, expected_bytes: int | None = None) -> dict[str, 
         raise CheckpointError(f"{weights}: corrupt safetensors file ({e})") from None
 
 
-def build_tokenizer(desc: dict):
+def build_tokenizer(desc: dict, path: Path | None = None):
     from codelm.tokenizer import get_tokenizer
 
+    if desc.get("kind") == "hf":  # an imported model's own tokenizer, stored as tokenizer.json beside the weights
+        from codelm.hf import HFTokenizer
+        return HFTokenizer.from_checkpoint(path, desc)
     tok = get_tokenizer(desc["name"])
     tok.check_same(desc, "this checkpoint")
     return tok
@@ -203,12 +211,17 @@ def build_tokenizer(desc: dict):
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None) -> Checkpoint:
     """Load a checkpoint (or a run's latest) into an eval-mode model on `device`, with clear errors."""
     path = resolve_checkpoint(path)
+    from codelm.hf import import_hf, is_hf_model_dir
+    if is_hf_model_dir(path):  # a Hugging Face Llama directory works wherever a checkpoint does
+        ckpt = import_hf(path)
+        ckpt.model.to(device=device, dtype=dtype)
+        return ckpt
     config = read_checkpoint_config(path)
     try:
         model_cfg = ModelConfig.from_dict(config["model"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
-    tokenizer = build_tokenizer(config["tokenizer"])
+    tokenizer = build_tokenizer(config["tokenizer"], path)
     state = load_state_dict(path, config.get("files", {}).get(WEIGHTS, {}).get("bytes"))
     model = Transformer(model_cfg)
     if model_cfg.tie_embeddings:

@@ -6,6 +6,16 @@ The default block is chosen so that a checkpoint maps one-to-one onto Hugging Fa
 
     RMSNorm -> attention (rotary, grouped/multi-query, SDPA) -> RMSNorm -> SwiGLU MLP, pre-norm residuals
 
+Options from the seed papers, each one config field (defaults are the Llama block above):
+    norm="layernorm", mlp="gelu", position="learned", bias=True   GPT-2 family
+    position="alibi"                                              ALiBi (Press et al. 2021; BTLM-3B-8K)
+    n_kv_head=1 / n_head > n_kv_head > 1                          multi-query (MIM paper) / grouped-query attention
+    mup=True                                                      µP (Yang et al. 2022, as in Cerebras-GPT and BTLM):
+        width multiplier m = d_model / mup_base_width; hidden weights init std/sqrt(m) and LR/m (mup_param_groups),
+        embeddings x mup_embedding_mult, logits x mup_output_mult / m, attention scores q.k/d instead of /sqrt(d).
+The Llama block (with GQA/MQA, biases, tied or untied embeddings, µP folded in) exports to Hugging Face's Llama
+format with identical logits; the GPT-2 options and ALiBi do not (codelm/hf.py says why).
+
 Incremental decoding uses a preallocated KV cache; `forward` takes explicit positions and an optional key-padding
 mask so that left-padded batches (many prompts at once) and both reading directions use the same code.
 """
@@ -38,21 +48,49 @@ class ModelConfig:
     tie_embeddings: bool = True      # small vocab models save a lot of parameters by tying
     init_std: float = 0.02
     tokenizer: str = "cl100k_base:16384"  # the vocabulary this model is meant for (vocab_size follows from it)
+    # architecture options; a checkpoint config written before they existed loads with these defaults
+    norm: str = "rmsnorm"            # "rmsnorm" (Llama, Gopher) or "layernorm" (GPT-2)
+    mlp: str = "swiglu"              # "swiglu" (Llama, BTLM) or "gelu" (GPT-2: 4x wide, tanh-approximate GELU)
+    position: str = "rope"           # "rope" (Llama), "alibi" (BTLM; no position limit in the weights), "learned"
+    bias: bool = False               # biases in every linear layer and LayerNorm (GPT-2); HF Llama's *_bias flags
+    mup: bool = False                # µP: hyperparameters tuned at mup_base_width transfer to wider models
+    mup_base_width: int = 256        # BTLM tuned its proxy models at d_model 256
+    mup_embedding_mult: float = 1.0  # BTLM used 14.6 (tuned on its proxy); 1.0 = no change from SP at base width
+    mup_output_mult: float = 1.0     # BTLM used 2.22; logits are multiplied by mup_output_mult / width_mult
 
     def __post_init__(self):
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
+        for name, allowed in (("norm", ("rmsnorm", "layernorm")), ("mlp", ("swiglu", "gelu")),
+                              ("position", ("rope", "alibi", "learned"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         if self.ffn_hidden == 0:
-            hidden = int(8 * self.d_model / 3)
+            # SwiGLU has three matrices, so Llama shrinks it to 8/3 d to cost what GPT-2's 4 d two-matrix MLP costs
+            hidden = 4 * self.d_model if self.mlp == "gelu" else int(8 * self.d_model / 3)
             self.ffn_hidden = -(-hidden // self.ffn_multiple_of) * self.ffn_multiple_of
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.mup_base_width <= 0:
+            raise ValueError(f"mup_base_width={self.mup_base_width} must be positive")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def width_mult(self) -> float:
+        """µP's width multiplier m (1.0 when µP is off, so every µP factor below becomes a no-op)."""
+        return self.d_model / self.mup_base_width if self.mup else 1.0
+
+    @property
+    def is_llama(self) -> bool:
+        """True when the block maps onto Hugging Face's Llama architecture (see codelm/hf.py)."""
+        return (self.norm, self.mlp, self.position) == ("rmsnorm", "swiglu", "rope")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +146,12 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "layernorm":  # GPT-2; its bias follows cfg.bias as in nanoGPT
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
 def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [length, head_dim] in HF Llama's "rotate half" layout, so weights port without permutation."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -121,6 +165,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + rotated.float() * sin).type_as(x)
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (Press et al. 2021): the geometric sequence 2^(-8/n), 2^(-16/n), ...; for a head count
+    that is not a power of two, the paper's recipe takes the closest power and interleaves the next one's slopes."""
+    def geometric(n):
+        return [2 ** (-8 * (i + 1) / n) for i in range(n)]
+    closest = 2 ** math.floor(math.log2(n_head))
+    slopes = geometric(closest) + geometric(2 * closest)[0::2][: n_head - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
 
 
 class KVCache(nn.Module):
@@ -143,48 +197,68 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        # µP scores q.k/d: q and k become correlated as training aligns them, so their dot product grows like d,
+        # not sqrt(d) (Yang et al. 2022, section 4). None = SDPA's default 1/sqrt(d).
+        self.scale = 1.0 / cfg.head_dim if cfg.mup else None
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, cache_start: int):
+        """cos/sin: rotary tables at each token's position, or None (ALiBi / learned positions).
+        mask: None (plain causal), a bool mask, or a float bias with -inf where masked (ALiBi)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.cache is not None:
             k, v = self.cache.update(cache_start, k, v)
         if self.n_kv_head != self.n_head:  # expand shared K/V heads (grouped/multi-query attention)
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         if mask is None:  # plain causal training pass: let SDPA pick its fused kernel
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if mask.is_floating_point():
+                mask = mask.to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
-        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
-        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x):
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
+class GeluMLP(nn.Module):
+    """GPT-2's MLP: up-projection, tanh-approximate GELU (GPT-2's `gelu_new`), down-projection."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x):
+        return self.w_down(F.gelu(self.w_up(x), approximate="tanh"))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = GeluMLP(cfg) if cfg.mlp == "gelu" else SwiGLU(cfg)
 
     def forward(self, x, cos, sin, mask, cache_start: int):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache_start)
@@ -199,24 +273,35 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.position == "learned":  # GPT-2: one learned vector per position, added to the token embedding
+            self.pos_embed = nn.Embedding(cfg.context_length, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.position == "rope":
+            cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.position == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         self.cache_length = 0  # tokens already in the KV cache (0 when no cache is set up)
         self.apply(self._init_weights)
-        # GPT-2's scaled init of residual projections: keeps the residual stream's variance flat with depth
+        # GPT-2's scaled init of residual projections: keeps the residual stream's variance flat with depth.
+        # µP: hidden matrices' init variance scales as 1/fan_in, i.e. std / sqrt(width_mult).
+        m = cfg.width_mult
         for name, p in self.named_parameters():
             if name.endswith("wo.weight") or name.endswith("w_down.weight"):
-                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer * m))
+            elif cfg.mup and name.startswith("layers.") and p.dim() == 2:
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(m))
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     # --- KV cache ---------------------------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int | None = None, dtype=None):
@@ -241,22 +326,33 @@ class Transformer(nn.Module):
                 key_padding: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, vocab] (float32).
 
-        positions: [B, T] or [T] rotary positions (default: cache_length + arange(T)).
+        positions: [B, T] or [T] token positions (default: cache_length + arange(T)).
         key_padding: [B, S] bool, True where a key is a real token, over all S = cache_length + T keys seen so far
         (needed for left-padded batches). With a cache, new tokens are appended to it and `cache_length` advances.
+        return_hidden: the final normed hidden states [B, T, d_model]; `output_logits` turns them into logits.
         """
+        cfg = self.config
         B, T = idx.shape
         start = self.cache_length if self.has_cache else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)
         if positions.dim() == 1:
             positions = positions.unsqueeze(0).expand(B, T)
-        if int(positions.max()) >= self.config.context_length:
-            raise ValueError(f"position {int(positions.max())} is beyond context_length={self.config.context_length}")
-        cos = self.rope_cos[positions].unsqueeze(1)
-        sin = self.rope_sin[positions].unsqueeze(1)
-        mask = self._attention_mask(B, T, start, key_padding, idx.device)
+        if int(positions.max()) >= cfg.context_length:
+            raise ValueError(f"position {int(positions.max())} is beyond context_length={cfg.context_length}")
+        cos = sin = None
+        if cfg.position == "rope":
+            cos = self.rope_cos[positions].unsqueeze(1)
+            sin = self.rope_sin[positions].unsqueeze(1)
+        if cfg.position == "alibi":
+            mask = self._alibi_bias(B, T, start, key_padding, idx.device)
+        else:
+            mask = self._attention_mask(B, T, start, key_padding, idx.device)
         x = self.embed(idx)
+        if cfg.position == "learned":
+            x = x + self.pos_embed(positions)
+        if cfg.mup:
+            x = x * cfg.mup_embedding_mult
         for layer in self.layers:
             x = layer(x, cos, sin, mask, start)
         if self.has_cache:
@@ -264,11 +360,19 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if return_hidden:
             return x
-        return self.lm_head(x).float()
+        return self.output_logits(x)
 
-    def _attention_mask(self, B, T, start, key_padding, device):
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states -> float32 logits. µP divides by the width multiplier so that logits stay O(1) as the
+        model widens (the output layer's weights see a sum over d_model correlated terms)."""
+        logits = self.lm_head(hidden)
+        if self.config.mup:
+            logits = logits * (self.config.mup_output_mult / self.config.width_mult)
+        return logits.float()
+
+    def _attention_mask(self, B, T, start, key_padding, device, always: bool = False):
         """None for the plain causal case (SDPA's fused path), else a bool mask [B, 1, T, start+T]."""
-        if start == 0 and key_padding is None:
+        if start == 0 and key_padding is None and not always:
             return None
         S = start + T
         q_pos = torch.arange(start, S, device=device).unsqueeze(1)
@@ -282,6 +386,47 @@ class Transformer(nn.Module):
             mask = mask | diag
         return mask
 
+    def _alibi_bias(self, B, T, start, key_padding, device):
+        """ALiBi: a float mask [B, H, T, S] = -slope * (query index - key index), -inf where masked. ALiBi only sees
+        distances, and within a row whose real tokens are contiguous (left padding included: padding is masked) index
+        distance is position distance, so no key positions need to be kept with the cache (nor reordered with it)."""
+        S = start + T
+        distance = (torch.arange(start, S, device=device)[:, None] - torch.arange(S, device=device)[None, :]).float()
+        bias = -self.alibi_slopes[None, :, None, None] * distance  # [1, H, T, S]
+        allowed = self._attention_mask(B, T, start, key_padding, device, always=True)
+        return bias.masked_fill(~allowed, float("-inf"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# µP optimizer hook
+# ----------------------------------------------------------------------------------------------------------------
+def mup_param_groups(model: Transformer, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups. Hidden matrices (everything 2-D inside the blocks) get lr / width_mult under µP
+    (Adam's update size does not shrink with fan-in, so the step must); embeddings, the output head, norms and biases
+    keep the base lr. Matrices decay, vectors do not (GPT-3/Llama). Each group carries `lr_scale`: a scheduler must set
+    `group["lr"] = lr_now * group["lr_scale"]`, not overwrite every group with the same lr.
+    Without µP (width_mult 1) this is the plain decay/no-decay split with lr_scale 1 everywhere."""
+    m = model.config.width_mult
+    hidden, other_matrices, vectors = [], [], []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():  # named_parameters yields a tied weight once
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.dim() < 2:
+            vectors.append(p)
+        elif name.startswith("layers."):
+            hidden.append(p)
+        else:
+            other_matrices.append(p)
+    groups = [{"params": hidden, "weight_decay": weight_decay, "lr_scale": 1.0 / m},
+              {"params": other_matrices, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": vectors, "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    return groups
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Accounting
@@ -292,6 +437,8 @@ def count_parameters(model_or_cfg, non_embedding: bool = False) -> int:
     n = sum(p.numel() for p in model.parameters())
     if non_embedding:
         n -= model.embed.weight.numel()
+        if hasattr(model, "pos_embed"):  # learned positions are a lookup table too (Kaplan et al., nanoGPT)
+            n -= model.pos_embed.weight.numel()
     return n
 
 

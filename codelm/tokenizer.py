@@ -95,10 +95,12 @@ class Tokenizer:
     def describe(self) -> dict:
         return {"name": self.name, "hash": self.hash, "n_vocab": self.n_vocab, "specials": self.specials}
 
-    def check_same(self, other: dict | "Tokenizer", what: str) -> None:
+    def check_same(self, other, what: str) -> None:
         """Refuse to combine artefacts made with different tokenizers."""
-        other_hash = other.hash if isinstance(other, Tokenizer) else other.get("hash")
-        other_name = other.name if isinstance(other, Tokenizer) else other.get("name")
+        if isinstance(other, dict):
+            other_hash, other_name = other.get("hash"), other.get("name")
+        else:  # any tokenizer object (codelm's, or an imported model's HFTokenizer)
+            other_hash, other_name = getattr(other, "hash", None), getattr(other, "name", type(other).__name__)
         if other_hash != self.hash:
             raise TokenizerMismatch(f"{what} was made with tokenizer {other_name!r} ({str(other_hash)[:12]}), "
                                     f"not {self.name!r} ({self.hash[:12]})")
