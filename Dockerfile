@@ -15,3 +15,34 @@ WORKDIR /work
 CMD ["sleep", "infinity"]
 
 # --- workbench stage (added by the serving work) ---
+# The default target (the last stage): the infill API and the playground on port 8000. From the repository root:
+#   docker build --network host -t codelm .
+#   docker run -p 8000:8000 -v "$PWD/runs/demo:/model:ro" codelm        # then open http://127.0.0.1:8000/
+# BASE_IMAGE (above) is any Debian-like image with python3 >= 3.11 (python:3.11-slim, or the offline bookworm base).
+# torch: PyPI's default Linux wheel is the CUDA build (gigabytes); the CPU-only build lives on download.pytorch.org,
+# which this project's CI machines cannot reach, so the index is a build argument:
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu     where that index is reachable (small image)
+FROM ${BASE_IMAGE} AS workbench
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX=
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH
+# a virtualenv: Debian's system python refuses `pip install` (PEP 668); python:*-slim images have venv already
+RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
+        apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*; \
+    fi && python3 -m venv /opt/venv
+RUN pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY codelm codelm
+COPY evals evals
+COPY sandbox sandbox
+COPY web web
+RUN pip install .
+# serve as nobody (exists in every Debian base, even the minimal offline one); the model mount is read-only
+USER nobody
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"
+# a checkpoint (or run) directory mounted at /model; 0.0.0.0 so that the published port reaches the server
+CMD ["codelm", "serve", "/model", "--host", "0.0.0.0", "--port", "8000"]

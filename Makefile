@@ -9,6 +9,10 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check --retries 5 --timeout
 DATA   ?= data/stdlib
 RUN    ?= runs/demo
 STEPS  ?= 300
+OBJECTIVE ?= mim:0.5,fim:0.5
+EVAL_LIMIT ?= 100
+# benchmark files (MBPP, HumanEval-infilling) for decontamination and evaluation: ../shared/data beside the checkout
+export CODELM_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: setup demo test test-fast clean help
 
@@ -27,13 +31,19 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/codelm data prepare --out $(DATA)
-	$(BIN)/codelm train --data $(DATA) --out $(RUN) --preset tiny --steps $(STEPS) --batch-size 16 \
-		--lr 2e-3 --warmup-steps 30 --eval-every 100 --save-every 100 --log-every 10
+	$(BIN)/codelm train --data $(DATA) --out $(RUN) --preset tiny --objective $(OBJECTIVE) --steps $(STEPS) \
+		--batch-size 16 --lr 2e-3 --warmup-steps 30 --eval-every 100 --save-every 100 --log-every 10
 	$(BIN)/codelm sample $(RUN) --prompt 'def fibonacci(n):' --max-new-tokens 64 --temperature 0.7 --top-p 0.95 --seed 0
+	$(BIN)/codelm infill $(RUN) --prefix "$$(printf 'def add(a, b):\n    return ')" --suffix "$$(printf '\n\nprint(add(1, 2))')" --mode fim --max-new-tokens 16
+	$(BIN)/codelm eval infilling $(RUN) --set single-line --mode fim --limit $(EVAL_LIMIT) --output $(RUN)/eval/single-line-fim
+	$(BIN)/codelm eval infilling $(RUN) --set single-line --mode mim --limit $(EVAL_LIMIT) --output $(RUN)/eval/single-line-mim
+	$(BIN)/codelm eval humaneval $(RUN) -k 1 --max-new-tokens 128 --output $(RUN)/eval/humaneval
 	@echo
-	@echo "shards:      $(DATA)/   (index.json, manifest.json)"
-	@echo "run:         $(RUN)/    (config.json, metrics.jsonl, checkpoints/)"
+	@echo "shards:      $(DATA)/   (index.json, manifest.json; codelm data stats $(DATA))"
+	@echo "run:         $(RUN)/    (config.json, metrics.jsonl, loss.png, checkpoints/)"
 	@echo "checkpoint:  $$(ls -d $(RUN)/checkpoints/step_* | tail -1)"
+	@echo "evaluations: $(RUN)/eval/   (results.jsonl, summary.json per benchmark)"
+	@echo "playground:  $(BIN)/codelm serve $(RUN)   then open http://127.0.0.1:8000/"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -98,10 +98,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, prefix: str = 
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        flags = ["--" + key] + (["--" + key.replace("_", "-")] if "_" in key else [])
-        parser.add_argument(*flags, dest=key, default=_UNSET, metavar=_base_type(f.type).__name__.upper()
-                            if isinstance(_base_type(f.type), type) else "VALUE",
+        metavar = _base_type(f.type).__name__.upper() if isinstance(_base_type(f.type), type) else "VALUE"
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, default=_UNSET, metavar=metavar,
                             help=f"{f.metadata.get('help', '')} (default: {default})")
+        if "_" in key:  # --fim_rate works too (the spelling of config files), without cluttering --help
+            parser.add_argument("--" + key, dest=key, default=_UNSET, help=argparse.SUPPRESS)
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

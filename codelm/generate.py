@@ -1,16 +1,31 @@
 """Decoding, in gpt-fast's manner: small pure functions and a per-token callback (the streaming hook).
 
-    logits_to_probs -> sample -> prefill -> decode_one_token -> decode_n_tokens(callback) -> generate
+    logits_to_probs -> sample_tokens -> prefill -> decode_one_token -> decode_batch(on_token) -> generate_batch
 
-The right BOS marker (`<|l2r|>`) is added for codelm models.
+Many prompts decode as one batch: prompts are left-padded, `key_padding` hides the padding keys and every row gets its
+own rotary positions (its first real token is at position 0), so a row computes what it would compute alone.
+n samples per prompt share one prefill: the KV cache is filled for the prompts, then each row is repeated n times.
+Every row has its own random generator, so a sample depends only on its seed, not on what else is in the batch.
+Rows that finish are dropped from the cache, so long-tailed batches do not keep paying for finished rows.
+
+Stop strings are checked on decoded text (a stop string split across tokens still stops) and streamed text never
+shows anything past a stop: `TextStream` holds back a tail that could still become a stop string, and a partial
+UTF-8 character until its last byte arrives.
+
+The tokenizer only needs `encode(str) -> ids`, `decode_bytes(ids) -> bytes` (special tokens decode to nothing),
+`eot_id` and `n_vocab`; the BOS marker comes from the checkpoint's capabilities (`capabilities["markers"]["l2r"]`,
+`<|l2r|>` for codelm models), so a Hugging Face model wrapped in that interface decodes through the same code.
 """
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+
+from codelm.errors import ConfigError
 
 
 @dataclass
@@ -20,9 +35,60 @@ class SamplingParams:
     top_k: int = 0                # 0 = off
     top_p: float = 1.0            # 1 = off
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = None       # default seed of row r is seed + r when no per-row seeds are given
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
 
 
+@dataclass
+class Completion:
+    """One generated continuation. `text` is cut at the first stop string; `token_ids` are every token generated
+    (the end-of-text token excluded), so near a stop string they may cover a little more than `text`.
+    `logprobs[i]` is the model's log-probability of `token_ids[i]` (temperature 1, before top-k/top-p), the quantity
+    likelihood ranking wants. finish_reason: "eot" (end of text), "stop" (a stop string), "length" (max_new_tokens
+    or the context ran out)."""
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / len(self.logprobs) if self.logprobs else float("-inf")
+
+
+@dataclass
+class TokenEvent:
+    """What the streaming callback sees after every generated token. `text` is the newly releasable text (possibly
+    empty while a partial character or a possible stop string is held back); `finished` is set on the row's last
+    event, whose text is the remaining tail."""
+    prompt: int
+    sample: int
+    token_id: int
+    text: str
+    logprob: float
+    finished: bool = False
+    finish_reason: str | None = None
+
+
+OnToken = Callable[[TokenEvent], "bool | None"]  # returning False stops that row (a client went away)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling: pure functions over logits
+# ----------------------------------------------------------------------------------------------------------------
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """logits [B, V] -> probabilities after temperature, top-k and nucleus (top-p) truncation."""
     logits = logits / max(temperature, 1e-5)
@@ -40,89 +106,294 @@ def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p:
     return probs
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B]."""
+def sample_tokens(logits: torch.Tensor, params: SamplingParams,
+                  generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B]. Row b draws from generators[b] only, so its sample does not depend on
+    the other rows (one multinomial over the whole batch would share one random stream)."""
     if params.temperature <= 0:
         return logits.argmax(-1)
     probs = logits_to_probs(logits.float(), params.temperature, params.top_k, params.top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.stack([torch.multinomial(probs[b], 1, generator=generators[b]).squeeze(0)
+                        for b in range(probs.shape[0])])
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B], all rows from one generator (kept for callers of the first version)."""
+    return sample_tokens(logits, params, [generator] * logits.shape[0])
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (temperature 1) of `tokens` [B] under `logits` [B, V]."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.view(-1, 1)).squeeze(-1)
+
+
+def mask_unused_vocab(logits: torch.Tensor, n_vocab: int) -> torch.Tensor:
+    """Embedding rows past the tokenizer's vocabulary (padding to a multiple of 64) are never valid outputs."""
+    if logits.shape[-1] > n_vocab:
+        logits[..., n_vocab:] = float("-inf")
+    return logits
+
+
+def make_generators(seeds: Sequence[int | None], device) -> list[torch.Generator | None]:
+    gens = []
+    for s in seeds:
+        gens.append(None if s is None else torch.Generator(device=device).manual_seed(int(s)))
+    return gens
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text: incremental UTF-8, stop strings, hold-back
+# ----------------------------------------------------------------------------------------------------------------
+def find_stop(text: str, stop: Sequence[str], start: int = 0) -> int:
+    """Index of the earliest stop string in text[start:] (absolute), or -1."""
+    hits = [i for i in (text.find(s, start) for s in stop if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def stop_prefix_len(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of some stop string: the text that must be held
+    back from a stream because the next token could complete a stop string."""
+    best = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class TextStream:
+    """The decoded text of one generated sequence, released in safe pieces: only whole UTF-8 characters, cut at the
+    first stop string, holding back a tail that could still become one. The pieces concatenate to `text`."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self._longest = max((len(s) for s in self.stop), default=0)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the newly safe text."""
+        if self.stopped:
+            return ""
+        scanned = max(0, len(self.text) - self._longest + 1)
+        self.text += self._decoder.decode(self.tokenizer.decode_bytes([token_id]))
+        cut = find_stop(self.text, self.stop, scanned)
+        if cut >= 0:
+            self.text, self.stopped = self.text[:cut], True
+            return self._release(len(self.text))
+        return self._release(len(self.text) - stop_prefix_len(self.text, self.stop))
+
+    def finish(self) -> str:
+        """The sequence ended: flush a dangling partial character and the held-back tail."""
+        if not self.stopped:
+            self.text += self._decoder.decode(b"", final=True)
+            cut = find_stop(self.text, self.stop)
+            if cut >= 0:
+                self.text, self.stopped = self.text[:cut], True
+        return self._release(len(self.text))
+
+    def _release(self, safe: int) -> str:
+        piece = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return piece
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches: padding, the KV cache, one step
+# ----------------------------------------------------------------------------------------------------------------
+def bos_id(tokenizer, capabilities: dict | None = None, direction: str = "l2r") -> int | None:
+    """The BOS marker of a reading direction: the checkpoint's recorded marker, else the tokenizer's."""
+    markers = (capabilities or {}).get("markers") or {}
+    if markers.get(direction) is not None:
+        return int(markers[direction])
+    return getattr(tokenizer, f"{direction}_id", None)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token rows -> (ids [B, T], key_padding [B, T], positions [B, T]), left-padded so every row's last token is in
+    the last column; each row's first real token gets position 0 (padding gets 0 too, and is never attended to)."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    real = torch.zeros((len(rows), T), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if len(r):
+            ids[b, T - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            real[b, T - len(r):] = True
+    positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+    return ids, real, positions
+
+
+def kv_caches(model) -> list[torch.nn.Module]:
+    """The model's per-layer KV cache modules (anything with `k` and `v` buffers set up by setup_cache)."""
+    return [m for m in model.modules() if hasattr(m, "k") and hasattr(m, "v") and isinstance(m.k, torch.Tensor)]
+
+
+def select_cache_rows(model, rows: torch.Tensor) -> None:
+    """Keep (or repeat) the given batch rows of every layer's KV cache: `repeat_interleave` indices expand a
+    prefilled cache to n samples per prompt; a subset drops finished rows."""
+    for cache in kv_caches(model):
+        cache.k = cache.k.index_select(0, rows)
+        cache.v = cache.v.index_select(0, rows)
 
 
 @torch.no_grad()
-def prefill(model, ids: torch.Tensor) -> torch.Tensor:
-    """Run the prompt through the model, filling the KV cache; returns the last position's logits [B, V]."""
-    return model(ids)[:, -1]
+def prefill(model, ids: torch.Tensor, positions: torch.Tensor | None = None,
+            key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the prompts through the model, filling the KV cache; returns the last position's logits [B, V].
+    Only the last position goes through the output head (the vocabulary matmul dominates small models)."""
+    hidden = model(ids, positions=positions, key_padding=key_padding, return_hidden=True)
+    return model.output_logits(hidden[:, -1])  # µP scales logits there
 
 
 @torch.no_grad()
-def decode_one_token(model, token: torch.Tensor) -> torch.Tensor:
-    return model(token.view(-1, 1))[:, -1]
+def decode_one_token(model, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                     key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens [B] at positions [B] -> next-token logits [B, V]; appends to the KV cache."""
+    pos = None if positions is None else positions.view(-1, 1)
+    return model(tokens.view(-1, 1), positions=pos, key_padding=key_padding)[:, -1]
 
 
-def decode_n_tokens(model, first_logits: torch.Tensor, params: SamplingParams, generator,
-                    callback: Callable[[int], bool] | None, stop_ids: set[int]) -> list[int]:
-    """Sample up to max_new_tokens; `callback(token_id)` returning False stops early (a stop string, a client gone)."""
-    out: list[int] = []
-    logits = first_logits
-    for _ in range(params.max_new_tokens):
-        token = sample(logits, params, generator)
-        tid = int(token[0])
-        if tid in stop_ids:
-            break
-        out.append(tid)
-        if callback is not None and callback(tid) is False:
-            break
-        if model.cache_length >= model.config.context_length:
-            break
-        logits = decode_one_token(model, token)
+def fit_prompt(ids: list[int], context_length: int, bos: int | None) -> list[int]:
+    """BOS + the prompt's last tokens, leaving room for at least one new token in the context."""
+    room = context_length - 1 - (bos is not None)
+    ids = ids[-room:] if room > 0 else []
+    return ([bos] if bos is not None else []) + ids
+
+
+def expand_seeds(seeds, n_prompts: int, n: int, default: int | None) -> list[int | None]:
+    """Seeds for the B*n rows (prompt-major). seeds[i] is an int (sample j gets seeds[i] + j) or a list of n ints;
+    without seeds, row r gets default + r (or no seed at all: torch's global generator)."""
+    if seeds is None:
+        return [None if default is None else default + r for r in range(n_prompts * n)]
+    if len(seeds) != n_prompts:
+        raise ConfigError(f"got {len(seeds)} seeds for {n_prompts} prompts")
+    out: list[int | None] = []
+    for s in seeds:
+        if isinstance(s, (list, tuple)):
+            if len(s) != n:
+                raise ConfigError(f"got {len(s)} seeds for a prompt with n={n} samples")
+            out.extend(int(x) for x in s)
+        else:
+            out.extend(int(s) + j for j in range(n))
     return out
 
 
-class StopChecker:
-    """Finds the earliest stop string in decoded text, also when it spans several tokens."""
-
-    def __init__(self, stop: list[str]):
-        self.stop = [s for s in stop if s]
-
-    def cut(self, text: str) -> tuple[str, bool]:
-        positions = [text.find(s) for s in self.stop]
-        positions = [p for p in positions if p >= 0]
-        if not positions:
-            return text, False
-        return text[:min(positions)], True
-
-
+# ----------------------------------------------------------------------------------------------------------------
+# The decoding loop
+# ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, params: SamplingParams | None = None,
-             on_text: Callable[[str], None] | None = None) -> str:
-    """Complete `prompt`; returns the completion text (cut at the first stop string)."""
-    params = params or SamplingParams()
+def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
+                 seeds: Sequence[int | None], n: int = 1, on_token: OnToken | None = None) -> list[list[Completion]]:
+    """Decode n continuations of each token prompt (BOS already included) as one batch. Rows are prompt-major:
+    row i*n + j is sample j of prompt i, seeded by seeds[i*n + j]. The end-of-text token ends a row."""
     device = next(model.parameters()).device
     limit = model.config.context_length
-    ids = [tokenizer.l2r_id] + tokenizer.encode(prompt)[-(limit - 2):]  # room for the marker and one new token
-    max_new = min(params.max_new_tokens, limit - len(ids))
-    params = SamplingParams(**{**params.__dict__, "max_new_tokens": max_new})
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
-    model.setup_cache(1, limit)
+    B, R = len(prompt_ids), len(prompt_ids) * n
+    lengths = [len(p) for p in prompt_ids]
+    budget = [min(params.max_new_tokens, limit - lengths[r // n]) for r in range(R)]  # new tokens per row
+    streams = [TextStream(tokenizer, params.stop) for _ in range(R)]
+    tokens_out: list[list[int]] = [[] for _ in range(R)]
+    logprobs_out: list[list[float]] = [[] for _ in range(R)]
+    reasons: list[str | None] = [None] * R
+    if R == 0:
+        return []
+    if max(budget) <= 0:
+        return [[Completion("", [], [], "length") for _ in range(n)] for _ in range(B)]
+
+    ids, real, positions = left_pad(prompt_ids)
+    T = ids.shape[1]
+    padded = not bool(real.all())
+    model.setup_cache(B, T + max(budget))
     try:
-        stopper = StopChecker(params.stop)
-        generated: list[int] = []
-        state = {"emitted": 0}
-
-        def on_token(tid: int) -> bool:
-            generated.append(tid)
-            text = tokenizer.decode_bytes(generated).decode("utf-8", errors="ignore")
-            text, stopped = stopper.cut(text)
-            if on_text is not None and len(text) > state["emitted"]:
-                on_text(text[state["emitted"]:])
-                state["emitted"] = len(text)
-            return not stopped
-
-        first = prefill(model, torch.tensor([ids], device=device))
-        decode_n_tokens(model, first, params, generator, on_token, {tokenizer.eot_id})
+        key_padding = torch.zeros(B, T + max(budget), dtype=torch.bool, device=device)
+        key_padding[:, :T] = real
+        logits = prefill(model, ids.to(device), positions.to(device), key_padding[:, :T] if padded else None)
+        if n > 1:  # one prefill for all samples: repeat every prompt's cache rows n times
+            expand = torch.arange(B, device=device).repeat_interleave(n)
+            select_cache_rows(model, expand)
+            logits, key_padding = logits[expand], key_padding[expand]
+        next_pos = torch.tensor([lengths[r // n] for r in range(R)], device=device)
+        alive = list(range(R))  # batch row -> global row
+        generators = make_generators(seeds, device)
+        for step in range(max(budget)):
+            mask_unused_vocab(logits, tokenizer.n_vocab)
+            toks = sample_tokens(logits, params, [generators[r] for r in alive])
+            lps = token_logprobs(logits, toks).tolist()
+            still = []
+            for b, (r, t) in enumerate(zip(alive, toks.tolist())):
+                reason = _advance_row(r, t, lps[b], step, budget, tokenizer.eot_id, streams, tokens_out,
+                                      logprobs_out, on_token, n)
+                if reason is None:
+                    still.append(b)
+                else:
+                    reasons[r] = reason
+            if not still:
+                break
+            if len(still) < len(alive):  # drop finished rows from the batch and the cache
+                keep = torch.tensor(still, device=device)
+                select_cache_rows(model, keep)
+                toks, next_pos, key_padding = toks[keep], next_pos[keep], key_padding[keep]
+                alive = [alive[b] for b in still]
+            slot = model.cache_length
+            key_padding[:, slot] = True
+            logits = decode_one_token(model, toks, next_pos, key_padding[:, :slot + 1] if padded else None)
+            next_pos = next_pos + 1
     finally:
         model.clear_cache()
-    text = tokenizer.decode(generated)
-    return StopChecker(params.stop).cut(text)[0]
+    return [[Completion(streams[r].text, tokens_out[r], logprobs_out[r], reasons[r] or "length")
+             for r in range(i * n, (i + 1) * n)] for i in range(B)]
+
+
+def _advance_row(r, t, lp, step, budget, eot_id, streams, tokens_out, logprobs_out, on_token, n) -> str | None:
+    """Record row r's new token; return its finish reason if the row is done."""
+    stream = streams[r]
+    if t == eot_id:
+        reason, piece = "eot", stream.finish()
+    else:
+        tokens_out[r].append(t)
+        logprobs_out[r].append(lp)
+        piece = stream.push(t)
+        reason = "stop" if stream.stopped else ("length" if step + 1 >= budget[r] else None)
+        if reason == "length":
+            piece += stream.finish()
+    if on_token is not None:
+        event = TokenEvent(r // n, r % n, t, piece, lp, reason is not None, reason)
+        if on_token(event) is False and reason is None:
+            reason = "stop"  # the consumer asked to stop this row
+            rest = stream.finish()
+            if rest:
+                on_token(TokenEvent(r // n, r % n, t, rest, lp, True, reason))
+    return reason
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[str], params: SamplingParams | None = None,
+                   seeds: Sequence[int | Sequence[int]] | None = None, n: int = 1, on_token: OnToken | None = None,
+                   capabilities: dict | None = None) -> list[list[Completion]]:
+    """n completions of each prompt, decoded as one batch. seeds[i] seeds prompt i's samples (an int: sample j uses
+    seeds[i] + j; or a list of n ints); a sample depends only on its seed. Greedy when temperature is 0."""
+    params = params or SamplingParams()
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    bos = bos_id(tokenizer, capabilities)
+    limit = model.config.context_length
+    prompt_ids = [fit_prompt(ids, limit, bos) for ids in tokenizer.encode_batch(list(prompts))] \
+        if hasattr(tokenizer, "encode_batch") else [fit_prompt(tokenizer.encode(p), limit, bos) for p in prompts]
+    row_seeds = expand_seeds(seeds, len(prompts), n, params.seed)
+    return decode_batch(model, tokenizer, prompt_ids, params, row_seeds, n, on_token)
+
+
+def generate(model, tokenizer, prompt: str, params: SamplingParams | None = None,
+             on_text: Callable[[str], None] | None = None, capabilities: dict | None = None) -> str:
+    """Complete one prompt; returns the completion text (cut at the first stop string). `on_text` streams it."""
+    params = params or SamplingParams()
+
+    def on_token(event: TokenEvent):
+        if on_text is not None and event.text:
+            on_text(event.text)
+
+    seeds = None if params.seed is None else [params.seed]
+    return generate_batch(model, tokenizer, [prompt], params, seeds, 1, on_token, capabilities)[0][0].text

@@ -1,23 +1,51 @@
 """Training objectives: how raw token windows become model inputs, targets and a loss.
 
 An objective sees windows of `context_length` raw tokens cut from the packed shards (documents separated by
-end-of-text) and returns a `Batch`; its `loss` runs the model and returns the scalar to minimise plus named metrics.
-A run mixes objectives over windows (`--objective mim:0.5,fim:0.5`): `parse_mixture` reads that spec.
+end-of-text) and returns a `Batch`; its `loss` runs the model and returns the scalar to minimise plus named metrics;
+its `val_metrics` returns summed nats and token counts per reported stream (the trainer turns them into nats/token and
+bits/byte). Every forward window starts with `<|l2r|>` and every reversed one with `<|r2l|>`: the markers are the BOS
+tokens of the two reading directions (DESIGN.md).
 
-l2r (next-token prediction): every forward window starts with the `<|l2r|>` marker, its BOS token (DESIGN.md), so
-    x = [<l2r>, w0 .. w_{T-2}],  y = [w0 .. w_{T-1}]
-and the loss covers all T tokens of the window.
+l2r  next-token prediction:  x = [<l2r>, w0 .. w_{T-2}],  y = [w0 .. w_{T-1}];  loss on all T tokens.
+
+fim  context-level fill-in-the-middle (Bavarian et al. 2022, arXiv 2207.14255, sections 3-4; SPM in section 3.1 and
+     its appendix): each document segment of the window is, with probability `fim_rate`, split at two uniform
+     random *character* positions into prefix/middle/suffix and re-tokenized, half PSM, half SPM (variant 2):
+         PSM  <PRE> prefix <SUF> suffix <MID> middle
+         SPM  <PRE> <SUF> suffix <MID> prefix middle
+     The end-of-text that separated the document from the next one follows the middle. Loss on every token; the
+     result is trimmed (or padded with <|pad|>, no loss) back to T tokens after the <l2r> marker.
+
+mim  meet-in-the-middle (Nguyen et al. 2023, arXiv 2303.07295, section 3): one network with shared weights reads each
+     window left-to-right and right-to-left, both directions as one batch (one forward):
+         forward   x = [<l2r>, w0 .. w_{T-2}]         y = [w0 .. w_{T-1}]
+         backward  x = [<r2l>, w_{T-1} .. w1]         y = [w_{T-1} .. w0]
+     The forward logit predicting w_i sits at index i, the backward one at index T-1-i, so flipping the backward
+     logits along time aligns the two distributions over the same token. Loss = NLL_fwd + NLL_bwd + beta * TV, with
+     TV_i = 1/2 sum_z |p_fwd(z | w<i) - p_bwd(z | w>i)| averaged over all positions (beta = 0.1, the paper's value).
+
+sft  completion-only fine-tuning on exercise JSONL (`prompt`, `completion` per line): x = [<l2r>, prompt, completion],
+     loss only on the completion and the end-of-text after it.
+
+Mixtures (`--objective mim:0.5,fim:0.5`) are over windows: the trainer draws one objective per micro-batch with the
+mixture's weights (`train.choose_objective`). Mixing inside a micro-batch would lower gradient variance a little, but
+each objective's batch has its own shape (MIM doubles the rows, SFT has its own lengths); drawing per micro-batch keeps
+objectives independent and the expected gradient is the same. With `--grad-accum 1` one optimizer step sees one
+objective; use a few micro-batches per step for a smoother mixture.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
-from codelm.errors import ConfigError
+from codelm.errors import ConfigError, DataError
 
 IGNORE = -100  # target id excluded from the loss (padding, prompts in completion-only fine-tuning)
 
@@ -43,16 +71,23 @@ def next_token_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mea
                            reduction=reduction)
 
 
+def with_marker(marker: int, tokens: torch.Tensor) -> torch.Tensor:
+    """[B, T] targets -> [B, T] inputs: the direction marker, then the targets shifted right by one."""
+    return torch.cat([torch.full((tokens.shape[0], 1), marker, dtype=torch.long), tokens[:, :-1]], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# l2r
+# ----------------------------------------------------------------------------------------------------------------
 class LeftToRight:
     name = "l2r"
 
     def __init__(self, tokenizer, **_):
         self.marker = tokenizer.l2r_id
 
-    def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None) -> Batch:
+    def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
         w = torch.from_numpy(windows.astype(np.int64))
-        x = torch.cat([torch.full((w.shape[0], 1), self.marker, dtype=torch.long), w[:, :-1]], dim=1)
-        return Batch(x, w, self.name)
+        return Batch(with_marker(self.marker, w), w, self.name)
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
         loss = next_token_loss(model(batch.x), batch.y)
@@ -61,10 +96,280 @@ class LeftToRight:
     def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
         """Summed nats and token counts per reported stream, for exact averaging over many batches."""
         nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {"l2r": (float(nats), batch.n_tokens)}
+        return {self.name: (float(nats), batch.n_tokens)}
 
 
-OBJECTIVES = {"l2r": LeftToRight}
+# ----------------------------------------------------------------------------------------------------------------
+# fim
+# ----------------------------------------------------------------------------------------------------------------
+def split_segments(window: np.ndarray, eot: int) -> list[np.ndarray]:
+    """The document segments of a packed window, without their end-of-text separators.
+
+    len(result) == number of end-of-text tokens + 1; segments may be empty (a window that starts or ends on an
+    end-of-text, or two in a row). Joining them with end-of-text gives the window back."""
+    bounds = np.r_[-1, np.flatnonzero(window == eot), len(window)]
+    return [window[a + 1:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def fim_split_text(text: str, rng: np.random.Generator) -> tuple[str, str, str]:
+    """Two uniform random character positions (FIM paper section 3; bigcode Megatron's `randint(0, len + 1, 2)`)."""
+    lo, hi = sorted(int(b) for b in rng.integers(0, len(text) + 1, size=2))
+    return text[:lo], text[lo:hi], text[hi:]
+
+
+class FillInTheMiddle:
+    """Context-level FIM, applied per document segment as it appears in the window.
+
+    Trade-offs, on purpose:
+    - Segments cut by the window edges (the tail of a document at the start, the head of one at the end) are
+      transformed like whole documents, as bigcode's Megatron-LM does (it permutes every end-of-text-delimited
+      segment of the sample). The alternative, skipping partial segments, would leave most of a long document's
+      windows untransformed, because documents are usually longer than the window; the partial segment at the end
+      simply has no end-of-text after its middle, exactly as in the untransformed window.
+    - Text is decoded with `surrogateescape`, so a segment cut inside a multi-byte character (windows are cut at
+      token boundaries) round-trips byte for byte instead of gaining U+FFFD replacement characters.
+    - The pieces are tokenized separately, as they are at inference time (a prompt's prefix is encoded on its own),
+      so the token boundaries at the split points match what the model sees when asked to infill.
+    - The sentinels and re-tokenization make the sequence longer than the window; the tail is trimmed (the FIM
+      paper's context-level FIM, section 4). Reported bits/byte use the raw split's bytes/token, so `fim` bpb
+      is comparable across FIM models, not with `l2r` bpb.
+    """
+
+    name = "fim"
+
+    def __init__(self, tokenizer, fim_rate: float = 0.5, fim_spm_rate: float = 0.5, **_):
+        if not 0.0 <= fim_rate <= 1.0:
+            raise ConfigError(f"--fim-rate must be in [0, 1], got {fim_rate}")
+        self.tokenizer = tokenizer
+        self.rate, self.spm_rate = fim_rate, fim_spm_rate
+        self.marker, self.eot, self.pad = tokenizer.l2r_id, tokenizer.eot_id, tokenizer.pad_id
+        self.pre, self.mid, self.suf = tokenizer.fim_prefix_id, tokenizer.fim_middle_id, tokenizer.fim_suffix_id
+
+    def _text(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="surrogateescape")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode_bytes(text.encode("utf-8", errors="surrogateescape"))
+
+    def fim_format(self, prefix: str, middle: str, suffix: str, spm: bool) -> list[int]:
+        pre, mid, suf = self._encode(prefix), self._encode(middle), self._encode(suffix)
+        if spm:  # SPM variant 2 (FIM paper, section 3.1 and its appendix): the prefix runs straight into the middle
+            return [self.pre, self.suf] + suf + [self.mid] + pre + mid
+        return [self.pre] + pre + [self.suf] + suf + [self.mid] + mid
+
+    def transform_window(self, window: np.ndarray, rng: np.random.Generator) -> list[int]:
+        """One raw window -> its FIM token sequence (not yet trimmed to the window length)."""
+        out: list[int] = []
+        for k, segment in enumerate(split_segments(window, self.eot)):
+            if k > 0:
+                out.append(self.eot)
+            if len(segment) and rng.random() < self.rate:
+                spm = bool(rng.random() < self.spm_rate)
+                out.extend(self.fim_format(*fim_split_text(self._text(segment), rng), spm=spm))
+            else:
+                out.extend(segment.tolist())
+        return out
+
+    def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
+        rng = rng if rng is not None else np.random.default_rng()
+        B, T = windows.shape
+        y = torch.full((B, T), IGNORE, dtype=torch.long)
+        x = torch.full((B, T), self.pad, dtype=torch.long)
+        for b in range(B):
+            seq = torch.tensor(self.transform_window(windows[b], rng)[:T], dtype=torch.long)
+            y[b, :len(seq)] = seq
+            x[b, 0] = self.marker
+            x[b, 1:len(seq)] = seq[:-1]
+        return Batch(x, y, self.name)
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
+        loss = next_token_loss(model(batch.x), batch.y)
+        return loss, {"loss_fim": loss.detach()}
+
+    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
+        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
+        return {self.name: (float(nats), batch.n_tokens)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mim
+# ----------------------------------------------------------------------------------------------------------------
+TV_CHUNK_ELEMENTS = 1 << 24  # per chunk of rows when the logits are large: 64 MB of float32 per temporary
+
+
+def _tv_rows(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """[N, V] x [N, V] -> [N]: 1/2 sum_z |p_a(z) - p_b(z)| per row."""
+    p_a = torch.softmax(logits_a.float(), dim=-1)
+    p_b = torch.softmax(logits_b.float(), dim=-1)
+    return 0.5 * (p_a - p_b).abs().sum(-1)
+
+
+def _tv_sum(logits_a, logits_b, weight):
+    return (_tv_rows(logits_a, logits_b) * weight).sum()
+
+
+def total_variation(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None,
+                    chunk_above: int = 1 << 27) -> torch.Tensor:
+    """Mean over positions of 1/2 sum_z |p_a(z) - p_b(z)| (MIM paper section 3, the agreement regularizer).
+
+    logits [B, T, V]; mask [B, T] bool (positions to include). Unchunked, autograd keeps two softmaxes and their
+    difference: 3 more [B, T, V] float32 tensors, negligible at CPU sizes (16k vocabulary) but, with the full 100k
+    vocabulary at context 2048, several GB on top of the logits. Above `chunk_above` elements the rows are done in
+    chunks under activation checkpointing, so only one chunk's temporaries live at a time (recomputed in backward:
+    a little more compute, same value and gradients)."""
+    V = logits_a.shape[-1]
+    a, b = logits_a.reshape(-1, V), logits_b.reshape(-1, V)
+    weight = torch.ones(a.shape[0], device=a.device) if mask is None else mask.reshape(-1).float()
+    count = weight.sum().clamp(min=1)
+    if a.numel() <= chunk_above:
+        return _tv_sum(a, b, weight) / count
+    rows = max(1, TV_CHUNK_ELEMENTS // V)
+    total = sum(torch.utils.checkpoint.checkpoint(_tv_sum, a[i:i + rows], b[i:i + rows], weight[i:i + rows],
+                                                  use_reentrant=False)
+                for i in range(0, a.shape[0], rows))
+    return total / count
+
+
+class MeetInTheMiddle:
+    """Both directions in one forward pass; the forward half of the batch is an ordinary l2r model.
+
+    `mim_stop_grad` detaches the backward distribution inside the TV term, so agreement only pulls the forward
+    model towards the backward one (the paper is silent; the default lets gradients flow to both directions,
+    which is the plain reading of a shared-weight regularizer)."""
+
+    name = "mim"
+
+    def __init__(self, tokenizer, mim_beta: float = 0.1, mim_stop_grad: bool = False, **_):
+        if mim_beta < 0:
+            raise ConfigError(f"--mim-beta must be >= 0, got {mim_beta}")
+        self.l2r, self.r2l = tokenizer.l2r_id, tokenizer.r2l_id
+        self.beta, self.stop_grad = mim_beta, mim_stop_grad
+
+    def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
+        w = torch.from_numpy(windows.astype(np.int64))
+        r = w.flip(1)
+        x = torch.cat([with_marker(self.l2r, w), with_marker(self.r2l, r)])
+        y = torch.cat([w, r])
+        return Batch(x, y, self.name, {"n_forward": w.shape[0]})
+
+    def directions(self, model, batch: Batch):
+        """(forward logits, backward logits flipped so index i predicts w_i in both, fwd targets, bwd targets)."""
+        n = batch.extra["n_forward"]
+        logits = model(batch.x)
+        return logits[:n], logits[n:].flip(1), batch.y[:n], batch.y[n:]
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
+        fwd, bwd_aligned, y_fwd, y_bwd = self.directions(model, batch)
+        nll_fwd = next_token_loss(fwd, y_fwd)
+        nll_bwd = next_token_loss(bwd_aligned, y_bwd.flip(1))
+        loss = nll_fwd + nll_bwd
+        metrics = {"loss_mim_fwd": nll_fwd.detach(), "loss_mim_bwd": nll_bwd.detach()}
+        if self.beta > 0:
+            other = bwd_aligned.detach() if self.stop_grad else bwd_aligned
+            tv = total_variation(fwd, other, y_fwd != IGNORE)
+            loss = loss + self.beta * tv
+            metrics["mim_tv"] = tv.detach()
+        return loss, metrics
+
+    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
+        fwd, bwd_aligned, y_fwd, y_bwd = self.directions(model, batch)
+        n = int((y_fwd != IGNORE).sum())
+        return {"mim_fwd": (float(next_token_loss(fwd, y_fwd, reduction="sum")), n),
+                "mim_bwd": (float(next_token_loss(bwd_aligned, y_bwd.flip(1), reduction="sum")), n)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sft: completion-only fine-tuning
+# ----------------------------------------------------------------------------------------------------------------
+def read_completion_examples(path: str | Path) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from JSONL; blank lines are skipped, anything else malformed names file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (--sft-data expects a JSONL file with prompt/completion fields)")
+    examples = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.strip())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'completion' fields")
+            for key in ("prompt", "completion"):
+                if not isinstance(record.get(key), str):
+                    problem = "missing" if key not in record else f"not a string ({type(record[key]).__name__})"
+                    raise DataError(f"{path}:{lineno}: field {key!r} is {problem}")
+            examples.append((record["prompt"], record["completion"]))
+    if not examples:
+        raise DataError(f"{path}: no examples (expected one JSON object per line with prompt/completion fields)")
+    return examples
+
+
+class CompletionOnly:
+    """Fine-tuning on (prompt, completion) pairs with the loss masked to the completion and its end-of-text.
+
+    The shard window only sets the batch size and the length budget; examples are drawn with the trainer's seeded
+    rng, so data order stays a pure function of (seed, step, micro-step) and resume stays exact. Every 20th example
+    is held out for validation (`split="val"`); with fewer than 20 examples validation reuses the training ones.
+    Prompt and completion are tokenized separately, as at inference time. An example longer than the window loses
+    the beginning of its prompt first. Mixing with pretraining windows (`--objective sft:0.8,l2r:0.2`) is a cheap
+    guard against forgetting. Trade-off: batches are padded to their longest example, not packed.
+    """
+
+    name = "sft"
+    HOLD_OUT_EVERY = 20
+
+    def __init__(self, tokenizer, sft_data: str = "", **_):
+        if not sft_data:
+            raise ConfigError("--objective sft needs --sft-data FILE.jsonl (prompt/completion per line)")
+        self.marker, self.eot, self.pad = tokenizer.l2r_id, tokenizer.eot_id, tokenizer.pad_id
+        pairs = read_completion_examples(sft_data)
+        prompts = tokenizer.encode_batch([p for p, _ in pairs])
+        completions = tokenizer.encode_batch([c for _, c in pairs])
+        examples = list(zip(prompts, completions))
+        held = [i % self.HOLD_OUT_EVERY == self.HOLD_OUT_EVERY - 1 for i in range(len(examples))]
+        self.splits = {"train": [e for e, h in zip(examples, held) if not h],
+                       "val": [e for e, h in zip(examples, held) if h]}
+        if not self.splits["val"]:
+            self.splits["val"] = self.splits["train"]
+
+    def example_tokens(self, prompt: list[int], completion: list[int], T: int) -> tuple[list[int], list[int]]:
+        """(inputs, targets) of at most T tokens: [<l2r>, prompt, completion] predicting [prompt, completion, eot]
+        with the prompt's targets ignored."""
+        seq = prompt + completion + [self.eot]
+        tgt = [IGNORE] * len(prompt) + completion + [self.eot]
+        seq, tgt = seq[-T:], tgt[-T:]
+        return [self.marker] + seq[:-1], tgt
+
+    def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
+        rng = rng if rng is not None else np.random.default_rng()
+        B, T = windows.shape
+        pool = self.splits["val" if split == "val" else "train"]
+        rows = [self.example_tokens(*pool[int(i)], T) for i in rng.integers(0, len(pool), size=B)]
+        L = max(len(x) for x, _ in rows)
+        x = torch.full((B, L), self.pad, dtype=torch.long)
+        y = torch.full((B, L), IGNORE, dtype=torch.long)
+        for b, (xs, ys) in enumerate(rows):
+            x[b, :len(xs)] = torch.tensor(xs)
+            y[b, :len(ys)] = torch.tensor(ys)
+        return Batch(x, y, self.name)
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
+        loss = next_token_loss(model(batch.x), batch.y)
+        return loss, {"loss_sft": loss.detach()}
+
+    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
+        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
+        return {self.name: (float(nats), batch.n_tokens)}
+
+
+OBJECTIVES = {"l2r": LeftToRight, "fim": FillInTheMiddle, "mim": MeetInTheMiddle, "sft": CompletionOnly}
 
 
 def parse_mixture(spec: str) -> dict[str, float]:
@@ -75,6 +380,7 @@ def parse_mixture(spec: str) -> dict[str, float]:
         if not part:
             continue
         name, _, w = part.partition(":")
+        name = name.strip()
         if name not in OBJECTIVES:
             raise ConfigError(f"unknown objective {name!r} in --objective {spec!r}; choose from "
                               f"{', '.join(OBJECTIVES)}")
@@ -82,8 +388,8 @@ def parse_mixture(spec: str) -> dict[str, float]:
             weight = float(w) if w else 1.0
         except ValueError:
             raise ConfigError(f"bad weight {w!r} for objective {name!r} in --objective {spec!r}") from None
-        if weight < 0:
-            raise ConfigError(f"negative weight for objective {name!r} in --objective {spec!r}")
+        if not weight >= 0 or weight == float("inf"):
+            raise ConfigError(f"weight of objective {name!r} in --objective {spec!r} must be finite and >= 0")
         weights[name] = weights.get(name, 0.0) + weight
     total = sum(weights.values())
     if not weights or total <= 0:
@@ -92,4 +398,6 @@ def parse_mixture(spec: str) -> dict[str, float]:
 
 
 def build_objectives(spec: str, tokenizer, **options) -> dict[str, object]:
+    """One instance per objective in the mixture; options (fim_rate, mim_beta, mim_stop_grad, sft_data) go to
+    whichever objective uses them."""
     return {name: OBJECTIVES[name](tokenizer, **options) for name in parse_mixture(spec)}

@@ -1,21 +1,28 @@
-"""The training loop: AdamW, warmup + decay, accumulation, clipping, autocast, validation, checkpoints, exact resume.
+"""The training loop: AdamW, schedules, accumulation, clipping, mixed precision, data parallelism, exact resume.
 
 The trainer knows nothing of the objectives' internals (minGPT's rule): it asks the mixture for a batch and a loss.
-Data order is a pure function of (seed, step, micro-step), so a resumed run sees exactly the batches the
-uninterrupted one would have, with no sampler state to save.
+Data order is a pure function of (seed, step): each step's global batch of windows is drawn at once and sliced per
+micro-step and per rank, so a resumed run sees exactly the batches the uninterrupted one would have (no sampler
+state to save), and 1 process x 4 accumulation steps, 2 processes x 2, and 1 process with a 4x batch all take the
+same optimizer step. Learning rate, context length and data blend are functions of the step too (codelm/schedules.py).
+
+The same command runs on one process, `torchrun` DDP (gloo on CPU, NCCL on GPU) or FSDP2 (codelm/distributed.py).
+Only rank 0 writes logs, metrics and checkpoints; checkpoints hold full tensors and load in a single process.
 
 Run directory:
     RUN/config.json        the resolved TrainConfig (and model config)
     RUN/metrics.jsonl      one JSON object per logged step / validation / evaluation
+    RUN/loss.png           loss curves, written at the end (codelm/runs.py)
     RUN/checkpoints/step_N model + trainer state (codelm/checkpoint.py)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,13 +31,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from codelm import distributed
 from codelm.checkpoint import (default_capabilities, list_checkpoints, load_checkpoint, load_train_state,
                                prune_checkpoints, save_checkpoint)
-from codelm.config import option, save_config
+from codelm.config import atomic_write_text, option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
-from codelm.model import ModelConfig, Transformer, count_parameters, flops_per_token, preset_config
-from codelm.objectives import build_objectives, parse_mixture
+from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,
+                          preset_config)
+from codelm.objectives import LeftToRight, build_objectives, parse_mixture
+from codelm.schedules import (RECIPES, context_at, fit_batch, lr_multiplier, parse_context_schedule,
+                              parse_schedule, switch_step)
 
 log = logging.getLogger("codelm.train")
 
@@ -39,31 +50,49 @@ log = logging.getLogger("codelm.train")
 class TrainConfig:
     data: str = option("data/stdlib", "shard directory made by `codelm data prepare`")
     out: str = option("runs/tiny", "run directory (config, metrics, checkpoints)")
+    recipe: str = option("", "named recipe setting the paper's values (explicit flags win): "
+                             "mim-350m, mim-1.3b, mim-2.7b, continued")
     preset: str = option("tiny", "model preset: tiny, small, 350m, 1.3b, 2.7b")
     model: dict = option({}, "model config overrides, e.g. --model.n_layer 4", cli=False)
-    objective: str = option("l2r", "objective mixture over windows: l2r, fim, mim, or e.g. mim:0.5,fim:0.5")
+    objective: str = option("l2r", "objective mixture over windows: l2r, fim, mim, sft, or e.g. mim:0.5,fim:0.5")
     fim_rate: float = option(0.5, "FIM: probability that a document in a window is transformed")
     mim_beta: float = option(0.1, "MIM: weight of the agreement (total variation) term")
     mim_stop_grad: bool = option(False, "MIM: stop the agreement term's gradient into the backward direction")
+    sft_data: str = option("", "objective sft: JSONL of prompt/completion pairs (loss on the completion only)")
     steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(16, "windows per micro-batch")
+    batch_size: int = option(16, "windows per micro-batch (per process)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
+    global_batch: int = option(0, "windows per optimizer step over all processes (0 = batch_size x grad_accum x "
+                                  "processes); sets grad_accum")
     context_length: int = option(0, "window length in tokens (0 = the model's context length)")
+    context_schedule: str = option("", "context length by fraction of steps, e.g. 0.75:2048,1.0:8192 (BTLM); "
+                                       "tokens per micro-batch stay constant")
+    data_switch: str = option("", "second shard directory (higher-quality blend) to switch to part-way")
+    switch_at_lr_fraction: float = option(0.2, "switch to --data-switch when the LR falls to this fraction of its "
+                                               "peak (Parmar et al. 2024)")
     lr: float = option(1e-3, "peak learning rate")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = option(100, "linear warmup steps")
-    schedule: str = option("cosine", "decay after warmup: cosine, linear, constant")
+    warmup_steps: int = option(100, "linear warmup steps (with --init-from: re-warming)")
+    schedule: str = option("cosine", "decay after warmup: cosine, linear, polynomial[:power], inv-sqrt, "
+                                     "wsd[:decay_fraction], constant")
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     eps: float = option(1e-8, "AdamW epsilon")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
-    precision: str = option("auto", "fp32, bf16 (autocast) or auto (bf16 where supported)")
+    precision: str = option("auto", "fp32, bf16 (autocast), fp16 (autocast + grad scaler) or auto (bf16 where "
+                                    "the hardware has it)")
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass "
+                                                   "(less memory, ~1/3 more compute)")
+    parallel: str = option("auto", "with torchrun: ddp, fsdp, or auto (fsdp for 350m and larger)")
+    optimizer_impl: str = option("auto", "AdamW kernel: fused, foreach, for-loop, or auto (fused)")
+    peak_flops: float = option(0.0, "peak FLOP/s per process for MFU (0 = known GPU peak or a matmul probe)")
     eval_every: int = option(200, "validate every N steps (0 = only at the end)")
     eval_tokens: int = option(32768, "validation tokens per evaluation")
     save_every: int = option(500, "checkpoint every N steps (a final one is always written)")
     keep_last: int = option(3, "checkpoints to keep (0 = all)")
     log_every: int = option(10, "progress line every N steps")
+    plot: bool = option(True, "write loss-curve PNGs to the run directory at the end")
     seed: int = option(1337, "seed for initialisation and data order")
     device: str = option("auto", "cpu, cuda, or auto")
     threads: int = option(0, "torch CPU threads (0 = leave torch's default)")
@@ -72,33 +101,47 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Learning-rate schedule
+# Recipes and schedules
 # ----------------------------------------------------------------------------------------------------------------
+def apply_recipe(cfg: TrainConfig, explicit: set[str] | None = None, pretraining: dict | None = None) -> TrainConfig:
+    """The recipe's values for every field the user did not set. `explicit` names the fields the user gave (the
+    CLI knows); without it a field still at its dataclass default counts as not given. `pretraining` is the
+    --init-from checkpoint's recorded schedule ({"lr_peak", "lr_final"}), used by the continued recipe."""
+    if not cfg.recipe:
+        return cfg
+    if cfg.recipe not in RECIPES:
+        raise ConfigError(f"unknown --recipe {cfg.recipe!r}; choose {', '.join(RECIPES)}")
+    defaults = TrainConfig()
+    given = explicit if explicit is not None else {
+        f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+    values = dict(RECIPES[cfg.recipe])
+    if cfg.recipe == "continued" and pretraining and pretraining.get("lr_final"):
+        # start where pretraining ended (no warmup), decay to 1/100 of the pretraining peak
+        values["lr"] = pretraining["lr_final"]
+        values["min_lr_ratio"] = min(1.0, pretraining["lr_peak"] / 100 / pretraining["lr_final"])
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in given})
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to the peak, then the named decay to min_lr_ratio * peak at the last step."""
-    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    if cfg.schedule == "cosine":
-        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
-    if cfg.schedule == "linear":
-        return peak + (floor - peak) * progress
-    if cfg.schedule == "constant":
-        return peak
-    raise ConfigError(f"unknown --schedule {cfg.schedule!r}; choose cosine, linear or constant")
+    return cfg.lr * lr_multiplier(step, cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data: windows as a pure function of (seed, step, micro-step)
+# Data: windows as a pure function of (seed, step)
 # ----------------------------------------------------------------------------------------------------------------
-def sample_windows(tokens: np.ndarray, batch: int, length: int, seed: int, step: int, micro: int,
-                   rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`batch` random windows of `length` tokens; returns (windows [B, length], their start offsets)."""
+def sample_windows(tokens: np.ndarray, batch: int, length: int, seed: int, step: int, micro: int = 0,
+                   rank: int = 0, world: int = 1, grad_accum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's `batch` windows of `length` tokens for one micro-step; returns (windows [B, length], starts).
+
+    The step's global batch (batch x grad_accum x world windows) is drawn from (seed, step) alone and sliced, so
+    how it is split over micro-steps and processes does not change which windows the step trains on."""
     if len(tokens) <= length:
         raise ConfigError(f"the training split has {len(tokens)} tokens, fewer than one window of {length}")
-    rng = np.random.default_rng([seed, step, micro, rank])
-    starts = rng.integers(0, len(tokens) - length, size=batch)
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(tokens) - length, size=batch * grad_accum * world)
+    first = (micro * world + rank) * batch
+    starts = starts[first:first + batch]
     return np.stack([np.asarray(tokens[s:s + length]) for s in starts]), starts
 
 
@@ -111,32 +154,95 @@ def choose_objective(weights: dict[str, float], seed: int, step: int, micro: int
     return names[int(rng.choice(len(names), p=[weights[n] for n in names]))]
 
 
-def resolve_device(name: str) -> torch.device:
+# ----------------------------------------------------------------------------------------------------------------
+# Device, precision, optimizer, speed accounting
+# ----------------------------------------------------------------------------------------------------------------
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: PyTorch's CPU autocast then runs bf16 matmuls natively (2-4x fp32); elsewhere bf16
+    is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+    """The autocast dtype, or None for plain fp32. `auto` is bf16 where the hardware has it: on this project's
+    CPUs its loss curve matched fp32 within the spread of fp32 seeds (benchmarks/bench_train.py --check-bf16)."""
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16  # PyTorch's CPU autocast runs bf16 matmuls on AVX512-BF16/AMX, fp32 elsewhere
-    raise ConfigError(f"unknown --precision {name!r}; choose fp32, bf16 or auto")
+        return torch.bfloat16 if cpu_has_bf16() else None
+    raise ConfigError(f"unknown --precision {name!r}; choose fp32, bf16, fp16 or auto")
 
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices only (not on norms' gains), as GPT-3/Llama do."""
+    """Weight decay on matrices only (not on norms' gains), as GPT-3/Llama do. The fused kernel updates all
+    parameters in one pass per group: cheapest on CPU and GPU (benchmarks/bench_train.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=False)
+    inner = getattr(model, "module", model)  # under DDP the Transformer is model.module
+    if getattr(getattr(inner, "config", None), "mup", False):
+        # µP (BTLM): hidden matrices learn at lr / width_mult; each group's lr_scale is applied by the scheduler
+        groups = mup_param_groups(inner, cfg.lr, cfg.weight_decay)
+    else:
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    impl = {"auto": "fused", "fused": "fused", "foreach": "foreach", "for-loop": "for-loop"}.get(cfg.optimizer_impl)
+    if impl is None:
+        raise ConfigError(f"unknown --optimizer-impl {cfg.optimizer_impl!r}; choose fused, foreach, for-loop, auto")
+    if impl == "fused" and any(type(p).__name__ == "DTensor" for p in params):
+        impl = "foreach"  # FSDP2's sharded parameters: the fused kernel does not take DTensors on every backend
+    kind = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[impl]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kind)
+
+
+def enable_activation_checkpointing(model: Transformer) -> None:
+    """Recompute each block in the backward pass. The block's forward is wrapped per instance, so parameter names
+    (and checkpoints) stay exactly those of the plain model."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.layers:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+# Dense bf16 peaks of common GPUs (vendor datasheets, without sparsity); anything else is probed.
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype | None, size: int = 1024, reps: int = 4) -> float:
+    """FLOP/s of a dense square matmul in the dtype the model's matmuls run in: the roof MFU is measured against.
+    On a shared CPU the best of a few runs is the closest to the machine's own peak."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return peak if dtype in (torch.bfloat16, torch.float16) else peak / 2  # TF32 rate for fp32
+    dt = dtype or torch.float32
+    a = torch.randn(size, size, device=device).to(dt)
+    b = torch.randn(size, size, device=device).to(dt)
+    best = float("inf")
+    for i in range(reps + 2):
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # the first runs warm caches and pick kernels
+            best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
 
 
 def _format_duration(seconds: float) -> str:
@@ -153,52 +259,74 @@ EvalCallback = Callable[["Trainer", int], dict]
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, callbacks: list[EvalCallback] | None = None):
+    """Trainer(cfg, callbacks=[fn(trainer, step) -> dict]).fit(). Callbacks run at every validation, on rank 0
+    (on every rank under FSDP, where a forward pass is collective: check `trainer.dist.is_main` before writing)."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: list[EvalCallback] | None = None,
+                 explicit: set[str] | None = None):
         from codelm.tokenizer import get_tokenizer
 
-        self.cfg = cfg
         self.callbacks = callbacks or []
-        self.run_dir = Path(cfg.out)
-        self.device = resolve_device(cfg.device)
-        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        self.dist = distributed.init_distributed(resolve_device(cfg.device).type)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+
+        init = load_checkpoint(cfg.init_from) if cfg.init_from else None
+        cfg = apply_recipe(cfg, explicit, _pretraining_schedule(init) if init else None)
+        if cfg.global_batch:
+            cfg.batch_size, cfg.grad_accum = fit_batch(cfg.global_batch, cfg.batch_size, self.dist.world)
+        parse_schedule(cfg.schedule)  # fail now, not at the first step
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out)
+        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
         self.weights = parse_mixture(cfg.objective)
 
-        init = None
-        if cfg.init_from:
-            init = load_checkpoint(cfg.init_from)
-            self.model_cfg = init.config
+        self.inherited_capabilities = {}
+        if init is not None:
+            self.model_cfg = self._init_model_config(init.config)
             self.tokenizer = init.tokenizer
+            # fine-tuning (e.g. sft) keeps what the base model could already do: its infill modes stay usable
+            self.inherited_capabilities = {k: v for k, v in (init.capabilities or {}).items()
+                                           if k in ("can_fim", "can_mim", "fim_formats") and v}
+            self.inherited_capabilities["base_objectives"] = (init.capabilities or {}).get("objectives")
         else:
             self.model_cfg = self._model_config()
             self.tokenizer = get_tokenizer(self.model_cfg.tokenizer)
         self.shards = ShardSet(cfg.data)
         self.tokenizer.check_same(self.shards.tokenizer_desc, f"shard directory {cfg.data}")
-        self.context = cfg.context_length or self.model_cfg.context_length
-        if self.context > self.model_cfg.context_length:
-            raise ConfigError(f"--context-length {self.context} exceeds the model's {self.model_cfg.context_length}")
+        self._setup_context_schedule()
+        self._setup_data_switch()
 
         torch.manual_seed(cfg.seed)
         self.model = Transformer(self.model_cfg)
         if init is not None:
             self.model.load_state_dict(init.model.state_dict())
+            del init
         self.model.to(self.device)
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        self.dist.mode = distributed.choose_mode(cfg.parallel, self.dist.world, cfg.preset)
+        self.wrapped = distributed.wrap_model(self.model, self.dist.mode, self.device)
         self.objectives = build_objectives(cfg.objective, self.tokenizer, fim_rate=cfg.fim_rate,
-                                           mim_beta=cfg.mim_beta, mim_stop_grad=cfg.mim_stop_grad)
+                                           mim_beta=cfg.mim_beta, mim_stop_grad=cfg.mim_stop_grad,
+                                           sft_data=cfg.sft_data)
         self.optimizer = configure_optimizer(self.model, cfg)
+        # fp16 needs loss scaling (its 5-bit exponent underflows small gradients); bf16 has fp32's range
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
         self.step = 0
         self.tokens_seen = 0
         self.train_seconds = 0.0
         self.train_split = self.shards.split("train")
         self.val_split = self.shards.split("val")
-        self.flops_per_token = flops_per_token(self.model_cfg, self.context)["train"]
+        self.peak_flops = 0.0  # measured at the start of fit()
+        self._tb = None
         if cfg.resume:
             self._resume()
 
+    # --- configuration -----------------------------------------------------------------------------------------
     def _model_config(self) -> ModelConfig:
         from codelm.config import coerce
-        import dataclasses
 
         types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
         overrides = {}
@@ -209,6 +337,52 @@ class Trainer:
             overrides[key] = coerce(value, tp, f"model.{key}")
         return preset_config(self.cfg.preset, **overrides)
 
+    def _init_model_config(self, base: ModelConfig) -> ModelConfig:
+        """The --init-from model's config; only its context length may grow (the rotary table is not a weight,
+        so a model pretrained at 2,048 can continue at 8,192, as BTLM-3B-8K did)."""
+        unknown = set(self.cfg.model) - {"context_length"}
+        if unknown:
+            raise ConfigError(f"--init-from fixes the architecture; only --model.context_length may change "
+                              f"(got --model.{sorted(unknown)[0]})")
+        if "context_length" in self.cfg.model:
+            return dataclasses.replace(base, context_length=int(self.cfg.model["context_length"]))
+        return base
+
+    def _setup_context_schedule(self) -> None:
+        cfg = self.cfg
+        self.context = cfg.context_length or self.model_cfg.context_length
+        self.context_schedule = parse_context_schedule(cfg.context_schedule) if cfg.context_schedule \
+            else [(1.0, self.context)]
+        longest = max(c for _, c in self.context_schedule)
+        if longest > self.model_cfg.context_length:
+            raise ConfigError(f"context {longest} exceeds the model's context_length {self.model_cfg.context_length}"
+                              f"; raise it with --model.context_length {longest}")
+        if cfg.context_schedule:
+            self.context = self.context_schedule[-1][1]  # validation at the final (longest) context
+
+    def _setup_data_switch(self) -> None:
+        cfg = self.cfg
+        self.switch_shards, self.switch_at = None, cfg.steps
+        if not cfg.data_switch:
+            return
+        self.switch_shards = ShardSet(cfg.data_switch)
+        self.tokenizer.check_same(self.switch_shards.tokenizer_desc, f"shard directory {cfg.data_switch}")
+        self.switch_at = switch_step(cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio,
+                                     cfg.switch_at_lr_fraction)
+        log.info("data blend switches from %s to %s at step %d", cfg.data, cfg.data_switch, self.switch_at)
+
+    def context_at(self, step: int) -> int:
+        return context_at(step, self.cfg.steps, self.context_schedule)
+
+    def batch_at(self, context: int) -> int:
+        """Windows per micro-batch: longer windows, fewer of them (BTLM keeps tokens per batch constant)."""
+        return max(1, self.cfg.batch_size * self.context_schedule[0][1] // context)
+
+    def split_at(self, step: int):
+        if self.switch_shards is not None and step >= self.switch_at:
+            return self.switch_shards.split("train")
+        return self.train_split
+
     # --- capabilities and saving ---------------------------------------------------------------------------------
     def capabilities(self) -> dict:
         caps = default_capabilities(self.tokenizer, self.model_cfg.context_length, self.weights)
@@ -216,19 +390,51 @@ class Trainer:
                      "data_decontaminated": bool(self.shards.index.get("manifest", {}).get("decontaminated", False)),
                      "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if "fim" in self.weights else None,
                      "mim_beta": self.cfg.mim_beta if "mim" in self.weights else None})
+        if self.switch_shards is not None:
+            caps["data_switch_manifest_hash"] = self.switch_shards.manifest_hash
+        for key, value in self.inherited_capabilities.items():
+            if key == "fim_formats":
+                caps[key] = sorted(set(caps.get(key) or []) | set(value))
+            elif key.startswith("can_"):
+                caps[key] = caps.get(key) or value
+            else:
+                caps[key] = value
         return caps
 
     def train_state(self) -> dict:
-        return {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
-                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "config": asdict(self.cfg)}
+        """Optimizer state keyed by parameter name and unsharded, so any world size can resume it."""
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                 "optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
+                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "config": asdict(self.cfg),
+                 "world": self.dist.world}
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
 
     def save(self) -> Path:
-        path = save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step:07d}", self.model, self.tokenizer,
-                               capabilities=self.capabilities(), train_state=self.train_state(),
-                               meta={"step": self.step, "tokens_seen": self.tokens_seen})
-        prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        """Collective under FSDP (every rank gathers); rank 0 writes atomically, so a kill at any moment leaves the
+        previous checkpoint whole."""
+        model = self.model
+        if self.dist.mode == "fsdp":
+            model = self._plain_model(distributed.full_model_state(self.model))
+        state = self.train_state()
+        path = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        if self.dist.is_main:
+            meta = {"step": self.step, "tokens_seen": self.tokens_seen, "lr_peak": self.cfg.lr,
+                    "lr_final": self.cfg.lr * self.cfg.min_lr_ratio}
+            path = save_checkpoint(path, model, self.tokenizer, capabilities=self.capabilities(), train_state=state,
+                                   meta=meta)
+            prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        distributed.barrier(self.dist.world)
         return path
+
+    def _plain_model(self, state: dict) -> Transformer:
+        with torch.device("meta"):
+            plain = Transformer(self.model_cfg)
+        plain.load_state_dict(state, assign=True, strict=False)
+        if self.model_cfg.tie_embeddings:  # assign replaced embed.weight alone; re-tie the head to it
+            plain.lm_head.weight = plain.embed.weight
+        return plain
 
     def _resume(self):
         ckpts = list_checkpoints(self.run_dir)
@@ -237,59 +443,117 @@ class Trainer:
             return
         ckpt = load_checkpoint(ckpts[-1])
         ckpt.tokenizer.check_same(self.tokenizer, f"checkpoint {ckpts[-1]}")
-        self.model.load_state_dict(ckpt.model.state_dict())
         state = load_train_state(ckpts[-1])
-        self.optimizer.load_state_dict(state["optimizer"])
+        opt_state = state["optimizer"]
+        if all(isinstance(k, int) for k in opt_state.get("state", {})):  # older checkpoints: positional keys
+            self.model.load_state_dict(ckpt.model.state_dict())
+            self.optimizer.load_state_dict(opt_state)
+        else:
+            distributed.load_full_state(self.model, self.optimizer, ckpt.model.state_dict(), opt_state)
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.train_seconds = state.get("train_seconds", 0.0)
+        if self.dist.is_main:
+            self._truncate_metrics(self.step)
         log.info("resumed from %s at step %d", ckpts[-1], self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records logged after the checkpoint (a run killed between a log line and its next save), so the
+        resumed run's metrics read like the uninterrupted run's."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut short by the kill
+        atomic_write_text(path, "".join(l + "\n" for l in kept))
 
     # --- metrics ---------------------------------------------------------------------------------------------------
     def log_metrics(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "kind"):
+                    self._tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
+
+    def _open_tensorboard(self) -> None:
+        """TensorBoard when installed (optional: metrics.jsonl is the record)."""
+        if not self.dist.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def autocast(self):
         if self.autocast_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def mfu(self, tokens_per_s: float, step: int) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s over the peak of all processes (PaLM appendix B)."""
+        flops = flops_per_token(self.model_cfg, self.context_at(step))["train"]
+        return tokens_per_s * flops / max(1.0, self.peak_flops * self.dist.world)
+
     # --- one step --------------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
-        cfg = self.cfg
-        self.model.train()
+        cfg, d = self.cfg, self.dist
+        self.wrapped.train()
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # µP groups carry their own scale
+        context = self.context_at(self.step)
+        batch_size = self.batch_at(context)
+        tokens = self.split_at(self.step).tokens
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             name = choose_objective(self.weights, cfg.seed, self.step, micro)
-            windows, _ = sample_windows(self.train_split.tokens, cfg.batch_size, self.context, cfg.seed,
-                                        self.step, micro)
-            rng = np.random.default_rng([cfg.seed, self.step, micro, 104729])
+            windows, _ = sample_windows(tokens, batch_size, context, cfg.seed, self.step, micro, d.rank, d.world,
+                                        cfg.grad_accum)
+            rng = np.random.default_rng([cfg.seed, self.step, micro, d.rank, 104729])
             batch = self.objectives[name].make_batch(windows, rng).to(self.device)
-            with self.autocast():
-                loss, metrics = self.objectives[name].loss(self.model, batch)
-            (loss / cfg.grad_accum).backward()
+            with distributed.grad_sync(self.wrapped, d.mode, micro == cfg.grad_accum - 1):
+                with self.autocast():
+                    loss, metrics = self.objectives[name].loss(self.wrapped, batch)
+                scaled = loss / cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
-            self.tokens_seen += windows.size
+            self.tokens_seen += windows.size * d.world
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if cfg.grad_clip > 0:
-            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-        self.optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            totals["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         totals["lr"] = lr
+        totals["context"] = context
         return totals
 
     # --- validation ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
-        """Every objective's loss on the same fixed validation windows, in nats/token and bits/byte."""
+        """Every objective's loss on the same fixed validation windows, in nats/token and bits/byte. Every rank
+        computes the same numbers (FSDP's forward is collective; the windows are few)."""
         self.model.eval()
         T = self.context
         tokens = self.val_split.tokens
@@ -299,10 +563,13 @@ class Trainer:
         starts = np.linspace(0, len(tokens) - T - 1, n_windows).astype(np.int64)
         sums: dict[str, list[float]] = {}
         rng = np.random.default_rng([self.cfg.seed, 424242])  # fixed FIM splits etc. at every validation
+        validators = dict(self.objectives)
+        if "l2r" not in validators and "mim" not in validators:  # mim_fwd already is the l2r loss
+            validators["l2r"] = LeftToRight(self.tokenizer)  # so every run reports the plain left-to-right loss
         for i in range(0, n_windows, self.cfg.batch_size):
             windows = np.stack([np.asarray(tokens[s:s + T]) for s in starts[i:i + self.cfg.batch_size]])
-            for name, objective in self.objectives.items():
-                batch = objective.make_batch(windows, rng).to(self.device)
+            for name, objective in validators.items():
+                batch = objective.make_batch(windows, rng, split="val").to(self.device)
                 with self.autocast():
                     for stream, (nats, count) in objective.val_metrics(self.model, batch).items():
                         acc = sums.setdefault(stream, [0.0, 0])
@@ -321,51 +588,88 @@ class Trainer:
         """Train to cfg.steps (or stop early at `stop_at`, checkpointed, as an interrupted run would be)."""
         cfg = self.cfg
         last_step = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config({"train": asdict(cfg), "model": self.model_cfg.to_dict(), "tokenizer": self.tokenizer.describe(),
-                     "data_manifest_hash": self.shards.manifest_hash}, self.run_dir / "config.json")
-        n_params = count_parameters(self.model)
-        log.info("model: %.2fM parameters, %.1f MFLOPs/token (train), context %d, objective %s, device %s, %s",
-                 n_params / 1e6, self.flops_per_token / 1e6, self.context, cfg.objective, self.device,
-                 "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config({"train": asdict(cfg), "model": self.model_cfg.to_dict(),
+                         "tokenizer": self.tokenizer.describe(), "data_manifest_hash": self.shards.manifest_hash,
+                         "world": self.dist.world, "parallel": self.dist.mode}, self.run_dir / "config.json")
+        self._open_tensorboard()
+        self.peak_flops = cfg.peak_flops or measure_peak_flops(self.device, self.autocast_dtype)
+        log.info("model: %.2fM parameters, %.1f MFLOPs/token (train), context %d, objective %s, device %s x %d (%s), "
+                 "%s, peak %.0f GFLOP/s per process", count_parameters(self.model) / 1e6,
+                 flops_per_token(self.model_cfg, self.context)["train"] / 1e6, self.context, cfg.objective,
+                 self.device, self.dist.world, self.dist.mode, _precision_name(self.autocast_dtype),
+                 self.peak_flops / 1e9)
         last_val: dict = {}
-        window_t0, window_tokens = time.perf_counter(), 0
+        window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
         while self.step < last_step:
             t0 = time.perf_counter()
             tokens_before = self.tokens_seen
             metrics = self.train_step()
-            dt = time.perf_counter() - t0
-            self.train_seconds += dt
+            self.train_seconds += time.perf_counter() - t0
             window_tokens += self.tokens_seen - tokens_before
+            window_steps += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                elapsed = time.perf_counter() - window_t0
-                tok_s = window_tokens / max(elapsed, 1e-9)
-                eta = (cfg.steps - self.step) * (elapsed / max(1, cfg.log_every if self.step % cfg.log_every == 0
-                                                               else self.step % cfg.log_every))
-                record = {"step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1), **metrics}
-                self.log_metrics({"kind": "train", **record})
-                log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | ETA %s", self.step, cfg.steps,
-                         metrics["loss"], metrics["lr"], f"{tok_s:,.0f}", _format_duration(eta))
-                window_t0, window_tokens = time.perf_counter(), 0
+                self._log_progress(metrics, window_tokens, time.perf_counter() - window_t0, window_steps)
+                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 last_val = self._evaluate()
-                window_t0, window_tokens = time.perf_counter(), 0  # keep validation time out of tokens/s
+                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0  # keep eval out of tokens/s
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
-                window_t0, window_tokens = time.perf_counter(), 0
+                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
         last_val = self._evaluate()
         path = self.save()
         summary = {"step": self.step, "tokens": self.tokens_seen, "checkpoint": str(path), **last_val}
-        log.info("done: %s", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in summary.items()))
+        if self.dist.is_main:
+            self._write_plots()
+            log.info("done: %s", ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in summary.items()))
+        if self._tb is not None:
+            self._tb.close()
         return summary
+
+    def _log_progress(self, metrics: dict, tokens: int, elapsed: float, steps: int) -> None:
+        metrics = distributed.all_reduce_mean(metrics, self.dist.world)  # every rank saw its own slice
+        metrics["context"] = int(metrics["context"])
+        tok_s = tokens / max(elapsed, 1e-9)
+        mfu = self.mfu(tok_s, self.step - 1)
+        eta = (self.cfg.steps - self.step) * elapsed / max(1, steps)
+        self.log_metrics({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1),
+                          "mfu": round(mfu, 4), **metrics})
+        if self.dist.is_main:
+            log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | MFU %.1f%% | ETA %s", self.step, self.cfg.steps,
+                     metrics["loss"], metrics["lr"], f"{tok_s:,.0f}", 100 * mfu, _format_duration(eta))
 
     def _evaluate(self) -> dict:
         t0 = time.perf_counter()
         val = self.validate()
-        for callback in self.callbacks:
-            val.update(callback(self, self.step))
+        if self.dist.is_main or self.dist.mode == "fsdp":
+            for callback in self.callbacks:
+                val.update(callback(self, self.step))
         self.log_metrics({"kind": "val", "step": self.step, "tokens": self.tokens_seen, **val})
-        log.info("val @ %d: %s (%.1fs)", self.step, ", ".join(f"{k} {v:.4f}" for k, v in val.items()
-                                                              if isinstance(v, float)), time.perf_counter() - t0)
+        if self.dist.is_main:
+            log.info("val @ %d: %s (%.1fs)", self.step, ", ".join(f"{k} {v:.4f}" for k, v in val.items()
+                                                                  if isinstance(v, float)), time.perf_counter() - t0)
         return val
+
+    def _write_plots(self) -> None:
+        if not self.cfg.plot:
+            return
+        try:
+            from codelm.runs import plot_runs
+            plot_runs([self.run_dir], self.run_dir / "loss.png")
+        except ImportError as e:  # matplotlib is a dependency, but a plot is never worth failing a run for
+            log.warning("no loss plot: %s", e)
+
+
+def _pretraining_schedule(init) -> dict | None:
+    """The --init-from checkpoint's peak and final learning rates, when it recorded them."""
+    meta = init.meta or {}
+    if meta.get("lr_peak"):
+        return {"lr_peak": meta["lr_peak"], "lr_final": meta["lr_final"]}
+    return None
+
+
+def _precision_name(dtype) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}[dtype]

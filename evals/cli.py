@@ -38,6 +38,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                             ("infilling", "HumanEval-infilling (Bavarian et al. 2022)")]:
         sub = benchmarks.add_parser(name, help=help_text, description=help_text)
         _add_common_args(sub)
+        if name in ("humaneval", "mbpp"):
+            sub.add_argument("--plus", action="store_true",
+                             help="HumanEval+ / MBPP+ (evalplus): differential tests on many more inputs")
         if name == "mbpp":
             sub.add_argument("--mbpp-format", choices=("bigcode", "3shot"), default="bigcode",
                              help="prompt: bigcode's docstring with one test (default) "
@@ -48,7 +51,24 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
             sub.add_argument("--mode", choices=("fim", "mim"), default="fim",
                              help="decoding: fill-in-the-middle prompt or meet-in-the-middle (default fim)")
         sub.set_defaults(func=run_eval_command)
+    compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")
+    compare.add_argument("runs", nargs="+", metavar="DIR", help="directories written by `codelm eval`")
+    compare.add_argument("--output", metavar="DIR", default="runs/eval/compare", help="where the report goes")
+    compare.set_defaults(func=run_compare_command)
     return parser
+
+
+def run_compare_command(args) -> int:
+    from evals.compare import compare
+    from evals.data import EvalInputError
+
+    try:
+        paths = compare(args.runs, args.output)
+    except EvalInputError as e:
+        print(f"codelm eval: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {paths['markdown']}, {paths['html']}", file=sys.stderr)
+    return 0
 
 
 def _add_common_args(sub: argparse.ArgumentParser) -> None:
@@ -72,9 +92,22 @@ def _add_common_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--backend", choices=("local", "docker"), default="local", help="sandbox backend")
     sub.add_argument("--timeout", type=float, help="CPU seconds per program (default 3; MBPP 10)")
     sub.add_argument("--progress-every", type=float, default=10.0, help=argparse.SUPPRESS)
+    api = sub.add_argument_group("model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, "
+                                 "codelm serve)")
+    api.add_argument("--endpoint", metavar="URL", help="e.g. http://127.0.0.1:8000/v1 (instead of MODEL)")
+    api.add_argument("--model", dest="endpoint_model", metavar="NAME", help="the model name the server expects")
+    api.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    api.add_argument("--rate-limit", type=float, help="at most this many requests per second")
+    api.add_argument("--retries", type=int, default=6, help="retries on 429/5xx with backoff (default 6)")
+    api.add_argument("--fim-template", help="raw FIM prompt with {prefix} and {suffix} instead of the suffix field")
 
 
 def load_benchmark(args):
+    if getattr(args, "plus", False):
+        from evals import evalplus
+        if args.benchmark == "humaneval":
+            return evalplus.load_humaneval_plus(args.data_dir)
+        return evalplus.load_mbpp_plus(args.data_dir, prompt_format=args.mbpp_format)
     if args.benchmark == "humaneval":
         from evals import humaneval
         return humaneval.load(args.data_dir)
@@ -90,7 +123,8 @@ def default_output(args, benchmark_name: str) -> Path:
     if args.samples:
         samples = Path(args.samples)
         return samples.with_name(f"{samples.name.removesuffix('.gz').removesuffix('.jsonl')}_{slug}_results")
-    model = re.sub(r"[^\w.-]+", "_", Path(args.model.rstrip("/")).name)
+    name = args.model or f"{args.endpoint_model or 'default'}-endpoint"
+    model = re.sub(r"[^\w.-]+", "_", Path(name.rstrip("/")).name)
     return Path("runs") / "eval" / f"{slug}-{model}"
 
 
@@ -109,8 +143,11 @@ def _run(args) -> int:
     from evals import runner
     from evals.data import EvalInputError
 
-    if bool(args.model) == bool(args.samples):
-        raise EvalInputError("give either MODEL or --samples FILE (not both)")
+    if args.endpoint and args.model:
+        raise EvalInputError("give either MODEL or --endpoint URL --model NAME (not both)")
+    if bool(args.model or args.endpoint) == bool(args.samples):
+        raise EvalInputError("give either MODEL or --samples FILE (not both); for a served model, "
+                              "--endpoint URL --model NAME stands for MODEL")
     try:
         ks = parse_ks(args.k)
     except argparse.ArgumentTypeError as e:
@@ -126,7 +163,11 @@ def _run(args) -> int:
         from evals.models import load_model
 
         sampling = runner.resolve_sampling(ks, args.n, args.temperature, args.top_p, args.max_new_tokens)
-        model = load_model(args.model)
+        if args.endpoint:
+            model = load_model(args.endpoint_model, endpoint=args.endpoint, concurrency=args.concurrency,
+                               retries=args.retries, rate_limit=args.rate_limit, fim_template=args.fim_template)
+        else:
+            model = load_model(args.model)
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,
                                         batch_size=args.batch_size, **common)
     print(f"results: {output}/results.jsonl, summary: {output}/summary.json", file=sys.stderr)

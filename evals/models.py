@@ -22,9 +22,14 @@ class CompletionModel(Protocol):
         ...
 
 
-def load_model(path_or_name: str, device: str = "auto") -> CompletionModel:
+def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str | None = None,
+               **endpoint_options) -> CompletionModel:
     """A codelm checkpoint, run directory (its latest checkpoint) or Hugging Face model directory as a
-    CompletionModel. Imported lazily so that `codelm eval --samples` never loads torch."""
+    CompletionModel; with `endpoint`, the model of that name behind an OpenAI-compatible API (evals/endpoint.py).
+    Imported lazily so that `codelm eval --samples` never loads torch."""
+    if endpoint is not None:
+        from evals.endpoint import EndpointModel
+        return EndpointModel(endpoint, path_or_name or "default", **endpoint_options)
     from codelm.checkpoint import load_checkpoint
 
     import torch

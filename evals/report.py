@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from evals.passk import mean_pass_at_k
+from evals.passk import mean_pass_at_k, pass_at_k
 
 
 def summarize(benchmark, task_ids: list[str], results: list[dict], ks: list[int], protocol: dict,
@@ -22,6 +22,7 @@ def summarize(benchmark, task_ids: list[str], results: list[dict], ks: list[int]
             withheld[f"pass@{k}"] = f"{short} of {len(task_ids)} tasks have fewer than {k} scored samples"
         else:
             summary[f"pass@{k}"] = mean_pass_at_k([tuple(nc) for nc in per_task.values()], k)
+            summary[f"pass@{k}_ci95"] = bootstrap_ci([tuple(nc) for nc in per_task.values()], k)
     summary.update(benchmark.extra_metrics(results))
     kinds = Counter(_kind(r["result"]) for r in results)
     summary["counts"] = {
@@ -38,6 +39,15 @@ def summarize(benchmark, task_ids: list[str], results: list[dict], ks: list[int]
     return summary
 
 
+def bootstrap_ci(counts: list[tuple[int, int]], k: int, reps: int = 1000, seed: int = 0) -> list[float]:
+    """A 95% percentile bootstrap interval for pass@k, resampling tasks (the benchmark's unit of variation)."""
+    import random
+    rng = random.Random(seed)  # fixed: the same results always give the same interval
+    scores = [pass_at_k(n, c, k) for n, c in counts]
+    means = sorted(sum(rng.choices(scores, k=len(scores))) / len(scores) for _ in range(reps))
+    return [means[int(0.025 * reps)], means[int(0.975 * reps) - 1]]
+
+
 def _kind(result: str) -> str:
     return "failed" if result.startswith("failed") else result
 
@@ -51,8 +61,12 @@ def format_table(summary: dict) -> str:
         f"{'metric':<14}{'value':>10}",
     ]
     for key, value in summary.items():
-        if key.startswith("pass@") or key == "exact_match":
-            lines.append(f"{key:<14}{100 * value:>9.2f}%")
+        if key.startswith("pass@") and key.endswith("_ci95"):
+            continue
+        if key.startswith("pass@") or key in ("exact_match", "base_pass_rate"):
+            ci = summary.get(f"{key}_ci95")
+            lines.append(f"{key:<14}{100 * value:>9.2f}%" + (f"  (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
+                                                             if ci else ""))
     for key, why in summary.get("withheld", {}).items():
         lines.append(f"{key:<14}{'-':>10}  ({why})")
     lines.append("")

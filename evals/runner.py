@@ -118,6 +118,7 @@ def evaluate_model(benchmark: Benchmark, model, out_dir, sampling: Sampling, *, 
                 "max_new_tokens": sampling.max_new_tokens, "seed": seed, **benchmark.protocol_extras()}
     identity = {"benchmark": benchmark.name, **{k: v for k, v in protocol.items() if k != "description"}}
     protocol.update(_limits(benchmark, cpu_s, timeout_s))
+    protocol["provenance"] = provenance(model, stream)
     run.claim(identity, {"protocol": protocol, "backend": backend})
     _generate_missing(benchmark, model, run, task_ids, sampling, seed, batch_size, progress_every, stream)
     selected = set(task_ids)
@@ -125,6 +126,21 @@ def evaluate_model(benchmark: Benchmark, model, out_dir, sampling: Sampling, *, 
     return _score_and_report(benchmark, run, samples, task_ids, task_set, list(ks), protocol, workers=workers,
                              backend=backend, cpu_s=cpu_s, timeout_s=timeout_s, progress_every=progress_every,
                              stream=stream)
+
+
+def provenance(model, stream=None) -> dict:
+    """Where the model came from, for the report: its checkpoint, the hash of its training data manifest and whether
+    that data was decontaminated against the benchmarks (a warning when not), and the evaluating code's version."""
+    from codelm import code_version
+
+    capabilities = getattr(model, "capabilities", None) or {}
+    record = {"model": model.name, "data_manifest_hash": capabilities.get("data_manifest_hash"),
+              "data_decontaminated": capabilities.get("data_decontaminated"),
+              "model_code_version": capabilities.get("code_version"), "eval_code_version": code_version()}
+    if capabilities and not capabilities.get("data_decontaminated"):
+        print(f"warning: {model.name} was trained on data not decontaminated against the benchmarks; "
+              f"its scores may be inflated", file=stream or sys.stderr)
+    return record
 
 
 def _limits(benchmark, cpu_s, timeout_s) -> dict:
@@ -202,7 +218,8 @@ def _score(benchmark, run, todo, workers, backend, cpu_s, timeout_s, progress_ev
 
     try:
         run_programs(programs, on_verdict=record, workers=workers, backend=backend,
-                     cpu_s=cpu_s or benchmark.cpu_s, timeout_s=timeout_s)
+                     cpu_s=cpu_s or benchmark.cpu_s, timeout_s=timeout_s,
+                     memory_mb=getattr(benchmark, "memory_mb", 1024))  # HumanEval+/MBPP+ need more
     finally:
         out.close()
     progress.finish()

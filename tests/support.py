@@ -3,6 +3,10 @@ between the test folders)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,3 +46,40 @@ def micro_train_config(data: Path, out: Path, **kw):
                 log_every=5, precision="fp32", seed=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+# ---- a real uvicorn server on 127.0.0.1 (loopback only) ----
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Run `app` under a real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):  # wait until it listens (bounded: 30 s)
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.02) -> bool:
+    """Poll until predicate() is true; a generous bound so slow shared machines do not fail tests."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

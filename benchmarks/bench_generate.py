@@ -1,0 +1,134 @@
+"""Decoding speed: codelm.generate against Hugging Face transformers' `generate` on the same weights, in one run.
+
+    python benchmarks/bench_generate.py [--preset tiny] [--prompt-len 256] [--new-tokens 128] [--batch 1 8]
+
+A codelm model (random weights: speed does not depend on them) is copied into a `transformers.LlamaForCausalLM`
+with a matching config (the default block maps one-to-one onto Llama), the logits are checked to agree, and both
+decode the same prompts greedily for exactly --new-tokens tokens. Runs alternate between the two implementations
+and the median is reported, so both see the same machine load; the ratio is the number to quote, not the absolute
+tokens/s (these machines are shared). Greedy outputs are compared too: the same weights must give the same tokens.
+Needs the optional `hf` extra (`pip install transformers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from codelm.generate import SamplingParams, decode_batch
+from codelm.model import Transformer, preset_config
+from codelm.tokenizer import get_tokenizer
+
+
+def to_hf_llama(model: Transformer):
+    """A transformers LlamaForCausalLM with the codelm model's weights (names map one-to-one)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ffn_hidden,
+                         num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+                         head_dim=c.head_dim, max_position_embeddings=c.context_length, rms_norm_eps=c.norm_eps,
+                         rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, attention_bias=False,
+                         mlp_bias=False, hidden_act="silu", bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    hf = LlamaForCausalLM(hf_cfg)
+    names = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+    per_layer = {"attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj", "attn.wv": "self_attn.v_proj",
+                 "attn.wo": "self_attn.o_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+                 "mlp.w_gate": "mlp.gate_proj", "mlp.w_up": "mlp.up_proj", "mlp.w_down": "mlp.down_proj"}
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in names:
+            state[names[key]] = value
+            continue
+        _, i, rest = key.split(".", 2)
+        module, _, param = rest.rpartition(".")
+        state[f"model.layers.{i}.{per_layer[module]}.{param}"] = value
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "rotary" not in m and not (c.tie_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+    return hf.eval()
+
+
+def prompts_from_code(tokenizer, batch: int, length: int) -> list[list[int]]:
+    """`batch` prompts of exactly `length` tokens cut from real code (the stdlib corpus)."""
+    from codelm.data.sources import stdlib_documents
+
+    out = []
+    for doc in stdlib_documents():
+        ids = tokenizer.encode(doc.text)
+        if len(ids) >= length:
+            out.append(ids[:length - 1])
+        if len(out) == batch:
+            return out
+    raise RuntimeError("not enough long documents for the prompts")
+
+
+def run_ours(model, tokenizer, prompts, new_tokens):
+    rows = [[tokenizer.l2r_id] + p for p in prompts]
+    params = SamplingParams(max_new_tokens=new_tokens)
+    t = time.perf_counter()
+    out = decode_batch(model, tokenizer, rows, params, [None] * len(rows))
+    elapsed = time.perf_counter() - t
+    return elapsed, [c[0].token_ids for c in out]
+
+
+def run_hf(hf, tokenizer, prompts, new_tokens):
+    ids = torch.tensor([[tokenizer.l2r_id] + p for p in prompts])
+    t = time.perf_counter()
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                      min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+    elapsed = time.perf_counter() - t
+    return elapsed, [row[ids.shape[1]:].tolist() for row in out]
+
+
+@torch.no_grad()
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    ap.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default 256)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (default 3)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared machine, oversubscribed threads make timings noise)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = preset_config(args.preset, context_length=max(512, args.prompt_len + args.new_tokens + 1))
+    tokenizer = get_tokenizer(cfg.tokenizer)
+    model = Transformer(cfg).eval()
+    hf = to_hf_llama(model)
+    probe = torch.randint(0, tokenizer.n_vocab, (2, 64))
+    diff = (model(probe) - hf(probe).logits.float()).abs().max().item()
+    print(f"codelm {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) vs transformers "
+          f"{transformers.__version__} LlamaForCausalLM, same weights: max |logit diff| {diff:.2e}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, prompt {args.prompt_len}, "
+          f"{args.new_tokens} new tokens, greedy; median of {args.repeats} alternating runs (shared machine)")
+    print(f"{'batch':>5s} {'codelm tok/s':>13s} {'HF tok/s':>10s} {'speedup':>8s}  same tokens")
+    for batch in args.batch:
+        prompts = prompts_from_code(tokenizer, batch, args.prompt_len)
+        run_ours(model, tokenizer, prompts, 4)  # warm up both
+        run_hf(hf, tokenizer, prompts, 4)
+        ours_t, hf_t = [], []
+        for _ in range(args.repeats):
+            t, ours_tokens = run_ours(model, tokenizer, prompts, args.new_tokens)
+            ours_t.append(t)
+            t, hf_tokens = run_hf(hf, tokenizer, prompts, args.new_tokens)
+            hf_t.append(t)
+        n_ours = sum(len(t) for t in ours_tokens)
+        n_hf = sum(len(t) for t in hf_tokens)
+        same = all(a == b[:len(a)] for a, b in zip(ours_tokens, hf_tokens))
+        ours_rate, hf_rate = n_ours / statistics.median(ours_t), n_hf / statistics.median(hf_t)
+        print(f"{batch:>5d} {ours_rate:>13.1f} {hf_rate:>10.1f} {ours_rate / hf_rate:>7.2f}x  {same}")
+
+
+if __name__ == "__main__":
+    main()

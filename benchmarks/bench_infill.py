@@ -1,0 +1,137 @@
+"""FIM against meet-in-the-middle decoding on one mim+fim model, over HumanEval single-line infilling tasks.
+
+    python benchmarks/bench_infill.py --checkpoint RUN_OR_CHECKPOINT [--problems K] [--limit N]
+    python benchmarks/bench_infill.py --problems 12 --overfit-steps 600
+
+Reports, per mode: exact match (evals' normalisation), sequential model passes per middle (the prefill included:
+the latency that meet-in-the-middle is for), wall time per middle, and for meet-in-the-middle how often the two sides
+met (otherwise the more likely side's complete generation is used). Both modes decode greedily with the same token
+budget and no stop strings: a FIM middle ends at end-of-text, a meet-in-the-middle one where the sides join.
+
+Without a checkpoint, `--overfit-steps N` trains a small `mim:0.5,fim:0.5` model on the chosen problems' own
+canonical solutions, i.e. a model that has memorised them. Its exact match says nothing about generalisation; it
+measures the decoding mechanics (do the sides meet, how many passes does each mode take) on real task shapes, on
+machines where training a real model is out of reach. The machine is shared: compare the modes, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from codelm.generate import SamplingParams
+from codelm.infill import infill
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval-infilling" / \
+    "HumanEval-SingleLineInfilling.jsonl.gz"
+
+
+def normalize(code: str) -> str:
+    """evals.infilling's exact-match normalisation (trailing spaces and blank edge lines ignored)."""
+    return "\n".join(line.rstrip() for line in code.strip("\n").split("\n")).strip("\n")
+
+
+def load_tasks(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def problem_of(task: dict) -> str:
+    return task["task_id"].split("/")[1] + "/" + task["task_id"].split("/")[2]
+
+
+def shortest_problems(tasks: list[dict], k: int) -> list[str]:
+    """The k problems with the shortest solutions: they fit one 128-token training window, so a small model
+    memorises them in minutes on a CPU."""
+    length = {problem_of(t): len(t["prompt"] + t["canonical_solution"] + t["suffix"]) for t in tasks}
+    return sorted(length, key=length.get)[:k]
+
+
+def overfit_model(tasks: list[dict], steps: int, out: Path):
+    """Train a small mim:0.5,fim:0.5 model on the tasks' complete solutions (prompt + middle + suffix)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support import make_shards, micro_train_config
+
+    from codelm.tokenizer import get_tokenizer
+    from codelm.train import Trainer
+
+    tok = get_tokenizer("cl100k_base:16384")
+    solutions = list({problem_of(t): t["prompt"] + t["canonical_solution"] + t["suffix"] for t in tasks}.values())
+    shards = make_shards(out / "shards", solutions * 4, tok, val_texts=solutions)
+    cfg = micro_train_config(shards, out / "run", steps=steps, objective="mim:0.5,fim:0.5", fim_rate=1.0,
+                             batch_size=8, context_length=128, lr=3e-3, warmup_steps=30, log_every=100,
+                             model=dict(n_layer=2, n_head=2, d_model=96, context_length=256))
+    Trainer(cfg).fit()
+    return out / "run"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", help="a mim+fim checkpoint or run directory")
+    ap.add_argument("--overfit-steps", type=int, default=0,
+                    help="instead of --checkpoint, train a memorising model on the chosen problems (see above)")
+    ap.add_argument("--problems", type=int, default=0, help="only the K problems with the shortest solutions (0 = all)")
+    ap.add_argument("--limit", type=int, default=0, help="at most this many tasks (0 = all of the chosen problems)")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="token budget per middle (default 48)")
+    ap.add_argument("--data", default=str(DATA), help="HumanEval-SingleLineInfilling.jsonl.gz")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared machine, oversubscribed threads make timings noise)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from codelm.checkpoint import load_checkpoint
+
+    tasks = load_tasks(Path(args.data))
+    if args.problems:
+        keep = set(shortest_problems(tasks, args.problems))
+        tasks = [t for t in tasks if problem_of(t) in keep]
+    if args.overfit_steps:
+        path = overfit_model(tasks, args.overfit_steps, Path(tempfile.mkdtemp(prefix="bench_infill_")))
+        what = f"overfit for {args.overfit_steps} steps on these problems' solutions (memorised: mechanics only)"
+    elif args.checkpoint:
+        path, what = args.checkpoint, args.checkpoint
+    else:
+        ap.error("give --checkpoint or --overfit-steps")
+    if args.limit:
+        tasks = tasks[:args.limit]
+    ck = load_checkpoint(path)
+    print(f"model: {what} ({path})")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens)
+    stats = {m: {"match": 0, "steps": [], "wall": [], "met": 0} for m in ("fim", "mim")}
+    best_fim = []  # FIM's passes were it exact: one per canonical token, plus end-of-text
+    for t in tasks:  # infill runs under no_grad itself (training above must not)
+        best_fim.append(len(ck.tokenizer.encode(t["canonical_solution"])) + 1)
+        for mode in ("fim", "mim"):  # alternate, so both modes see the same machine load
+            start = time.perf_counter()
+            r = infill(ck.model, ck.tokenizer, t["prompt"], t["suffix"], mode, params, capabilities=ck.capabilities)
+            s = stats[mode]
+            s["wall"].append(time.perf_counter() - start)
+            s["steps"].append(r.steps[0])
+            s["met"] += r.met[0]
+            s["match"] += normalize(r.best.text) == normalize(t["canonical_solution"])
+    n = len(tasks)
+    print(f"{n} single-line tasks; greedy, max {args.max_new_tokens} new tokens; torch {torch.get_num_threads()} "
+          f"threads (shared machine)")
+    print(f"{'mode':5s} {'exact match':>12s} {'passes mean':>12s} {'median':>7s} {'ms/middle':>10s} {'sides met':>10s}")
+    for mode, s in stats.items():
+        met = f"{s['met'] / n:>9.1%}" if mode == "mim" else f"{'-':>9s}"
+        print(f"{mode:5s} {s['match'] / n:>12.1%} {statistics.mean(s['steps']):>12.2f} "
+              f"{statistics.median(s['steps']):>7.1f} {1000 * statistics.mean(s['wall']):>10.1f} {met:>10s}")
+    print(f"{'fim*':5s} {'':>12s} {statistics.mean(best_fim):>12.2f} {statistics.median(best_fim):>7.1f}"
+          f"   (* FIM had it been exact: canonical tokens + end-of-text)")
+    fim, mim = statistics.mean(stats["fim"]["steps"]), statistics.mean(stats["mim"]["steps"])
+    fw, mw = statistics.mean(stats["fim"]["wall"]), statistics.mean(stats["mim"]["wall"])
+    print(f"meet-in-the-middle / FIM: {mim / fim:.2f}x the sequential passes ({mim / statistics.mean(best_fim):.2f}x "
+          f"FIM at its best), {mw / fw:.2f}x the wall time")
+
+
+if __name__ == "__main__":
+    main()

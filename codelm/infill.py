@@ -1,0 +1,504 @@
+"""Infilling: the middle between a prefix and a suffix, two ways.
+
+fim  a fill-in-the-middle prompt (Bavarian et al. 2022, arXiv 2207.14255), decoded left to right until end-of-text:
+         PSM  <l2r> <PRE> prefix <SUF> suffix <MID>  -> middle <EOT>
+         SPM  <l2r> <PRE> <SUF> suffix <MID> prefix  -> middle <EOT>      (SPM variant 2, appendix D)
+     the token layout of codelm.objectives.FillInTheMiddle. With n samples, `best_of` ranks them the way the FIM paper
+     recommends (section 5.3): samples that ended with end-of-text first, then by likelihood.
+     `FIM_TEMPLATES` gives the string templates of other model families (StarCoder, CodeLlama, DeepSeek-Coder,
+     Qwen2.5-Coder) so imported Hugging Face models infill through the same code.
+
+mim  meet-in-the-middle decoding (Nguyen et al. 2023, arXiv 2303.07295, section 3.3): the forward direction generates
+     from `<l2r> prefix` while the backward direction generates, reversed, from `<r2l> reversed(suffix)`, one token
+     each per step, as one batch of two rows. When the newest n = 4 tokens of one side appear in what the other side
+     knows (its generation, or the boundary of its given context: the forward side generating the start of the
+     suffix), the join is verified by teacher-forcing the other side's tokens through the proposing side in the next
+     pass (greedy agreement, as in speculative decoding, so verification costs no extra step); a partial match
+     fast-forwards the side by the agreeing tokens. The infill is the forward tokens up to the join plus the
+     re-reversed backward tokens. If the sides never meet, the more likely complete generation wins.
+
+The join logic (`propose_join`, `count_agreeing`, `meet_in_the_middle`) is pure over token lists and a two-row
+`step` backend, so it is tested on scripted token streams without a model (tests/test_infill.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+import torch
+
+from codelm.errors import CapabilityError, ConfigError
+from codelm.generate import (Completion, SamplingParams, bos_id, decode_batch, expand_seeds, find_stop,
+                             left_pad, make_generators, mask_unused_vocab, sample_tokens)
+
+MODES = ("fim", "mim")
+FIM_FORMATS = ("psm", "spm")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Capabilities
+# ----------------------------------------------------------------------------------------------------------------
+def require_mode(capabilities: dict | None, mode: str, fim_format: str = "psm") -> None:
+    """Refuse an infilling mode the checkpoint was never trained for (its capabilities record can_fim/can_mim)."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown infill mode {mode!r}; choose from {', '.join(MODES)}")
+    caps = capabilities or {}
+    trained = caps.get("objectives", {})
+    if not caps.get(f"can_{mode}", False):
+        what = ", ".join(f"{k}:{v:g}" for k, v in trained.items()) if trained else "unknown objectives"
+        raise CapabilityError(f"this model was not trained for {mode} infilling (trained with {what}); "
+                              f"train with --objective {mode} or a mixture such as mim:0.5,fim:0.5")
+    if mode == "fim":
+        formats = caps.get("fim_formats") or list(FIM_FORMATS)
+        if fim_format not in formats:
+            raise CapabilityError(f"this model was trained on FIM formats {formats}, not {fim_format!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FIM prompts
+# ----------------------------------------------------------------------------------------------------------------
+def fim_prompt_ids(tokenizer, prefix: str, suffix: str, fim_format: str = "psm", bos: int | None = None) -> list[int]:
+    """A codelm FIM prompt as token ids (the sentinels are special tokens, never text)."""
+    return _fim_ids(tokenizer, tokenizer.encode(prefix), tokenizer.encode(suffix), fim_format, bos)
+
+
+def fit_fim_context(prefix_ids: list[int], suffix_ids: list[int], room: int) -> tuple[list[int], list[int]]:
+    """Trim the prefix's start and the suffix's end (the parts farthest from the hole) to fit `room` tokens; each
+    side keeps at least half the room when it needs it."""
+    if len(prefix_ids) + len(suffix_ids) <= room:
+        return prefix_ids, suffix_ids
+    keep_suffix = min(len(suffix_ids), max(room // 2, room - len(prefix_ids)))
+    keep_prefix = room - keep_suffix
+    return (prefix_ids[len(prefix_ids) - keep_prefix:] if keep_prefix > 0 else []), suffix_ids[:keep_suffix]
+
+
+@dataclass(frozen=True)
+class FimTemplate:
+    """A model family's FIM prompt as text. The tokenizer must treat `sentinels` as special tokens; generation stops
+    at any of `stop` (the family's end-of-middle tokens)."""
+    psm: str
+    spm: str | None
+    sentinels: tuple[str, ...]
+    stop: tuple[str, ...]
+
+
+FIM_TEMPLATES: dict[str, FimTemplate] = {
+    # bigcode StarCoder / StarCoder2 / SantaCoder
+    "starcoder": FimTemplate("<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
+                             "<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}",
+                             ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|endoftext|>", "<file_sep>")),
+    # Code Llama (Rozière et al. 2023): the spaces are part of the format
+    "codellama": FimTemplate("<PRE> {prefix} <SUF>{suffix} <MID>", "<PRE> <SUF>{suffix} <MID> {prefix}",
+                             ("<PRE>", "<SUF>", "<MID>"), ("<EOT>", "</s>")),
+    # DeepSeek-Coder base models (fullwidth bars and U+2581 in the sentinel names)
+    "deepseek-coder": FimTemplate("<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>", None,
+                                  ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+                                  ("<｜end▁of▁sentence｜>", "<|EOT|>")),
+    # Qwen2.5-Coder base models
+    "qwen2.5-coder": FimTemplate("<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>", None,
+                                 ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+                                 ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>")),
+}
+
+
+def fim_prompt_text(family: str, prefix: str, suffix: str, fim_format: str = "psm") -> str:
+    """The FIM prompt of a model family as text, for tokenizers that map the sentinel strings to special tokens."""
+    if family not in FIM_TEMPLATES:
+        raise ConfigError(f"no FIM template for {family!r}; known: {', '.join(FIM_TEMPLATES)}")
+    template = FIM_TEMPLATES[family]
+    pattern = template.psm if fim_format == "psm" else template.spm if fim_format == "spm" else None
+    if pattern is None:
+        raise ConfigError(f"{family} has no {fim_format!r} FIM format")
+    return pattern.replace("{prefix}", prefix).replace("{suffix}", suffix)  # not str.format: code has braces
+
+
+def best_of(samples: Sequence[Completion]) -> Completion:
+    """EOT-aware best-of-n (FIM paper section 5.3): a sample that ended cleanly beats one cut off by the length
+    limit; among equals the higher mean log-probability wins."""
+    if not samples:
+        raise ValueError("best_of needs at least one sample")
+    return max(samples, key=lambda c: (c.finish_reason in ("eot", "stop"), c.mean_logprob))
+
+
+@torch.no_grad()
+def fim_infill(model, tokenizer, prefixes: Sequence[str], suffixes: Sequence[str], params: SamplingParams,
+               seeds=None, n: int = 1, fim_format: str = "psm", capabilities: dict | None = None,
+               on_token=None) -> list[list[Completion]]:
+    """n FIM middles for each (prefix, suffix), decoded as one batch; a middle ends at end-of-text."""
+    if len(prefixes) != len(suffixes):
+        raise ConfigError(f"got {len(prefixes)} prefixes and {len(suffixes)} suffixes")
+    bos = bos_id(tokenizer, capabilities)
+    room = model.config.context_length - 1 - (bos is not None) - 3 - 1  # 3 sentinels, 1 new token
+    prompts = []
+    for prefix, suffix in zip(prefixes, suffixes):
+        pre, suf = fit_fim_context(tokenizer.encode(prefix), tokenizer.encode(suffix), room)
+        prompts.append(_fim_ids(tokenizer, pre, suf, fim_format, bos))
+    return decode_batch(model, tokenizer, prompts, params, expand_seeds(seeds, len(prompts), n, params.seed), n,
+                        on_token)
+
+
+def _fim_ids(tokenizer, pre: list[int], suf: list[int], fim_format: str, bos: int | None) -> list[int]:
+    head = [bos] if bos is not None else []
+    if fim_format == "psm":
+        return head + [tokenizer.fim_prefix_id] + pre + [tokenizer.fim_suffix_id] + suf + [tokenizer.fim_middle_id]
+    if fim_format == "spm":
+        return head + [tokenizer.fim_prefix_id, tokenizer.fim_suffix_id] + suf + [tokenizer.fim_middle_id] + pre
+    raise ConfigError(f"unknown FIM format {fim_format!r}; choose from {', '.join(FIM_FORMATS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Meet in the middle: pure join logic
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Join:
+    """A proposed meeting point. `candidate` are the tokens the proposing side must reproduce next (in its own
+    generation order) for the join to hold; `middle` is the infill, in text order, if all of them are accepted."""
+    candidate: list[int]
+    middle: list[int]
+
+
+def find_ngram(seq: Sequence[int], gram: Sequence[int]) -> list[int]:
+    """Start indices of every occurrence of `gram` in `seq`."""
+    n = len(gram)
+    first = gram[0]
+    return [j for j in range(len(seq) - n + 1) if seq[j] == first and list(seq[j:j + n]) == list(gram)]
+
+
+def propose_join(context: Sequence[int], generated: Sequence[int], other_generated: Sequence[int],
+                 other_context: Sequence[int], n: int = 4, confirm: int = 1) -> Join | None:
+    """Side A's newest n tokens found in what side B knows, written for the forward side:
+
+        document = context + generated + ... + reversed(other_generated) + other_context
+                   (prefix)  (forward)         (backward, re-reversed)       (suffix)
+
+    If the newest n tokens of `context + generated` (at least one of them generated) occur at index j of
+    `known = reversed(other_generated) + other_context`, the document would be `context + generated + known[j+n:]`,
+    so the middle is `generated + known[j+n:]` minus the suffix. To check it, side A must reproduce the rest of B's
+    generation and `confirm` tokens of B's context (where the middle meets it). The backward side proposes through
+    the same function on the mirrored problem (see `propose_backward_join`). Occurrences are tried from the left; one
+    that would make the middle shorter than nothing (A skipped part of B's context) is no join."""
+    if not generated or n <= 0:
+        return None
+    mine = list(context) + list(generated)
+    if len(mine) < n:
+        return None
+    gram = mine[-n:]
+    known = list(reversed(other_generated)) + list(other_context)
+    nb = len(other_generated)
+    for j in find_ngram(known, gram):
+        middle_len = len(generated) + nb - j - n
+        if middle_len < 0:
+            continue
+        middle = (list(generated) + known[j + n:nb])[:middle_len]
+        candidate = known[j + n:nb + confirm]  # empty once A has already produced the confirming tokens
+        return Join(candidate, middle)
+    return None
+
+
+def propose_forward_join(prefix, forward, backward, suffix, n: int = 4, confirm: int = 1) -> Join | None:
+    return propose_join(prefix, forward, backward, suffix, n, confirm)
+
+
+def propose_backward_join(prefix, forward, backward, suffix, n: int = 4, confirm: int = 1) -> Join | None:
+    """The backward side's newest n tokens found in `prefix + forward`: the forward join of the mirrored document.
+    The candidate is in the backward side's (reversed) order; the middle is returned in text order."""
+    join = propose_join(list(reversed(suffix)), backward, forward, list(reversed(prefix)), n, confirm)
+    return None if join is None else Join(join.candidate, list(reversed(join.middle)))
+
+
+def count_agreeing(candidate: Sequence[int], predictions: Sequence[int]) -> int:
+    """How many leading candidate tokens the model agrees with: predictions[i] is its greedy choice after the
+    candidate's first i tokens (teacher-forced)."""
+    k = 0
+    while k < len(candidate) and k < len(predictions) and candidate[k] == predictions[k]:
+        k += 1
+    return k
+
+
+class StepResult(NamedTuple):
+    """One side's outcome of a pass: how many candidate tokens were accepted, the next (sampled) token after them,
+    and the log-probabilities of the accepted tokens followed by the next token's."""
+    accepted: int
+    next_token: int
+    logprobs: list[float]
+
+
+class TwoSides(Protocol):
+    """A backend that runs both directions: row 0 forward, row 1 backward."""
+
+    def prefill(self) -> list[StepResult]:
+        """Read both contexts; the first token of each side."""
+        ...
+
+    def step(self, feeds: list[list[int] | None]) -> list[StepResult | None]:
+        """One pass. feeds[r] = [the side's newest token, *candidate] (None: the side is finished). The backend
+        accepts the longest agreeing candidate prefix (count_agreeing over its greedy predictions), samples the next
+        token after it, and forgets the rejected tokens."""
+        ...
+
+
+@dataclass
+class MimResult:
+    text: str
+    token_ids: list[int]        # the middle, in text order
+    met: bool                   # the sides met (False: the fallback picked one side's complete generation)
+    steps: int                  # sequential model passes, the prefill included
+    finish_reason: str          # "met", or the chosen side's: "eot", "stop", "length"
+    side: str                   # "join", "forward" or "backward"
+    logprob: float = 0.0        # mean log-probability of the chosen side's tokens (fallback only)
+    forward_tokens: int = 0     # tokens each side generated (accepted ones included)
+    backward_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def meet_in_the_middle(sides: TwoSides, prefix: Sequence[int], suffix: Sequence[int], *, eot_id: int,
+                       max_new_tokens: int, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
+                       ngram: int = 4, confirm: int = 1) -> MimResult:
+    """Meet-in-the-middle decoding over a two-row backend (DESIGN.md; MIM paper section 3.3).
+
+    Each side stops at end-of-text, at `max_new_tokens`, or at a stop string: the forward side at the first stop in
+    its text, the backward side (mirrored) at a stop anywhere in its re-reversed text. A finished side still serves
+    as the other side's target. Joins are checked after every pass; a proposal rides along with the proposing side's
+    next decoding step (its newest token, then the candidate), so verifying costs no extra pass."""
+    prefix, suffix = list(prefix), list(suffix)
+    gen: list[list[int]] = [[], []]      # each side's tokens in its own order; the last one is not yet read
+    lps: list[list[float]] = [[], []]
+    reason: list[str | None] = [None, None]
+    first = sides.prefill()
+    steps = 1
+    for s in (0, 1):
+        _take(s, first[s], [], gen, lps, reason, eot_id, max_new_tokens, decode, stop)
+    while True:
+        # a side that ends the document where the other side's context is only the document's end (an empty
+        # suffix that runs to the end of the file) has generated that whole context: the boundary join
+        if reason[0] == "eot" and suffix == [eot_id]:
+            return _met(Join([], list(gen[0])), steps, gen, decode)
+        if reason[1] == "eot" and prefix == [eot_id]:
+            return _met(Join([], list(reversed(gen[1]))), steps, gen, decode)
+        joins = [propose_forward_join(prefix, gen[0], gen[1], suffix, ngram, confirm),
+                 propose_backward_join(prefix, gen[0], gen[1], suffix, ngram, confirm)]
+        for s in (0, 1):  # the sides already overlap up to the other's context: nothing left to verify
+            if joins[s] is not None and not joins[s].candidate:
+                return _met(joins[s], steps, gen, decode)
+        if reason[0] is not None and reason[1] is not None:
+            return _fallback(gen, lps, reason, steps, decode, stop)
+        # a side verifies at most what its token budget allows (the candidate's positions must fit the context)
+        candidates = [[] if joins[s] is None else joins[s].candidate[:max(0, max_new_tokens + confirm - len(gen[s]))]
+                      for s in (0, 1)]
+        feeds = [None if reason[s] is not None else [gen[s][-1]] + candidates[s] for s in (0, 1)]
+        results = sides.step(feeds)
+        steps += 1
+        for s in (0, 1):
+            if results[s] is None:
+                continue
+            accepted = candidates[s][:results[s].accepted]
+            if joins[s] is not None and len(accepted) == len(joins[s].candidate):
+                return _met(joins[s], steps, gen, decode)
+            _take(s, results[s], accepted, gen, lps, reason, eot_id, max_new_tokens, decode, stop)
+
+
+def _take(s, result: StepResult, accepted, gen, lps, reason, eot_id, max_new_tokens, decode, stop):
+    """Append a side's accepted tokens and its next token, or finish the side."""
+    gen[s].extend(accepted)
+    lps[s].extend(result.logprobs[:len(accepted)])
+    if result.next_token == eot_id:
+        reason[s] = "eot"
+        return
+    gen[s].append(result.next_token)
+    lps[s].append(result.logprobs[len(accepted)])
+    if stop and _side_text_hits_stop(s, gen[s], decode, stop):
+        reason[s] = "stop"
+    elif len(gen[s]) >= max_new_tokens:
+        reason[s] = "length"
+
+
+def _side_text_hits_stop(s: int, tokens: list[int], decode, stop) -> bool:
+    text = decode(tokens if s == 0 else list(reversed(tokens)))
+    return find_stop(text, stop) >= 0
+
+
+def _cut_side_text(s: int, text: str, stop: Sequence[str]) -> str:
+    """Forward: text before the first stop string. Backward (mirrored): text after the last one."""
+    if not stop:
+        return text
+    if s == 0:
+        cut = find_stop(text, stop)
+        return text if cut < 0 else text[:cut]
+    ends = [text.rfind(x) + len(x) for x in stop if x and text.rfind(x) >= 0]
+    return text[max(ends):] if ends else text
+
+
+def _met(join: Join, steps: int, gen, decode) -> MimResult:
+    return MimResult(decode(join.middle), list(join.middle), True, steps, "met", "join",
+                     forward_tokens=len(gen[0]), backward_tokens=len(gen[1]))
+
+
+def _fallback(gen, lps, reason, steps, decode, stop: Sequence[str] = ()) -> MimResult:
+    """The sides never met: the more likely complete generation (ended by end-of-text or a stop) wins; a side cut
+    off by the length limit only wins when neither ended cleanly."""
+    def rank(s):
+        mean = sum(lps[s]) / len(lps[s]) if lps[s] else float("-inf")
+        return (reason[s] in ("eot", "stop"), bool(gen[s]), mean)
+
+    s = max((0, 1), key=rank)
+    tokens = gen[s] if s == 0 else list(reversed(gen[s]))
+    mean = sum(lps[s]) / len(lps[s]) if lps[s] else float("-inf")
+    return MimResult(_cut_side_text(s, decode(tokens), stop), tokens, False, steps, reason[s] or "length",
+                     ("forward", "backward")[s], mean, len(gen[0]), len(gen[1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Meet in the middle: the model backend
+# ----------------------------------------------------------------------------------------------------------------
+class ModelSides:
+    """Both directions of one model as a batch of two rows over one KV cache.
+
+    Rows advance by different numbers of tokens per pass (one side verifies a candidate while the other decodes one
+    token), so each row keeps its own rotary positions and a key mask over cache slots: a row's padding and its
+    rejected candidate tokens stay in the cache but are masked out, and slots past the longest accepted row are
+    reused by the next pass."""
+
+    def __init__(self, model, forward_ids: list[int], backward_ids: list[int], params: SamplingParams,
+                 generators, n_vocab: int, max_new_tokens: int):
+        self.model, self.params, self.generators, self.n_vocab = model, params, generators, n_vocab
+        self.device = next(model.parameters()).device
+        self.contexts = [forward_ids, backward_ids]
+        # slots: the contexts, both sides' tokens, and one in-flight candidate of up to a side's whole budget
+        self.slots = max(len(forward_ids), len(backward_ids)) + 3 * max_new_tokens + 8
+        self.key_padding = torch.zeros(2, self.slots, dtype=torch.bool, device=self.device)
+        self.next_pos = [len(forward_ids), len(backward_ids)]
+
+    def prefill(self) -> list[StepResult]:
+        ids, real, positions = left_pad(self.contexts)
+        T = ids.shape[1]
+        self.model.setup_cache(2, self.slots)
+        self.key_padding[:, :T] = real.to(self.device)
+        hidden = self.model(ids.to(self.device), positions=positions.to(self.device),
+                            key_padding=self.key_padding[:, :T], return_hidden=True)
+        logits = self.model.output_logits(hidden[:, -1])
+        return [self._next(r, logits[r], 0, []) for r in (0, 1)]
+
+    def step(self, feeds: list[list[int] | None]) -> list[StepResult | None]:
+        start = self.model.cache_length
+        T = max(len(f) for f in feeds if f)
+        if start + T > self.slots:
+            raise RuntimeError("meet-in-the-middle ran out of KV cache slots")  # sized so that this cannot happen
+        ids = torch.zeros(2, T, dtype=torch.long)
+        positions = torch.zeros(2, T, dtype=torch.long)
+        limit = self.model.config.context_length - 1
+        for r, feed in enumerate(feeds):
+            if feed:
+                ids[r, :len(feed)] = torch.tensor(feed)
+                self.key_padding[r, start:start + len(feed)] = True
+            positions[r] = (self.next_pos[r] + torch.arange(T)).clamp(max=limit)
+        logits = self.model(ids.to(self.device), positions=positions.to(self.device),
+                            key_padding=self.key_padding[:, :start + T])
+        results: list[StepResult | None] = []
+        used = 0
+        for r, feed in enumerate(feeds):
+            if not feed:
+                results.append(None)
+                continue
+            row = mask_unused_vocab(logits[r, :len(feed)], self.n_vocab)
+            k = count_agreeing(feed[1:], row[:-1].argmax(-1).tolist())
+            results.append(self._next(r, row[k], k, feed[1:1 + k], row[:k]))
+            self.key_padding[r, start + 1 + k:start + T] = False  # the rejected candidate tokens
+            self.next_pos[r] += 1 + k
+            used = max(used, 1 + k)
+        self.key_padding[:, start + used:] = False
+        self.model.cache_length = start + used  # reuse the slots no row kept
+        return results
+
+    def _next(self, r: int, logits: torch.Tensor, k: int, accepted: list[int],
+              accepted_logits: torch.Tensor | None = None) -> StepResult:
+        logits = mask_unused_vocab(logits.unsqueeze(0), self.n_vocab)
+        token = int(sample_tokens(logits, self.params, [self.generators[r]])[0])
+        lps = []
+        if k:
+            lps = torch.log_softmax(accepted_logits.float(), -1).gather(
+                -1, torch.tensor(accepted, device=self.device).view(-1, 1)).squeeze(-1).tolist()
+        lps.append(float(torch.log_softmax(logits[0].float(), -1)[token]))
+        return StepResult(k, token, lps)
+
+
+def mim_contexts(tokenizer, prefix: str, suffix: str, context_length: int, max_new_tokens: int,
+                 capabilities: dict | None = None,
+                 suffix_ends_document: bool = True) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(prefix ids, suffix ids as the sides know them, forward context, backward context). Each side's context is
+    its marker and its text (reversed for the backward side), trimmed from the far end so the side can still
+    generate max_new_tokens. When the suffix runs to the end of the document (an editor's file, a benchmark's
+    function), it is followed by end-of-text, as every document is in training: read backwards, a document starts
+    with its end-of-text, and without it an empty or short suffix leaves the backward side guessing where it is."""
+    l2r, r2l = bos_id(tokenizer, capabilities, "l2r"), bos_id(tokenizer, capabilities, "r2l")
+    if r2l is None:
+        raise CapabilityError("this model has no right-to-left marker; meet-in-the-middle needs a mim-trained model")
+    room = max(1, context_length - 4 - max_new_tokens)  # marker, end-of-text, a confirm token, one spare
+    pre = tokenizer.encode(prefix)[-room:] if room else []
+    suf = tokenizer.encode(suffix)[:room] + ([tokenizer.eot_id] if suffix_ends_document else [])
+    forward = ([l2r] if l2r is not None else []) + pre
+    backward = [r2l] + list(reversed(suf))
+    return pre, suf, forward, backward
+
+
+@torch.no_grad()
+def mim_infill(model, tokenizer, prefix: str, suffix: str, params: SamplingParams, seed: int | None = None,
+               capabilities: dict | None = None, ngram: int = 4, confirm: int = 1,
+               suffix_ends_document: bool = True) -> MimResult:
+    """One middle by meet-in-the-middle decoding."""
+    limit = model.config.context_length
+    max_new = max(1, min(params.max_new_tokens, limit - 2))
+    pre, suf, fwd_ctx, bwd_ctx = mim_contexts(tokenizer, prefix, suffix, limit, max_new, capabilities,
+                                              suffix_ends_document)
+    seed = params.seed if seed is None else seed
+    device = next(model.parameters()).device
+    generators = make_generators([seed, None if seed is None else seed + 1], device)
+    sides = ModelSides(model, fwd_ctx, bwd_ctx, params, generators, tokenizer.n_vocab, max_new)
+    try:
+        return meet_in_the_middle(sides, pre, suf, eot_id=tokenizer.eot_id, max_new_tokens=max_new,
+                                  decode=tokenizer.decode, stop=params.stop, ngram=ngram, confirm=confirm)
+    finally:
+        model.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One entry point
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Infill:
+    """n middles for one (prefix, suffix); `best` is the FIM paper's pick (fim) or the single result (mim)."""
+    mode: str
+    samples: list[Completion]
+    best: Completion
+    steps: list[int]            # sequential model passes per sample (prefill included)
+    met: list[bool]             # mim: whether the sides met, per sample (fim: all False)
+
+
+def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params: SamplingParams | None = None,
+           n: int = 1, seeds: Sequence[int] | None = None, capabilities: dict | None = None,
+           fim_format: str = "psm") -> Infill:
+    """The middle between prefix and suffix by `mode` ("fim" or "mim"), refusing a mode the model was not trained
+    for. With n > 1, fim samples decode as one batch and mim runs once per seed."""
+    params = params or SamplingParams()
+    require_mode(capabilities, mode, fim_format)
+    if mode == "fim":
+        row_seeds = None if seeds is None else [list(seeds)]
+        samples = fim_infill(model, tokenizer, [prefix], [suffix], params, row_seeds, n, fim_format, capabilities)[0]
+        cut = samples  # decode_batch already cut each text at its first stop string
+        # a FIM middle takes one pass per token, end-of-text included
+        steps = [len(c.token_ids) + (c.finish_reason == "eot") for c in cut]
+        return Infill(mode, cut, best_of(cut), steps, [False] * len(cut))
+    seeds = list(seeds) if seeds is not None else [None if params.seed is None else params.seed + j for j in range(n)]
+    results = [mim_infill(model, tokenizer, prefix, suffix, params, seeds[j], capabilities) for j in range(n)]
+    samples = [_mim_completion(r, params.stop) for r in results]
+    best = max(zip(samples, results), key=lambda p: (p[1].met, p[0].finish_reason != "length", p[1].logprob))[0]
+    return Infill(mode, samples, best, [r.steps for r in results], [r.met for r in results])
+
+
+def _mim_completion(r: MimResult, stop: Sequence[str]) -> Completion:
+    text = r.text
+    cut = find_stop(text, stop) if stop else -1
+    reason = r.finish_reason
+    if cut >= 0:
+        text, reason = text[:cut], "stop"
+    return Completion(text, r.token_ids, [], reason)

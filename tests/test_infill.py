@@ -1,0 +1,340 @@
+"""Infilling: FIM prompts and templates, the meet-in-the-middle join logic on scripted token streams, capability
+checks, and end to end on a tiny mim+fim model overfit on a handful of functions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codelm.errors import CapabilityError
+from codelm.generate import Completion
+from codelm.infill import (FIM_TEMPLATES, StepResult, best_of, count_agreeing, fim_prompt_ids, fim_prompt_text,
+                           fit_fim_context, meet_in_the_middle, propose_backward_join, propose_forward_join,
+                           require_mode)
+
+EOT = 999
+
+
+# --- FIM prompts ---------------------------------------------------------------------------------------------------
+def test_codelm_psm_and_spm_prompts_use_the_training_layout(tokenizer):
+    pre, suf = tokenizer.encode("def f(x):\n"), tokenizer.encode("    return y\n")
+    psm = fim_prompt_ids(tokenizer, "def f(x):\n", "    return y\n", "psm", bos=tokenizer.l2r_id)
+    spm = fim_prompt_ids(tokenizer, "def f(x):\n", "    return y\n", "spm", bos=tokenizer.l2r_id)
+    P, S, M = tokenizer.fim_prefix_id, tokenizer.fim_suffix_id, tokenizer.fim_middle_id
+    assert psm == [tokenizer.l2r_id, P] + pre + [S] + suf + [M]
+    assert spm == [tokenizer.l2r_id, P, S] + suf + [M] + pre
+
+
+def test_fim_prompt_matches_what_the_fim_objective_trains_on(tokenizer):
+    from codelm.objectives import FillInTheMiddle
+    fim = FillInTheMiddle(tokenizer)
+    for spm, fmt in ((False, "psm"), (True, "spm")):
+        trained = fim.fim_format("a = 1\n", "b = 2\n", "c = 3\n", spm=spm)
+        prompt = fim_prompt_ids(tokenizer, "a = 1\n", "c = 3\n", fmt)
+        assert trained[:len(prompt)] == prompt and trained[len(prompt):] == tokenizer.encode("b = 2\n")
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("starcoder", "<fim_prefix>def f():\n<fim_suffix>\n    return {x}<fim_middle>"),
+    ("codellama", "<PRE> def f():\n <SUF>\n    return {x} <MID>"),
+    ("deepseek-coder", "<｜fim▁begin｜>def f():\n<｜fim▁hole｜>\n    return {x}<｜fim▁end｜>"),
+    ("qwen2.5-coder", "<|fim_prefix|>def f():\n<|fim_suffix|>\n    return {x}<|fim_middle|>"),
+])
+def test_family_templates_place_prefix_and_suffix_verbatim(family, expected):
+    # braces in code must survive (the templates are not str.format patterns)
+    assert fim_prompt_text(family, "def f():\n", "\n    return {x}") == expected
+    assert all(s in expected for s in FIM_TEMPLATES[family].sentinels)
+
+
+def test_spm_templates_put_the_suffix_first():
+    assert fim_prompt_text("starcoder", "P", "S", "spm") == "<fim_prefix><fim_suffix>S<fim_middle>P"
+    assert fim_prompt_text("codellama", "P", "S", "spm") == "<PRE> <SUF>S <MID> P"
+
+
+def test_long_contexts_lose_the_far_ends_first():
+    pre, suf = list(range(100)), list(range(1000, 1100))
+    p, s = fit_fim_context(pre, suf, 60)
+    assert p == pre[-30:] and s == suf[:30]
+    p, s = fit_fim_context(list(range(10)), suf, 60)  # a short prefix leaves the room to the suffix
+    assert p == list(range(10)) and s == suf[:50]
+
+
+def test_best_of_prefers_clean_endings_then_likelihood():
+    cut_off = Completion("a", [1], [-0.01], "length")
+    clean_unlikely = Completion("b", [2], [-3.0], "eot")
+    clean_likely = Completion("c", [3, 4], [-0.5, -0.7], "eot")
+    assert best_of([cut_off, clean_unlikely]) is clean_unlikely
+    assert best_of([cut_off, clean_unlikely, clean_likely]) is clean_likely
+
+
+def test_modes_the_model_was_not_trained_for_are_refused():
+    l2r_only = {"objectives": {"l2r": 1.0}, "can_fim": False, "can_mim": False}
+    with pytest.raises(CapabilityError, match="not trained for fim"):
+        require_mode(l2r_only, "fim")
+    with pytest.raises(CapabilityError, match="not trained for mim"):
+        require_mode(l2r_only, "mim")
+    require_mode({"can_fim": True, "can_mim": True, "fim_formats": ["psm", "spm"]}, "mim")
+    with pytest.raises(CapabilityError, match="spm"):
+        require_mode({"can_fim": True, "fim_formats": ["psm"]}, "fim", "spm")
+
+
+# --- join logic on token lists -------------------------------------------------------------------------------------
+def test_forward_join_inside_the_backward_generation():
+    # document: prefix 1 2 3 | middle 4 5 6 7 8 9 | suffix 10 11; backward generated 9 8 7 6 5 4 (reversed)
+    join = propose_forward_join([1, 2, 3], [4, 5, 6, 7], [9, 8, 7, 6, 5, 4], [10, 11])
+    assert join.middle == [4, 5, 6, 7, 8, 9]
+    assert join.candidate == [8, 9, 10]  # the rest of the backward side, then one suffix token to confirm the end
+
+
+def test_forward_join_at_the_suffix_boundary_needs_no_verification():
+    # the forward side generated the middle (4) and then the suffix's first four tokens
+    join = propose_forward_join([1, 2, 3], [4, 10, 11, 12, 13], [], [10, 11, 12, 13, 14])
+    assert join.middle == [4] and join.candidate == []
+
+
+def test_backward_join_is_the_mirror_of_the_forward_one():
+    # forward has 4 5 6 7 8; backward generated 8 7 6 5 (its newest four, read in text order, are 5 6 7 8)
+    join = propose_backward_join([1, 2, 3], [4, 5, 6, 7, 8], [8, 7, 6, 5], [9])
+    assert join.middle == [4, 5, 6, 7, 8]
+    assert join.candidate == [4, 3]  # backward must still produce 4, then the prefix's last token
+
+
+def test_no_join_without_a_shared_ngram_or_without_new_tokens():
+    assert propose_forward_join([1, 2, 3], [4, 5], [9, 8], [10, 11]) is None
+    assert propose_forward_join([10, 11, 12, 13], [], [], [10, 11, 12, 13]) is None  # context alone is no evidence
+    # a match deep inside the suffix would mean the forward side skipped suffix tokens: no join
+    assert propose_forward_join([1], [12, 13, 14, 15], [], [10, 11, 12, 13, 14, 15]) is None
+
+
+def test_count_agreeing_is_the_leading_run():
+    assert count_agreeing([5, 6, 7], [5, 6, 7]) == 3
+    assert count_agreeing([5, 6, 7], [5, 9, 7]) == 1
+    assert count_agreeing([5, 6, 7], [4, 6, 7]) == 0
+    assert count_agreeing([], [1]) == 0
+
+
+# --- the driver on scripted streams --------------------------------------------------------------------------------
+class ScriptedSides:
+    """A two-row backend whose 'model' is a script: next(side, tokens so far) -> (token, logprob). Records what it
+    was asked to verify and how much it accepted."""
+
+    def __init__(self, forward_next, backward_next):
+        self.next = [forward_next, backward_next]
+        self.read: list[list[int]] = [[], []]
+        self.log: list[tuple[int, int, int]] = []  # (side, candidate length, accepted)
+
+    def prefill(self):
+        return [self._result(s, 0) for s in (0, 1)]
+
+    def _result(self, s, k):
+        token, lp = self.next[s](self.read[s])
+        return StepResult(k, token, [-0.1] * k + [lp])
+
+    def step(self, feeds):
+        out = []
+        for s, feed in enumerate(feeds):
+            if feed is None:
+                out.append(None)
+                continue
+            self.read[s].append(feed[0])
+            candidate = feed[1:]
+            predictions = [self.next[s](self.read[s] + candidate[:i])[0] for i in range(len(candidate))]
+            k = count_agreeing(candidate, predictions)
+            self.read[s].extend(candidate[:k])
+            if candidate:
+                self.log.append((s, len(candidate), k))
+            out.append(self._result(s, k))
+        return out
+
+
+def oracle(document: list[int], known: int, lp: float = -0.1, wrong_after: int | None = None, wrong: int = 777):
+    """Greedy next token of a model that has memorised `document` and was given its first `known` tokens.
+    `wrong_after`: from that many generated tokens on it believes `wrong` instead of the true token once."""
+    def next_token(generated):
+        i = known + len(generated)
+        if wrong_after is not None and len(generated) == wrong_after:
+            return wrong, lp
+        return (document[i] if i < len(document) else EOT), lp
+    return next_token
+
+
+PREFIX = list(range(100, 110))
+MIDDLE = list(range(200, 212))   # 12 tokens
+SUFFIX = list(range(300, 310))
+DOC = PREFIX + MIDDLE + SUFFIX
+
+
+def run_mim(sides, max_new=40, stop=(), decode=None):
+    return meet_in_the_middle(sides, PREFIX, SUFFIX, eot_id=EOT, max_new_tokens=max_new,
+                              decode=decode or (lambda ids: " ".join(map(str, ids))), stop=stop)
+
+
+def test_sides_meet_as_soon_as_they_overlap_by_n_tokens():
+    fwd = oracle(DOC, len(PREFIX))
+    bwd = oracle(DOC[::-1], len(SUFFIX))
+    sides = ScriptedSides(fwd, bwd)
+    result = run_mim(sides)
+    assert result.met and result.token_ids == MIDDLE
+    # each side needs (12 + 4) / 2 = 8 tokens before four of them overlap, then one pass verifies: 9 passes,
+    # where FIM decodes 12 tokens and end-of-text one per pass
+    assert result.steps == 9 < len(MIDDLE) + 1
+    assert sides.log and all(k == n for _, n, k in sides.log)  # the first proposal was accepted whole
+
+
+def test_sides_meet_late_at_the_suffix_when_the_backward_side_goes_astray():
+    fwd = oracle(DOC, len(PREFIX))
+    # the backward side's view of the middle is a different one: no 4-gram in common with the forward side
+    other = PREFIX + list(range(500, 512)) + SUFFIX
+    bwd = oracle(other[::-1], len(SUFFIX))
+    result = run_mim(ScriptedSides(fwd, bwd))
+    # the forward side reaches the suffix and generates its first four tokens: the boundary join
+    assert result.met and result.token_ids == MIDDLE
+    assert result.steps == len(MIDDLE) + 4
+
+
+def test_a_partial_match_fast_forwards_and_the_sides_still_meet():
+    fwd = oracle(DOC, len(PREFIX))
+    # the backward side believes one wrong token (at its 3rd step), then carries on correctly reversed
+    bwd_doc = PREFIX + MIDDLE[:9] + [777] + MIDDLE[10:] + SUFFIX
+    bwd = oracle(bwd_doc[::-1], len(SUFFIX))
+    sides = ScriptedSides(fwd, bwd)
+    result = run_mim(sides)
+    partial = [(s, n, k) for s, n, k in sides.log if 0 < k < n]
+    assert partial, sides.log  # some proposal was accepted only up to the disagreement
+    assert result.met
+    # both views are consistent with one side's greedy choices; the backward's wrong token can survive only
+    # where the backward side completes the join
+    assert result.token_ids in (MIDDLE, bwd_doc[len(PREFIX):-len(SUFFIX)])
+
+
+def test_an_empty_suffix_at_the_end_of_the_document_is_reached_by_ending_it():
+    """With nothing after the hole but the document's end, the backward side has nothing to go on; the forward side
+    generating end-of-text has generated the whole suffix: a boundary join, as soon as it happens."""
+    doc = PREFIX + MIDDLE
+    sides = ScriptedSides(oracle(doc, len(PREFIX)), lambda g: (600 + len(g), -0.1))  # backward: guesses
+    result = meet_in_the_middle(sides, PREFIX, [EOT], eot_id=EOT, max_new_tokens=40, decode=str)
+    assert result.met and result.token_ids == MIDDLE and result.steps == len(MIDDLE) + 1
+
+
+def test_sides_that_never_meet_return_the_more_likely_complete_generation():
+    def junk(start, lp, end_after):
+        return lambda g: ((EOT if len(g) >= end_after else start + len(g)), lp)
+
+    # forward: 5 unlikely tokens then end-of-text; backward: likely tokens but never ends (cut by the length limit)
+    result = run_mim(ScriptedSides(junk(600, -2.0, 5), junk(800, -0.1, 10_000)), max_new=20)
+    assert not result.met and result.side == "forward" and result.finish_reason == "eot"
+    assert result.token_ids == [600, 601, 602, 603, 604]
+    # both end cleanly: likelihood decides, and the backward side's tokens come back in text order
+    result = run_mim(ScriptedSides(junk(600, -2.0, 5), junk(800, -0.1, 3)), max_new=20)
+    assert not result.met and result.side == "backward" and result.token_ids == [802, 801, 800]
+
+
+def test_a_stop_string_ends_a_side():
+    fwd = oracle(DOC, len(PREFIX))
+    other = PREFIX + list(range(500, 512)) + SUFFIX
+    bwd = oracle(other[::-1], len(SUFFIX))
+    # token 205 decodes to a stop string: the forward side stops there; the backward side runs out of tokens
+    # before it could reach the prefix (12 + 4 tokens would be a boundary join on its side)
+    decode = lambda ids: "".join("|" if i == 205 else f"<{i}>" for i in ids)
+    result = run_mim(ScriptedSides(fwd, bwd), stop=["|"], decode=decode, max_new=14)
+    assert not result.met and result.side == "forward" and result.finish_reason == "stop"
+    assert result.text == "".join(f"<{i}>" for i in MIDDLE[:5])
+
+
+# --- end to end: a tiny mim+fim model overfit on a handful of functions --------------------------------------------
+FUNCTIONS = [
+    "def clamp_value(value, lower, upper):\n    if value < lower:\n        return lower\n"
+    "    if value > upper:\n        return upper\n    return value\n",
+    "def count_vowels(text):\n    total = 0\n    for letter in text.lower():\n        if letter in \"aeiou\":\n"
+    "            total += 1\n    return total\n",
+    "def running_mean(numbers):\n    means = []\n    acc = 0.0\n    for index, number in enumerate(numbers):\n"
+    "        acc += number\n        means.append(acc / (index + 1))\n    return means\n",
+    "def merge_dicts(first, second):\n    merged = dict(first)\n    for key, item in second.items():\n"
+    "        merged[key] = merged.get(key, 0) + item\n    return merged\n",
+]
+
+
+def split_at_line(text: str, i: int) -> tuple[str, str, str]:
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:i]), lines[i], "".join(lines[i + 1:])
+
+
+@pytest.fixture(scope="module")
+def infill_model(tmp_path_factory, tokenizer):
+    """A micro model trained with `mim:0.5,fim:0.5` until both directions have memorised FUNCTIONS (~60 CPU
+    seconds). Every document in a FIM window is FIM'd (fim_rate 1), though this is too little training for the
+    FIM format itself: see test_fim_decodes_the_middle_prompt_end_to_end."""
+    from support import make_shards, micro_train_config
+
+    from codelm.checkpoint import load_checkpoint
+    from codelm.train import Trainer
+
+    root = tmp_path_factory.mktemp("infill")
+    shards = make_shards(root / "shards", FUNCTIONS * 4, tokenizer, val_texts=FUNCTIONS)
+    cfg = micro_train_config(shards, root / "run", steps=200, objective="mim:0.5,fim:0.5", fim_rate=1.0,
+                             batch_size=4, context_length=128, lr=3e-3, warmup_steps=20,
+                             model=dict(n_layer=2, n_head=2, d_model=64, context_length=128))
+    Trainer(cfg).fit()
+    return load_checkpoint(root / "run")
+
+
+HELD_OUT = [(0, 3), (1, 2), (2, 3), (3, 3)]  # (function, line): middles of 6 to 15 tokens
+
+
+@pytest.mark.slow
+def test_meet_in_the_middle_reproduces_held_out_middles_in_fewer_steps_than_fim(infill_model):
+    from codelm.generate import SamplingParams
+    from codelm.infill import infill
+
+    ck = infill_model
+    assert ck.capabilities["can_fim"] and ck.capabilities["can_mim"]
+    mim_steps = fim_steps = 0
+    for f, line in HELD_OUT:
+        prefix, middle, suffix = split_at_line(FUNCTIONS[f], line)
+        result = infill(ck.model, ck.tokenizer, prefix, suffix, "mim", SamplingParams(max_new_tokens=32),
+                        capabilities=ck.capabilities)
+        assert result.best.text == middle and result.met == [True]
+        mim_steps += result.steps[0]
+        fim_steps += len(ck.tokenizer.encode(middle)) + 1  # FIM: one pass per token, end-of-text included
+    assert mim_steps < fim_steps
+
+
+@pytest.mark.slow
+def test_fim_decodes_the_middle_prompt_end_to_end(infill_model):
+    """The FIM path runs on the real model and counts its passes; this micro model has not learned the FIM format
+    in 100 FIM batches (a reproduced middle needs far more training, see the report of issue 7), so only the
+    mechanics are checked here: one pass per generated token, ending at end-of-text or the token budget."""
+    from codelm.generate import SamplingParams
+    from codelm.infill import infill
+
+    ck = infill_model
+    prefix, middle, suffix = split_at_line(FUNCTIONS[0], 3)
+    for fmt in ("psm", "spm"):
+        result = infill(ck.model, ck.tokenizer, prefix, suffix, "fim", SamplingParams(max_new_tokens=12), n=2,
+                        seeds=[1, 2], capabilities=ck.capabilities, fim_format=fmt)
+        assert len(result.samples) == 2 and result.best in result.samples
+        for c, steps in zip(result.samples, result.steps):
+            assert steps == len(c.token_ids) + (c.finish_reason == "eot") and c.finish_reason in ("eot", "length")
+
+
+@pytest.mark.slow
+def test_cli_infill_meet_in_the_middle(infill_model, tmp_path, capsys):
+    from codelm.cli import main
+
+    prefix, middle, suffix = split_at_line(FUNCTIONS[3], 2)
+    (tmp_path / "a.py").write_text(prefix)
+    (tmp_path / "b.py").write_text(suffix)
+    assert main(["infill", str(infill_model.path), "--prefix-file", str(tmp_path / "a.py"), "--suffix-file",
+                 str(tmp_path / "b.py"), "--mode", "mim", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["middle"] == middle and out["met"] == [True]
+
+
+def test_cli_refuses_a_mode_the_model_was_not_trained_for(trained_run, capsys):
+    from codelm.cli import main
+
+    for mode in ("fim", "mim"):
+        assert main(["infill", str(trained_run), "--prefix", "def f(", "--suffix", "\n", "--mode", mode]) == 2
+        err = capsys.readouterr().err
+        assert f"not trained for {mode}" in err and err.count("\n") == 1

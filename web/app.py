@@ -1,0 +1,382 @@
+"""The routes: an infill API in the shapes editors already speak, and the playground page.
+
+    POST /v1/completions   OpenAI's completions (prompt + suffix = infill; stream = server-sent events)
+    POST /infill           llama.cpp's infill (llama.vim, llama.vscode)
+    GET  /v1/models        the served model, its capabilities and FIM template
+    GET  /health           liveness plus the worker's counters
+    GET  /                 the playground (web/static/)
+
+One `Engine` (web/engine.py) owns the model and batches the decode steps of all requests. User mistakes get 4xx
+JSON in OpenAI's error shape `{"error": {"message", "type", "param"}}`: 422 for a bad body, 400 for a mode the
+model was never trained for, 401 for a missing API key, 429 when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from codelm.generate import SamplingParams
+from web.engine import Engine, Event, Job, QueueFull, RowSpec
+from web.prompts import FIM_TEMPLATE, completion_prompt, fim_prompt, split_sentinel_prompt
+from web.schemas import CompletionRequest, InfillRequest
+
+log = logging.getLogger("codelm.web")
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServeConfig:
+    max_batch: int = 8             # rows decoded together in one step
+    max_queue: int = 32            # requests waiting for a free row before answering 429
+    max_tokens: int = 256          # cap on max_tokens / n_predict
+    max_prompt_tokens: int = 0     # 0: the model's context length minus room for 16 new tokens
+    api_key: str | None = None     # when set, API routes need `Authorization: Bearer KEY` (or `X-API-Key`)
+    cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers (browsers block other origins)
+    raw_fim: bool = True           # honour a prompt that is this model's own FIM template filled in
+    model_id: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status, headers=headers)
+
+
+def default_model_id(ckpt, can_fim: bool) -> str:
+    """`codelm-<run>`, plus `-qwencoder-fim` for a FIM model: tools such as Continue choose a FIM template by
+    substrings of the model id, and the one they pick for "qwen"+"coder" is `<|fim_prefix|>{prefix}<|fim_suffix|>
+    {suffix}<|fim_middle|>`, exactly this model's (cl100k's) sentinels, which the server honours as a raw prompt.
+    The suffix names the template, not the weights."""
+    path = Path(ckpt.path)
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.name
+    return f"codelm-{run}" + ("-qwencoder-fim" if can_fim else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Meet-in-the-middle, from codelm.infill when it is there
+# ----------------------------------------------------------------------------------------------------------------
+def mim_infill_function(capabilities: dict):
+    """An adapter `(model, tokenizer, prefix, suffix, params) -> (text, tokens decoded, details)` over
+    codelm.infill.mim_infill, or None when this build has no meet-in-the-middle decoding."""
+    try:
+        from codelm.infill import mim_infill
+    except ImportError:
+        return None
+
+    def run(model, tokenizer, prefix, suffix, params: SamplingParams):
+        r = mim_infill(model, tokenizer, prefix, suffix, params, capabilities=capabilities)
+        details = {"met": r.met, "steps": r.steps, "side": r.side, "mim_finish": r.finish_reason}
+        return r.text, r.forward_tokens + r.backward_tokens, details
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Waiting for a job's events from async code
+# ----------------------------------------------------------------------------------------------------------------
+class Channel:
+    """Carries a job's events from the worker thread into the event loop."""
+
+    def __init__(self, n_rows: int):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.open_rows = n_rows
+
+    def sink(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def next(self) -> Event | None:
+        """The next event, or None once every row has finished."""
+        if self.open_rows == 0:
+            return None
+        event = await self.queue.get()
+        if event.finish_reason is not None:
+            self.open_rows -= 1
+        return event
+
+
+@dataclass
+class Plan:
+    """What one request asks the engine for."""
+    rows: list[RowSpec]
+    mode: str                       # "completion" | "fim" | "mim"
+    truncated: bool
+    mim: tuple[str, str] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The app
+# ----------------------------------------------------------------------------------------------------------------
+def create_app(ckpt, config: ServeConfig | None = None, engine: Engine | None = None) -> FastAPI:
+    """The FastAPI app serving a loaded checkpoint. The engine starts and stops with the app (lifespan)."""
+    config = config or ServeConfig()
+    mim_infill = mim_infill_function(ckpt.capabilities or {})
+    engine = engine or Engine(ckpt.model, ckpt.tokenizer, max_batch=config.max_batch, max_queue=config.max_queue,
+                              mim_infill=mim_infill)
+    tokenizer = ckpt.tokenizer
+    context = ckpt.config.context_length
+    prompt_budget = config.max_prompt_tokens or max(context - 16, context // 2)
+    caps = ckpt.capabilities or {}
+    can = {"fim": bool(caps.get("can_fim")), "mim": bool(caps.get("can_mim")) and engine.mim_infill is not None}
+    model_id = config.model_id or default_model_id(ckpt, can["fim"])
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(title="codelm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.engine = engine
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"])
+
+    # --- errors ---------------------------------------------------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request, exc: RequestValidationError):
+        parts, param = [], None
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            param = param or (".".join(loc) or None)
+            parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+        return error_response(422, "; ".join(parts), param)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return error_response(exc.status, exc.message, exc.param, exc.kind, headers)
+
+    def check_key(request: Request) -> None:
+        if not config.api_key:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not secrets.compare_digest(given.encode(), config.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (send `Authorization: Bearer KEY`)", None,
+                           "authentication_error")
+
+    # --- planning ---------------------------------------------------------------------------------------------------
+    def check_bounds(max_tokens: int, n: int, max_param: str) -> None:
+        if max_tokens > config.max_tokens:
+            raise ApiError(422, f"{max_param}: at most {config.max_tokens} on this server (got {max_tokens})",
+                           max_param)
+        if n > config.max_batch:
+            raise ApiError(422, f"n: at most {config.max_batch} on this server (got {n})", "n")
+
+    def choose_mode(asked: str | None) -> str:
+        if asked is None:
+            for mode in ("fim", "mim"):
+                if can[mode]:
+                    return mode
+            raise ApiError(400, f"model {model_id} cannot infill: it was trained with objectives "
+                                f"{sorted((caps.get('objectives') or {'l2r': 1}))} (infilling needs fim or mim)",
+                           "suffix")
+        if not can[asked]:
+            why = ("this server has no meet-in-the-middle decoding (codelm.infill)"
+                   if asked == "mim" and caps.get("can_mim") else
+                   f"it was trained with objectives {sorted((caps.get('objectives') or {'l2r': 1}))}")
+            raise ApiError(400, f"model {model_id} cannot infill with mode {asked!r}: {why}", "mode")
+        return asked
+
+    def plan(prefix: str, suffix: str | None, mode: str | None, params: SamplingParams, n: int,
+             logprobs: int | None, middle_start: str = "") -> Plan:
+        if suffix is None:
+            p = completion_prompt(tokenizer, prefix, prompt_budget)
+            kind = "completion"
+        else:
+            kind = choose_mode(mode)
+            if kind == "mim":
+                p = completion_prompt(tokenizer, prefix + middle_start, prompt_budget)  # for accounting only
+            else:
+                p = fim_prompt(tokenizer, prefix, suffix, prompt_budget, middle_start)
+        rows = []
+        for i in range(n):
+            seed = None if params.seed is None else params.seed + i
+            rows.append(RowSpec(p.ids, SamplingParams(**{**params.__dict__, "seed": seed}), logprobs))
+        mim = (prefix + middle_start, suffix) if kind == "mim" else None
+        return Plan(rows, kind, p.truncated, mim)
+
+    def submit(p: Plan) -> tuple[Job, Channel]:
+        channel = Channel(len(p.rows))
+        job = Job(p.rows, channel.sink, mim=p.mim)
+        try:
+            engine.submit(job)
+        except QueueFull as e:
+            raise ApiError(429, str(e), None, "rate_limit_error") from None
+        return job, channel
+
+    async def collect(job: Job, channel: Channel, request: Request) -> list[dict]:
+        """Wait for every row's text; a client that goes away cancels the job."""
+        rows = [{"text": "", "tokens": [], "finish_reason": None, "timings": None} for _ in job.rows]
+        while True:
+            try:
+                event = await asyncio.wait_for(channel.next(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    raise ApiError(499, "client closed the request")
+                continue
+            if event is None:
+                break
+            row = rows[event.index]
+            row["text"] += event.text
+            row["tokens"] += event.tokens
+            if event.finish_reason:
+                row["finish_reason"], row["timings"] = event.finish_reason, event.timings
+        if any(r["finish_reason"] == "error" for r in rows):
+            raise ApiError(500, "generation failed (see the server log)", None, "server_error")
+        return rows
+
+    # --- routes -----------------------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, **engine.stats()}
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    async def models():
+        return {"object": "list", "data": [{
+            "id": model_id, "object": "model", "created": int(Path(ckpt.path).stat().st_mtime), "owned_by": "codelm",
+            "context_length": context, "capabilities": {"completion": True, **{k: v for k, v in can.items()}},
+            "objectives": caps.get("objectives"), "fim_template": FIM_TEMPLATE if can["fim"] else None,
+            "infill_modes": [m for m in ("fim", "mim") if can[m]],
+        }]}
+
+    @app.post("/v1/completions", dependencies=[Depends(check_key)])
+    async def completions(body: CompletionRequest, request: Request):
+        check_bounds(body.max_tokens, body.n, "max_tokens")
+        prefix, suffix = body.prompt, body.suffix
+        if suffix is None and config.raw_fim:
+            split = split_sentinel_prompt(prefix)
+            if split is not None and can["fim"]:
+                prefix, suffix = split
+        params = SamplingParams(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                stop=body.stop, seed=body.seed)
+        p = plan(prefix, suffix, body.mode, params, body.n, body.logprobs)
+        job, channel = submit(p)
+        cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        echo = body.prompt if body.echo else ""
+        if body.stream:
+            return sse(openai_chunks(job, channel, cid, created, echo, p))
+        rows = await collect(job, channel, request)
+        choices = [{"text": echo + r["text"], "index": i, "finish_reason": openai_finish(r["finish_reason"]),
+                    "logprobs": openai_logprobs(r["tokens"], len(echo)) if body.logprobs is not None else None}
+                   for i, r in enumerate(rows)]
+        completion_tokens = sum(r["timings"]["predicted_tokens"] for r in rows)
+        prompt_tokens = len(p.rows[0].prompt_ids)
+        return {"id": cid, "object": "text_completion", "created": created, "model": model_id, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+                "timings": rows[0]["timings"], "mode": p.mode, "truncated": p.truncated}
+
+    async def openai_chunks(job: Job, channel: Channel, cid: str, created: int, echo: str, p: Plan):
+        def chunk(index, text, finish=None, extra=None):
+            return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
+                    "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
+                    **(extra or {})}
+        try:
+            if echo:
+                for i in range(len(job.rows)):
+                    yield chunk(i, echo)
+            while (event := await channel.next()) is not None:
+                if event.finish_reason == "error":
+                    yield {"error": {"message": "generation failed (see the server log)", "type": "server_error"}}
+                    continue
+                finish = openai_finish(event.finish_reason)
+                extra = {"timings": event.timings, "mode": p.mode} if event.finish_reason else None
+                if event.text or finish:
+                    yield chunk(event.index, event.text, finish, extra)
+            yield "[DONE]"
+        finally:
+            job.cancel()  # the client went away (or we are done: then this changes nothing)
+
+    @app.post("/infill", dependencies=[Depends(check_key)])
+    async def infill(body: InfillRequest, request: Request):
+        n_predict = config.max_tokens if body.n_predict < 0 else body.n_predict
+        check_bounds(n_predict, 1, "n_predict")
+        extra = "".join(c.text if c.text.endswith("\n") else c.text + "\n" for c in body.input_extra if c.text)
+        params = SamplingParams(max_new_tokens=n_predict, temperature=body.temperature, top_k=body.top_k,
+                                top_p=body.top_p, stop=body.stop, seed=None if body.seed < 0 else body.seed)
+        p = plan(extra + body.input_prefix, body.input_suffix, body.mode, params, 1, None, body.prompt)
+        job, channel = submit(p)
+        if body.stream:
+            return sse(llama_chunks(job, channel, p))
+        row = (await collect(job, channel, request))[0]
+        return llama_result(row["text"], row["finish_reason"], row["timings"], p)
+
+    def llama_result(text: str, finish: str, timings: dict, p: Plan) -> dict:
+        stop_type = {"stop": "eos", "length": "limit"}.get(finish, finish)
+        return {"content": text, "stop": True, "model": model_id, "stop_type": stop_type,
+                "tokens_predicted": timings["predicted_tokens"], "tokens_evaluated": timings["prompt_tokens"],
+                "truncated": p.truncated, "timings": timings, "mode": p.mode}
+
+    async def llama_chunks(job: Job, channel: Channel, p: Plan):
+        try:
+            while (event := await channel.next()) is not None:
+                if event.finish_reason == "error":
+                    yield {"error": {"message": "generation failed (see the server log)", "type": "server_error"}}
+                elif event.finish_reason:
+                    yield llama_result(event.text, event.finish_reason, event.timings, p)
+                elif event.text:
+                    yield {"content": event.text, "stop": False}
+        finally:
+            job.cancel()
+
+    # --- the playground -----------------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Response shapes
+# ----------------------------------------------------------------------------------------------------------------
+def sse(chunks) -> StreamingResponse:
+    """Server-sent events: one `data: {json}` line per chunk (OpenAI ends with `data: [DONE]`; llama.cpp does not)."""
+    async def lines():
+        async for chunk in chunks:
+            yield f"data: {chunk if isinstance(chunk, str) else json.dumps(chunk)}\n\n"
+    return StreamingResponse(lines(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def openai_finish(reason: str | None) -> str | None:
+    return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+def openai_logprobs(tokens: list[dict], offset: int) -> dict:
+    """OpenAI's legacy logprobs object: tokens, their logprobs, top alternatives and character offsets."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for t in tokens:
+        out["tokens"].append(t["text"])
+        out["token_logprobs"].append(t["logprob"])
+        out["top_logprobs"].append(t["top"])
+        out["text_offset"].append(offset)
+        offset += len(t["text"])
+    return out
