@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from codelm import code_version
+from codelm.config import replace_directory
 from codelm.errors import CheckpointError
 from codelm.model import ModelConfig, Transformer
 
@@ -113,13 +114,7 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, tokenizer, *, c
         for f in tmp.iterdir():
             _fsync_file(f)
         _fsync_dir(tmp)
-        if path.exists():  # overwriting a checkpoint of the same name: move the old one aside first
-            old = path.parent / f".old-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,6 +203,23 @@ def build_tokenizer(desc: dict, path: Path | None = None):
     return tok
 
 
+def load_matching_state(model: torch.nn.Module, state: dict, where: str, config_name: str,
+                        display=lambda name: name) -> None:
+    """Load `state` into `model`, or name the first mismatched tensors (weights that do not fit their config are
+    a corrupt or mixed-up checkpoint, not a bug). `display` maps codelm names to the file's own (HF) names."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - {k for k, v in state.items() if v is not None})
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not match {config_name} (missing "
+                              f"{[display(k) for k in missing[:3]]}, unexpected {[display(k) for k in unexpected[:3]]})")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{where}: tensor {display(k)} has shape {tuple(v.shape)}, {config_name} says "
+                                  f"{tuple(expected[k].shape)}")
+    model.load_state_dict(state)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None) -> Checkpoint:
     """Load a checkpoint (or a run's latest) into an eval-mode model on `device`, with clear errors."""
     path = resolve_checkpoint(path)
@@ -226,17 +238,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = Transformer(model_cfg)
     if model_cfg.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed.weight"))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path / WEIGHTS}: does not match its config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"{path / WEIGHTS}: tensor {k} has shape {tuple(v.shape)}, config says "
-                                  f"{tuple(expected[k].shape)}")
-    model.load_state_dict(state)
+    load_matching_state(model, state, f"{path / WEIGHTS}", "its config")
     model.to(device=device, dtype=dtype).eval()
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, config=model_cfg,
                       capabilities=config.get("capabilities", {}), meta=config)

@@ -14,7 +14,9 @@ import dataclasses
 import difflib
 import json
 import os
+import shutil
 import tempfile
+import time
 import types
 import typing
 from pathlib import Path
@@ -202,6 +204,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_directory(tmp: Path, dest: Path) -> None:
+    """Swap a fully written (and fsync'd) temp directory in for `dest`. Readers see the old or the new directory:
+    an existing `dest` is first renamed aside, then removed once the new one is in place."""
+    if dest.exists():
+        old = dest.parent / f".old-{dest.name}-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
 
 
 def save_config(obj_or_dict, path: str | os.PathLike) -> None:

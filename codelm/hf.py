@@ -535,7 +535,7 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def import_hf(path: str | os.PathLike):
     """A Llama-architecture HF directory -> a loaded codelm Checkpoint (eval mode, fp32) with an HFTokenizer."""
-    from codelm.checkpoint import Checkpoint, default_capabilities
+    from codelm.checkpoint import Checkpoint, default_capabilities, load_matching_state
 
     path = Path(path)
     if not path.is_dir():
@@ -558,17 +558,7 @@ def import_hf(path: str | os.PathLike):
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state.get("embed.weight")
     model = Transformer(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - {k for k, v in state.items() if v is not None})
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match config.json (missing {missing[:3]}, unexpected "
-                              f"{[codelm_to_hf_name(k) for k in unexpected[:3]]})")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"{path}: tensor {codelm_to_hf_name(k)} has shape {tuple(v.shape)}, config.json "
-                                  f"says {tuple(expected[k].shape)}")
-    model.load_state_dict(state)  # copies into fp32 parameters
+    load_matching_state(model, state, str(path), "config.json", codelm_to_hf_name)  # copies into fp32 params
     model.eval()
     caps = default_capabilities(tokenizer, cfg.context_length)
     caps.update({"can_fim": False, "imported_from": "hf"})

@@ -12,6 +12,7 @@ module names. When all fail, the error lists every place that was tried.
 import gzip
 import json
 import os
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -46,6 +47,26 @@ def find_local_file(relative_path: str, data_dir=None) -> tuple[Path | None, lis
             return path, tried
         tried.append(f"{path} ({label})")
     return None, tried
+
+
+def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, data_dir=None) -> Path:
+    """A local copy (CODELM_DATA_DIR, ../shared/data, --data-dir), else a cached download of the upstream file, else
+    one clear error listing everything tried (this is how an offline machine without the files reports it)."""
+    path, tried = find_local_file(relative_path, data_dir)
+    if path is not None:
+        return path
+    cached = cache_dir / Path(relative_path).name
+    if cached.is_file():
+        return cached
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".part")
+        urllib.request.urlretrieve(url, tmp)
+        tmp.rename(cached)  # a download cut off midway never looks like a complete file
+        return cached
+    except Exception as e:  # offline, or the upstream moved: say everything that was tried
+        tried += [f"{cached} (cache)", f"{url} ({type(e).__name__}: {e})"]
+        raise EvalInputError(f"{what} not found; tried " + "; ".join(tried)) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

@@ -32,10 +32,9 @@ description from mbpp.jsonl and MBPP+'s corrected `assertion` lines as the tests
 
 import base64
 import pickle
-import urllib.request
 from pathlib import Path
 
-from evals.data import EvalInputError, find_local_file, read_jsonl
+from evals.data import EvalInputError, find_or_download, read_jsonl
 from evals.humaneval import HumanEval
 from evals.mbpp import FEW_SHOT_IDS, MBPP, three_shot_prompt
 
@@ -295,19 +294,5 @@ def load_mbpp_plus(data_dir=None, prompt_format: str = "bigcode") -> MBPPPlus:
 
 def find_data_file(dataset: str, data_dir=None) -> Path:
     file_name = FILES[dataset]
-    path, tried = find_local_file(f"evalplus/{file_name}", data_dir)
-    if path is not None:
-        return path
-    cached = CACHE_DIR / file_name
-    if cached.is_file():
-        return cached
-    url = UPSTREAM[dataset] + file_name
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)
-        tmp.rename(cached)
-        return cached
-    except Exception as e:  # offline: say everything that was tried
-        tried += [f"{cached} (cache)", f"{url} ({type(e).__name__}: {e})"]
-        raise EvalInputError(f"evalplus file {file_name} not found; tried " + "; ".join(tried)) from None
+    return find_or_download(f"evalplus/{file_name}", UPSTREAM[dataset] + file_name, CACHE_DIR,
+                            f"evalplus file {file_name}", data_dir)

@@ -20,11 +20,10 @@ Also reported: exact match, the share of completions equal to canonical_solution
 line and blank lines at either end are ignored (indentation still counts: it changes the program).
 """
 
-import urllib.request
 from pathlib import Path
 
 from evals.benchmark import Benchmark, Sampling
-from evals.data import EvalInputError, find_local_file, read_jsonl
+from evals.data import EvalInputError, find_or_download, read_jsonl
 
 SETS = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -95,19 +94,5 @@ def load(set_name: str = "single-line", data_dir=None, mode: str = "fim") -> Inf
 
 
 def _find_file(file_name: str, data_dir) -> Path:
-    path, tried = find_local_file(f"humaneval-infilling/{file_name}", data_dir)
-    if path is not None:
-        return path
-    cached = CACHE_DIR / file_name
-    if cached.is_file():
-        return cached
-    url = UPSTREAM + file_name
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)
-        tmp.rename(cached)
-        return cached
-    except Exception as e:  # offline: say everything that was tried
-        tried += [str(cached) + " (cache)", f"{url} ({type(e).__name__}: {e})"]
-        raise EvalInputError(f"HumanEval-infilling file {file_name} not found; tried " + "; ".join(tried)) from None
+    return find_or_download(f"humaneval-infilling/{file_name}", UPSTREAM + file_name, CACHE_DIR,
+                            f"HumanEval-infilling file {file_name}", data_dir)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codelm.config import replace_directory
 from codelm.errors import DataError
 
 FORMAT = "codelm-shards/1"
@@ -96,13 +97,7 @@ def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] |
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out_dir.exists():
-            old = out_dir.parent / f".old-{out_dir.name}-{os.getpid()}-{time.monotonic_ns()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
