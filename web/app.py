@@ -232,13 +232,20 @@ def create_app(ckpt, config: ServeConfig | None = None, engine: Engine | None = 
     async def collect(job: Job, channel: Channel, request: Request) -> list[dict]:
         """Wait for every row's text; a client that goes away cancels the job."""
         rows = [{"text": "", "tokens": [], "finish_reason": None, "timings": None} for _ in job.rows]
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while True:
             try:
                 event = await asyncio.wait_for(channel.next(), timeout=0.25)
             except asyncio.TimeoutError:
+                event = False
+            # look for a gone client every 0.25 s of wall time, also while tokens keep arriving
+            if loop.time() - checked >= 0.25:
+                checked = loop.time()
                 if await request.is_disconnected():
                     job.cancel()
                     raise ApiError(499, "client closed the request")
+            if event is False:
                 continue
             if event is None:
                 break

@@ -197,6 +197,20 @@ def test_api_key_and_cors(fim_mim_ckpt, fim_client):
 
 
 # --- a client going away, against a real server ------------------------------------------------------------------------
+def test_a_non_streaming_client_that_goes_away_stops_its_generation(random_ckpt):
+    app = create_app(random_ckpt, ServeConfig(max_tokens=1000))
+    engine = app.state.engine
+    with live_server(app) as url:
+        body = {"prompt": "def", "max_tokens": 1000, "temperature": 0}
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(60, read=0.5)) as client:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+                client.post("/v1/completions", json=body)
+        assert wait_until(lambda: engine.cancelled_rows == 1 and engine.active_rows == 0)
+        stopped_at = engine.generated_tokens
+        assert stopped_at < 1000
+        assert wait_until(lambda: engine.generated_tokens == stopped_at, timeout=1.0)  # and stays stopped
+
+
 def test_a_client_that_goes_away_stops_its_generation(random_ckpt):
     app = create_app(random_ckpt, ServeConfig(max_tokens=1000))
     engine = app.state.engine
