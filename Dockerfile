@@ -25,10 +25,14 @@ CMD ["sleep", "infinity"]
 FROM ${BASE_IMAGE} AS workbench
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=
+# optional wheel sources for machines that reach PyPI only through their own proxy: e.g. wheels fetched with
+# `pip download` and served on 127.0.0.1 to a --network host build (PIP_FIND_LINKS + PIP_INDEX_URL)
+ARG PIP_FIND_LINKS
+ARG PIP_INDEX_URL
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH
 # a virtualenv: Debian's system python refuses `pip install` (PEP 668); python:*-slim images have venv already
-RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
+RUN if ! python3 -c "import ensurepip" >/dev/null 2>&1; then \
         apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*; \
     fi && python3 -m venv /opt/venv
 RUN pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"

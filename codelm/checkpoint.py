@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from codelm import code_version
-from codelm.config import replace_directory
+from codelm.config import default_file_mode, replace_directory
 from codelm.errors import CheckpointError
 from codelm.model import ModelConfig, Transformer
 
@@ -112,6 +112,7 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, tokenizer, *, c
                 config["files"][name] = {"bytes": (tmp / name).stat().st_size}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
+            os.chmod(f, default_file_mode())  # safetensors writes 0600; a served/mounted checkpoint must be readable
             _fsync_file(f)
         _fsync_dir(tmp)
         replace_directory(tmp, path)

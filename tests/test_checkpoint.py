@@ -106,3 +106,15 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path, 
         for ck in list_checkpoints(run):
             load_checkpoint(ck)  # every complete-looking checkpoint must load
         load_checkpoint(run)
+
+
+def test_checkpoint_files_are_readable_by_other_users(tmp_path, tokenizer):
+    """Serving a mounted checkpoint as an unprivileged user (the Docker image runs as nobody) must work."""
+    import stat
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "ck", micro_model(), tokenizer, train_state={"step": 1})
+    finally:
+        os.umask(old)
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
