@@ -136,6 +136,15 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def portable(args: dict) -> dict:
+    """Paths inside the repository recorded relative to it, so results carry no machine's directory layout."""
+    def rel(v):
+        if isinstance(v, str) and v.startswith(str(REPO) + "/"):
+            return v[len(str(REPO)) + 1:]
+        return v
+    return {k: rel(v) for k, v in args.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "objectives_study"))
@@ -167,7 +176,7 @@ def main() -> None:
         results.append(train_one(run, data, out, args))
         # write after every run: a long study interrupted half-way keeps what it measured
         tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": MODEL, "args": vars(args), "torch": torch.__version__,
+        tmp.write_text(json.dumps({"model": MODEL, "args": portable(vars(args)), "torch": torch.__version__,
                                    "runs": results}, indent=2) + "\n")
         os.replace(tmp, results_path)
     write_table(results, out / "results.md")
