@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "web"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS / "web"), str(TESTS)]  # web_support (random model), support (loopback server)
 
 
 def rss_mb() -> float:
