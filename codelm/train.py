@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -328,13 +329,12 @@ class Trainer:
     def _model_config(self) -> ModelConfig:
         from codelm.config import coerce
 
-        types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+        types = typing.get_type_hints(ModelConfig)  # the field annotations are strings (postponed evaluation)
         overrides = {}
         for key, value in self.cfg.model.items():
             if key not in types:
                 raise ConfigError(f"unknown model option --model.{key}; known: {', '.join(types)}")
-            tp = {"int": int, "float": float, "bool": bool, "str": str}.get(str(types[key]), types[key])
-            overrides[key] = coerce(value, tp, f"model.{key}")
+            overrides[key] = coerce(value, types[key], f"model.{key}")
         return preset_config(self.cfg.preset, **overrides)
 
     def _init_model_config(self, base: ModelConfig) -> ModelConfig:

@@ -20,7 +20,8 @@ import time
 import traceback
 import types
 
-WORKDIRS = ("/work", "/tmp", "/dev/shm")
+WORK = "/work"  # the container's tmpfs work dir (docker_backend mounts it), not a host path
+WORKDIRS = (WORK, "/tmp", "/dev/shm")
 
 
 def run_source(source: str) -> int:
@@ -31,7 +32,7 @@ def run_source(source: str) -> int:
                                   errors="backslashreplace", line_buffering=True)
     module = types.ModuleType("__sandbox__")
     sys.modules["__sandbox__"] = module
-    sys.argv, sys.path[0] = ["program.py"], "/work"
+    sys.argv, sys.path[0] = ["program.py"], WORK
     try:
         exec(compile(source, "program.py", "exec"), module.__dict__)
         status = 0
@@ -75,8 +76,8 @@ def run(req: dict) -> dict:
     cpu_s = float(req.get("cpu_s") or timeout_s)
     cap = int(req.get("max_output_bytes", 1 << 20))
     for name, spec in (req.get("files") or {}).items():
-        path = os.path.normpath(os.path.join("/work", name))
-        if not path.startswith("/work/"):
+        path = os.path.normpath(os.path.join(WORK, name))
+        if not path.startswith(WORK + os.sep):
             raise ValueError(f"file name {name!r} leaves the work directory")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:

@@ -107,7 +107,7 @@ class Server:
         self.poller.register(self.sock, select.POLLIN)
         try:
             while True:
-                for fd, _ in self.step(listen=True):
+                for fd, _ in self.step():
                     msg, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
                     if not msg:
                         return  # the caller is gone
@@ -118,7 +118,7 @@ class Server:
             if self.cgroups:
                 self.cgroups.remove()
 
-    def step(self, listen: bool = False) -> list:
+    def step(self) -> list:
         """Wait for output, exits or deadlines of the runs; returns the events on the server socket."""
         now = time.monotonic()
         wait = min((run.next_deadline() for run in self.runs), default=now + 1.0) - now
