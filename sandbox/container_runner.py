@@ -4,7 +4,8 @@ image never goes stale when this file changes. Stdlib only.
 Reads a JSON request on stdin, runs the program as a module named "__sandbox__" in its own process group with
 rlimits, a wall limit and an output cap, then kills every process of the container's user (kill(-1): everything but
 itself and the container's init, which ignores signals from inside) and wipes the writable tmpfs mounts, so the
-next program finds the container as it was. Prints one JSON result on stdout.
+next program finds the container as it was. Prints one JSON result on stdout, with "dirty" set when something of the
+program could not be removed (a tree too deep to walk, System V IPC objects): that container is then replaced.
 The trade-off against the local backend: one container serves many programs, so isolation between consecutive
 programs rests on this cleanup (same uid, wiped tmpfs); the container is replaced after a timeout.
 """
@@ -174,24 +175,55 @@ def supervise(pid, start, req, in_w, out_r, err_r, timeout_s, cpu_s, cap, ooms_b
             "wall_s": round(end - start, 6), "cpu_s": round(cpu, 6)}
 
 
-def wipe() -> None:
-    """Empty the writable mounts (files the program may have made unreadable to itself are chmod-ed first)."""
+def wipe() -> bool:
+    """Empty the writable mounts; False when something of the program's is left (the container is then replaced)."""
+    clean = True
     for top in WORKDIRS:
-        if not os.path.isdir(top):
-            continue
-        for root, dirs, files in os.walk(top, topdown=False):
-            for name in files:
+        if os.path.isdir(top):
+            clean = _empty(top) and clean
+    return clean and not _system_v_objects_left()
+
+
+def _empty(top: str) -> bool:
+    """Iterative: a program can nest directories deeper than any recursion limit. Directories are made writable
+    first, in case the program made them unreadable to itself."""
+    stack, dirs = [top], []
+    while stack:
+        d = stack.pop()
+        try:
+            if d != top:
+                dirs.append(d)
+                os.chmod(d, 0o700)
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue  # e.g. a path longer than PATH_MAX: it stays, and the container is replaced
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
                 try:
-                    os.unlink(os.path.join(root, name))
+                    os.unlink(entry.path)
                 except OSError:
                     pass
-            for name in dirs:
-                path = os.path.join(root, name)
-                try:
-                    os.chmod(path, 0o700)
-                    os.rmdir(path)
-                except OSError:
-                    pass
+    for d in reversed(dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    return not os.listdir(top)
+
+
+def _system_v_objects_left() -> bool:
+    """Shared memory, semaphores or message queues outlive a process in the container's IPC namespace."""
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                if len(f.read().splitlines()) > 1:  # a header line, then one line per object
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def main() -> None:
@@ -201,7 +233,7 @@ def main() -> None:
     except Exception as e:
         result = {"status": "infra_error", "exit_code": None, "stdout": "", "stderr": f"container runner: {e!r}",
                   "wall_s": 0.0, "cpu_s": 0.0}
-    wipe()
+    result["dirty"] = not wipe()
     sys.stdout.write(json.dumps(result))
 
 

@@ -159,12 +159,16 @@ def run(program: str, *, stdin: str | None = None, files: dict[str, str | bytes]
         except Exception as e:
             result = Result.infra_error(f"sandbox: could not start a container: {e}")
             continue
+        dirty = True
         try:
-            result = Result.from_json(_exec(container, payload, lim.timeout_s))
+            reply = _exec(container, payload, lim.timeout_s)
+            dirty = reply.pop("dirty", True)
+            result = Result.from_json(reply)
         except Exception as e:
             result = Result.infra_error(f"sandbox: container error: {type(e).__name__}: {e}")
-        # A timed-out container may still hold stuck processes; a failed one is suspect: replace both.
-        pool.release(container, healthy=result.status not in ("timeout", "infra_error", "memory"))
+        # A timed-out container may still hold stuck processes; a failed one is suspect; a dirty one kept something
+        # of its program: replace them all.
+        pool.release(container, healthy=not dirty and result.status not in ("timeout", "infra_error", "memory"))
         if result.status != "infra_error":
             return result
     return result

@@ -1,16 +1,22 @@
 """The local backend's fork server. Started by exec (see local.py) with a scrubbed environment; single-threaded.
 
-    caller --(SOCK_SEQPACKET: one fd per run)--> server --clone--> init (PID 1 of the run) --fork--> program
+    caller --(SOCK_SEQPACKET: one fd per run)--> server --(that fd)--> slot (PID 1 of its namespaces) --fork--> program
 
-The caller sends, per run, one end of a fresh socketpair carrying the request and, later, the result. The server is
-also every run's supervisor: one poll loop over all runs' pipes, times their walls, caps their output, reads and
-removes their cgroups. It stays outside the runs' namespaces to do so. Each run's init is PID 1 of the run's PID
-namespace, so when it exits the kernel kills every process the program started (daemons, setsid double-forks,
-orphans). Two forks per run, and nothing else that costs an interpreter start: a fork is ~1 ms here, and the
-supervisor-per-run design this replaced spent a third of its time forking supervisors.
+A slot is a process cloned once into new PID, mount, IPC and UTS namespaces, with the read-only tree, its own /proc
+and its tmpfs scratch dirs set up once (isolation.py). It then runs programs one after another and supervises each
+itself: it forks the program (which joins the slot's cgroup, enters a new IPC namespace, takes a uid of its own and a
+new user namespace), watches its pipes, wall deadline and output cap, and when the program ends (or is stopped) calls
+kill(-1, SIGKILL): from PID 1 that reaches every other process of the namespace (daemons, setsid double forks,
+orphans) and is atomic with fork. Then it reaps them all (CPU time from wait4), empties /tmp, reads the cgroup's OOM
+count and answers the caller on the fd it was handed.
+The server only dispatches: each caller's connection goes to an idle slot, a new slot is started when all are busy,
+and the slots, not the server, spend the CPU, so all cores work. Why slots: namespaces, mounts and cgroups made per
+program, and detaching a tmpfs after each, took ~4.5 ms of a ~7 ms run (measured); a run in a slot costs one fork
+and the program.
 Stdlib only: run as `python -I forkserver.py FD CONFIG_JSON`, with this directory as sys.path[0].
 """
 import base64
+import collections
 import gc
 import json
 import os
@@ -31,7 +37,11 @@ import program  # noqa: E402
 import syscalls as sc  # noqa: E402
 
 READ_CHUNK = 1 << 16
-KILL_GRACE_S = 5.0  # after SIGKILL of the run's init, pipes close within milliseconds; this only bounds a stuck run
+KILL_GRACE_S = 5.0  # after SIGKILL, pipes close within milliseconds; this only bounds a stuck run
+REAP_POLL_S = 0.001  # while killed processes are dying: how often to look for them
+MAX_SLOTS = 64  # concurrent runs beyond this wait for a slot
+RUNS_PER_SLOT = 1000  # then the slot is replaced: bounds whatever a long-lived slot might accumulate
+SLOT_FLAGS = sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 
 
 class Server:
@@ -45,9 +55,10 @@ class Server:
         self.features: dict = {"isolated": self.isolate, "uid": "per-run" if self.run_uid else "caller's"}
         self.warnings: list[str] = []
         self.poller = select.poll()
-        self.fd_runs: dict[int, Run] = {}
-        self.runs: set[Run] = set()
-        self.next_run = 0
+        self.slots: dict[int, Slot] = {}  # by the fd of the server's end of their control socket
+        self.idle: list[Slot] = []
+        self.waiting: collections.deque[socket.socket] = collections.deque()
+        self.slots_started = 0
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def setup(self) -> dict:
@@ -87,6 +98,8 @@ class Server:
                 return {"ok": True, "features": self.features, "warnings": self.warnings}
             if attempt == 0 and self.user_namespace and "user namespace" in result["stderr"]:
                 self.user_namespace = False
+                for slot in list(self.slots.values()):  # started with the old setting
+                    self.retire(slot)
                 self.warnings.append(f"per-run user namespace unavailable ({result['stderr'].strip()}); "
                                      "runs still get their own host uid")
                 continue
@@ -97,198 +110,298 @@ class Server:
         ours, theirs = socket.socketpair()
         ours.sendall(json.dumps(request).encode())
         ours.shutdown(socket.SHUT_WR)
-        self.start_run(theirs)
-        while self.runs:
-            self.step()
-        return json.loads(_read_all(ours))
+        self.submit(theirs)
+        with ours:
+            reply = _read_all(ours)
+        for slot in list(self.slots.values()):  # collect the slot's "idle" (or its death)
+            self.on_slot_message(slot, block=True)
+        return json.loads(reply) if reply else infra_error("sandbox: the slot exited without a result")
 
     # -- serving -------------------------------------------------------------------------------------------------
     def serve(self) -> None:
         self.poller.register(self.sock, select.POLLIN)
         try:
             while True:
-                for fd, _ in self.step():
-                    msg, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
-                    if not msg:
-                        return  # the caller is gone
-                    self.start_run(socket.socket(fileno=fds[0]))
+                for fd, _ in self.poller.poll():
+                    if fd == self.sock.fileno():
+                        msg, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
+                        if not msg:
+                            return  # the caller is gone
+                        self.submit(socket.socket(fileno=fds[0]))
+                    elif fd in self.slots:
+                        self.on_slot_message(self.slots[fd])
         finally:
-            for run in list(self.runs):
-                run.kill("infra_error")
+            for slot in list(self.slots.values()):
+                self.retire(slot)
             if self.cgroups:
                 self.cgroups.remove()
 
-    def step(self) -> list:
-        """Wait for output, exits or deadlines of the runs; returns the events on the server socket."""
-        now = time.monotonic()
-        wait = min((run.next_deadline() for run in self.runs), default=now + 1.0) - now
-        ours = []
-        for fd, _ in self.poller.poll(max(0.0, wait) * 1000 + 1):
-            run = self.fd_runs.get(fd)
-            if run is None:
-                ours.append((fd, _))
-            else:
-                run.on_readable(fd)
-        now = time.monotonic()
-        for run in list(self.runs):
-            run.check_deadline(now)
-            if run.done():
-                self.finish(run)
-        return ours
-
-    def start_run(self, conn: socket.socket) -> None:
+    def submit(self, conn: socket.socket) -> None:
+        """Hand a caller's connection to an idle slot, a new one, or the queue when MAX_SLOTS are busy."""
+        if not self.idle and len(self.slots) >= MAX_SLOTS:
+            self.waiting.append(conn)
+            return
         try:
-            req = json.loads(_read_all(conn))
-            run = Run(self, conn, req)
+            slot = self.idle.pop() if self.idle else self.start_slot()
+            slot.dispatch(conn)
         except Exception as e:  # anything here is the sandbox's fault, never the program's
             _send(conn, infra_error(f"sandbox: could not start the run: {type(e).__name__}: {e}"))
-            return
-        self.runs.add(run)
-        for fd in run.fds():
-            self.fd_runs[fd] = run
-            self.poller.register(fd, select.POLLIN)
+        conn.close()
 
-    def forget_fd(self, fd: int) -> None:
-        self.poller.unregister(fd)
-        del self.fd_runs[fd]
-        os.close(fd)
+    def start_slot(self) -> "Slot":
+        self.slots_started += 1
+        slot = Slot(self, self.slots_started)
+        self.slots[slot.ctl.fileno()] = slot
+        self.poller.register(slot.ctl, select.POLLIN)
+        return slot
 
-    def finish(self, run: "Run") -> None:
-        self.runs.discard(run)
-        for fd in run.fds():
-            self.forget_fd(fd)
+    def on_slot_message(self, slot: "Slot", block: bool = False) -> None:
         try:
-            result = run.result()
-        except Exception as e:
-            result = infra_error(f"sandbox: {type(e).__name__}: {e}")
-        _send(run.conn, result)
+            msg = slot.ctl.recv(16, 0 if block else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # a stale event (a retired slot's fd number, reused)
+        except OSError:
+            msg = b""
+        if msg == b"I" and slot.runs + 1 < RUNS_PER_SLOT:
+            slot.runs += 1
+            self.idle.append(slot)
+        else:  # it exited, said it is unhealthy ("X"), or has done its share
+            self.retire(slot)
+        if self.waiting:
+            self.submit(self.waiting.popleft())
 
-
-class Run:
-    """One program from fork to verdict; its file descriptors are polled by the server."""
-
-    def __init__(self, server: Server, conn: socket.socket, req: dict):
-        self.server, self.conn, self.req = server, conn, req
-        self.limits = Limits(req)
-        server.next_run += 1
-        self.cgroup = None
-        if server.cgroups:
-            self.cgroup = server.cgroups.new_run(f"run-{server.next_run}", self.limits.memory_mb << 20,
-                                                 self.limits.max_processes)
-        self.out, self.err, self.status = bytearray(), bytearray(), bytearray()
-        self.reason = None  # "timeout" or "output_limit" when we killed the run
-        self.program_pid = self.wait_status = self.init_error = self.usage = None
-        self.killed_at = None
+    def retire(self, slot: "Slot") -> None:
+        """Kill a slot (the kernel kills the rest of its namespace with it) and remove its cgroup."""
+        self.slots.pop(slot.ctl.fileno(), None)
+        if slot in self.idle:
+            self.idle.remove(slot)
+        self.poller.unregister(slot.ctl)
+        slot.ctl.close()
         try:
-            self._spawn()
-        except BaseException:
-            if self.cgroup:
-                self.cgroup.remove()
-            raise
-
-    def _spawn(self) -> None:
-        server, limits = self.server, self.limits
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r, status_w = os.pipe()
-        stdin_fd = _stdin_fd(self.req.get("stdin"))
-        workdir = isolation.WORKDIR if server.isolate else tempfile.mkdtemp(prefix="codelm-sandbox-")
-        self.workdir = workdir
-        # Host uids are free for the taking: one per run (counting from RUN_UID_BASE), so no two runs share a uid.
-        run_uid = isolation.RUN_UID_BASE + server.next_run % 1_000_000 if server.run_uid else None
-        if not server.isolate and run_uid is not None:
-            os.chown(workdir, run_uid, run_uid)
-        self.start = time.monotonic()
-        if server.isolate:
-            pid = sc.fork_into(sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
-        else:
-            pid = os.fork()
-        if pid == 0:
-            try:
-                for fd in (out_r, err_r, status_r):
-                    os.close(fd)
-                init_process(self.req["program"], self.req.get("files") or {}, limits, self.cgroup, run_uid,
-                             server.isolate and server.user_namespace, workdir, stdin_fd, out_w, err_w, status_w)
-            except BaseException as e:
-                os.write(status_w, f"E{type(e).__name__}: {e}\n".encode())
-            finally:
-                os._exit(0)
-        self.init_pid = pid
-        for fd in (out_w, err_w, status_w, stdin_fd):
-            os.close(fd)
-        self.pidfd = os.pidfd_open(pid)  # readable when init exits: no SIGCHLD handling, no blocking wait
-        self.pipes = {out_r: self.out, err_r: self.err, status_r: self.status}
-        self.status_fd = status_r
-        self.deadline = self.start + limits.timeout_s
-
-    def fds(self) -> list[int]:
-        return list(self.pipes) + ([self.pidfd] if self.pidfd is not None else [])
-
-    def on_readable(self, fd: int) -> None:
-        if fd == self.pidfd:
-            _, _, self.usage = os.wait4(self.init_pid, 0)
-            self.server.forget_fd(fd)
-            self.pidfd = None
-            return
-        data = os.read(fd, READ_CHUNK)
-        if not data:
-            del self.pipes[fd]
-            self.server.forget_fd(fd)
-            return
-        self.pipes[fd] += data
-        if fd == self.status_fd:
-            self._parse_status()
-        elif self.killed_at is None and len(self.out) + len(self.err) > self.limits.max_output_bytes:
-            self.kill("output_limit")
-
-    def _parse_status(self) -> None:
-        for line in bytes(self.status).decode().splitlines():
-            kind, value = line[:1], line[1:]
-            if kind == "P":
-                self.program_pid = int(value)
-            elif kind == "S" and self.wait_status is None:
-                self.wait_status = int(value)
-                self.end = time.monotonic()
-            elif kind == "E":
-                self.init_error = value
-
-    def next_deadline(self) -> float:
-        return self.deadline if self.killed_at is None else self.killed_at + KILL_GRACE_S
-
-    def check_deadline(self, now: float) -> None:
-        if self.killed_at is None and now >= self.deadline and self.wait_status is None:
-            self.kill("timeout")
-        elif self.killed_at is not None and now > self.killed_at + KILL_GRACE_S:
-            for fd in list(self.pipes):  # a stuck run: give up on its pipes rather than on the server
-                del self.pipes[fd]
-                self.server.forget_fd(fd)
-
-    def kill(self, reason: str) -> None:
-        self.reason = reason
-        self.killed_at = self.end = time.monotonic()
-        try:
-            os.kill(self.init_pid, signal.SIGKILL)  # PID 1 of the run: the kernel kills the rest of its namespace
+            os.kill(slot.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if self.program_pid and not self.server.isolate:
-            _kill_group(self.program_pid)  # without a PID namespace, its process group is what we can reach
+        os.waitpid(slot.pid, 0)
+        if slot.cgroup:
+            slot.cgroup.remove()
 
-    def done(self) -> bool:
-        return not self.pipes and self.pidfd is None
 
-    def result(self) -> dict:
+class Slot:
+    """The server's handle on one slot process: its control socket, pid and cgroup."""
+
+    def __init__(self, server: Server, index: int):
+        self.index = index
+        self.runs = 0
+        self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.cgroup = server.cgroups.new_slot(f"slot-{index}") if server.cgroups else None
         try:
-            if self.program_pid and not self.server.isolate:
-                _kill_group(self.program_pid)
-                shutil.rmtree(self.workdir, ignore_errors=True)
-            cpu = self.usage.ru_utime + self.usage.ru_stime if self.usage else 0.0
-            oom = self.cgroup.oom_kills() if self.cgroup else 0
-            if not hasattr(self, "end"):
-                self.end = time.monotonic()
-            return verdict(self, self.limits, cpu, oom)
+            pid = sc.fork_into(SLOT_FLAGS) if server.isolate else os.fork()
+            if pid == 0:
+                try:
+                    keep = [theirs.fileno(), *(self.cgroup.fds() if self.cgroup else [])]
+                    _close_fds_except(keep)
+                    SlotProcess(theirs, self.cgroup, index, server.isolate, server.user_namespace,
+                                server.run_uid).serve()
+                finally:
+                    os._exit(0)
         finally:
+            theirs.close()
             if self.cgroup:
-                self.cgroup.remove()
+                self.cgroup.close()  # the slot has its own copies; the server only removes the directories
+        self.pid = pid
+
+    def dispatch(self, conn: socket.socket) -> None:
+        socket.send_fds(self.ctl, [b"R"], [conn.fileno()])
+
+
+class SlotProcess:
+    """The slot itself: PID 1 of its namespaces (when isolated), running and supervising one program at a time."""
+
+    def __init__(self, ctl, cgroup, index, isolate, user_namespace, run_uid):
+        self.ctl, self.cgroup, self.index = ctl, cgroup, index
+        self.isolate, self.user_namespace, self.run_uid = isolate, user_namespace, run_uid
+        self.runs = 0
+        self.healthy = True
+        self.setup_error = None
+
+    def setup(self) -> None:
+        # Dies with the server, taking its namespace along (a server gone before this line shows as EOF on ctl).
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a program must not be able to interrupt its supervisor
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)  # nor ptrace it where it runs under the same uid (no root: no uid per run)
+        try:
+            if self.isolate:
+                isolation.enter_slot_namespaces()
+                self.scratch = isolation.ScratchDirs()
+        except OSError as e:
+            self.setup_error = str(e)
+        # Only PID 1 of a namespace may use kill(-1): anywhere else it would signal every process of the host.
+        self.pid1 = self.isolate and os.getpid() == 1
+        if not self.pid1:
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # orphans of a run come back to us to be reaped
+        os.chdir("/")
+        gc.freeze()
+
+    def serve(self) -> None:
+        self.setup()
+        while True:
+            msg, fds, _, _ = socket.recv_fds(self.ctl, 16, 1)
+            if not msg:
+                return  # the server is gone
+            conn = socket.socket(fileno=fds[0])
+            conn.settimeout(60)  # the caller sends its request at once; this only guards against a broken one
+            try:
+                request = json.loads(_read_all(conn))
+                if self.setup_error:
+                    result = infra_error(f"sandbox setup failed: {self.setup_error}")
+                else:
+                    result = SlotRun(self, request).run()
+            except Exception as e:
+                self.healthy = False
+                result = infra_error(f"sandbox: {type(e).__name__}: {e}")
+            _send(conn, result)
+            self.runs += 1
+            self.ctl.send(b"I" if self.healthy and not self.setup_error else b"X")
+
+    def next_uid(self) -> int | None:
+        """Host uids are free for the taking: one per run, and no two slots' runs share one."""
+        if not self.run_uid:
+            return None
+        return isolation.RUN_UID_BASE + (self.index % 1000) * 1_000_000 + self.runs % 1_000_000
+
+    def kill_all(self, program_pid: int) -> None:
+        if self.pid1:
+            _kill(-1)  # every process of our namespace but ourselves; forks racing with it get the signal too
+            return
+        _kill(-program_pid)  # without a PID namespace: the program's process group, and its cgroup's members
+        for pid in self.cgroup.member_pids() if self.cgroup else []:
+            _kill(pid)
+
+
+class SlotRun:
+    """One program in a slot, from fork to verdict."""
+
+    def __init__(self, slot: SlotProcess, req: dict):
+        self.slot, self.req = slot, req
+        self.limits = Limits(req)
+        self.out, self.err, self.setup_err = bytearray(), bytearray(), bytearray()
+        self.reason = None  # "timeout" or "output_limit" when we stopped the run
+        self.wait_status = None
+        self.cpu = 0.0
+        self.killed_at = self.end = None
+
+    def run(self) -> dict:
+        slot, limits = self.slot, self.limits
+        oom_before = 0
+        if slot.cgroup:
+            slot.cgroup.set_limits(limits.memory_mb << 20, limits.max_processes)
+            oom_before = slot.cgroup.oom_kills()
+        run_uid = slot.next_uid()
+        if slot.isolate:
+            workdir = isolation.WORKDIR
+            slot.scratch.prepare(limits.memory_mb)
+        else:
+            workdir = tempfile.mkdtemp(prefix="codelm-sandbox-")
+            if run_uid is not None:
+                os.chown(workdir, run_uid, run_uid)
+        try:
+            self._supervise(self._spawn(workdir, run_uid))
+        finally:
+            if slot.isolate:
+                slot.scratch.clean()
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        oom = slot.cgroup.oom_kills() - oom_before if slot.cgroup else 0
+        if self.setup_err:
+            return infra_error(f"sandbox setup failed: {self.setup_err.decode(errors='replace').strip()}")
+        return verdict(self, self.limits, self.cpu, oom)
+
+    def _spawn(self, workdir: str, run_uid: int | None) -> int:
+        slot, limits = self.slot, self.limits
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        setup_r, setup_w = os.pipe()
+        stdin_fd = _stdin_fd(self.req.get("stdin"))
+        self.start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in (out_r, err_r, setup_r, slot.ctl.fileno()):
+                    os.close(fd)
+                program_process(self.req["program"], self.req.get("files") or {}, limits, slot, run_uid, workdir,
+                                stdin_fd, out_w, err_w)
+            except BaseException as e:
+                os.write(setup_w, f"{type(e).__name__}: {e}\n".encode())
+            finally:
+                os._exit(127)
+        for fd in (out_w, err_w, setup_w, stdin_fd):
+            os.close(fd)
+        self.pipes = {out_r: self.out, err_r: self.err, setup_r: self.setup_err}
+        return pid
+
+    def _supervise(self, pid: int) -> None:
+        """Until the program has ended, everything it started is dead and reaped, and its pipes are drained."""
+        self.pid = pid
+        pidfd = os.pidfd_open(pid)  # readable when the program exits: no SIGCHLD handling, no blocking wait
+        poller = select.poll()
+        for fd in (*self.pipes, pidfd):
+            poller.register(fd, select.POLLIN)
+        deadline = self.start + self.limits.timeout_s
+        try:
+            while True:
+                children_left = self._reap()
+                if self.wait_status is not None and self.killed_at is None:
+                    self._kill(None)  # the program is done: whatever it left running goes with it
+                if not children_left and not self.pipes:
+                    return
+                now = time.monotonic()
+                if self.killed_at is None and now >= deadline:
+                    self._kill("timeout")
+                elif self.killed_at is not None and now > self.killed_at + KILL_GRACE_S:
+                    self.slot.healthy = False  # a process that will not die: the server replaces this slot
+                    return
+                wait = deadline - now if self.killed_at is None else REAP_POLL_S
+                for fd, _ in poller.poll(max(0.0, wait) * 1000 + 1):
+                    if fd == pidfd:
+                        poller.unregister(fd)
+                    else:
+                        self._read(poller, fd)
+        finally:
+            os.close(pidfd)
+            for fd in self.pipes:
+                os.close(fd)
+
+    def _reap(self) -> bool:
+        """Collect every exited child (the program, and the orphans we inherit); True while some remain."""
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+            self.cpu += usage.ru_utime + usage.ru_stime
+            if pid == self.pid:
+                self.wait_status = status
+                self.end = self.end or time.monotonic()
+
+    def _read(self, poller, fd: int) -> None:
+        data = os.read(fd, READ_CHUNK)
+        if not data:
+            poller.unregister(fd)
+            os.close(fd)
+            del self.pipes[fd]
+            return
+        self.pipes[fd] += data
+        if self.killed_at is None and len(self.out) + len(self.err) > self.limits.max_output_bytes:
+            self._kill("output_limit")
+
+    def _kill(self, reason: str | None) -> None:
+        self.reason = reason
+        self.killed_at = time.monotonic()
+        if reason:
+            self.end = self.killed_at
+        self.slot.kill_all(self.pid)
 
 
 class Limits:
@@ -303,33 +416,20 @@ class Limits:
         self.max_open_files = int(req.get("max_open_files", 256))
 
 
-def init_process(source, files, limits, cgroup, run_uid, user_namespace, workdir, stdin_fd, out_w, err_w,
-                 status_w) -> None:
-    """PID 1 of the run (already in its new namespaces): finish isolating, drop privileges, fork the program, wait
-    for it, report its status, exit."""
-    if cgroup:
-        cgroup.join()
-    if workdir == isolation.WORKDIR:
-        isolation.enter_run_namespaces(tmp_mb=limits.memory_mb)
+def program_process(source, files, limits, slot, run_uid, workdir, stdin_fd, out_w, err_w) -> None:
+    """The forked program, still privileged: join the slot's cgroup, isolate and drop privileges, run the source."""
+    if slot.cgroup:
+        slot.cgroup.join()
+    if slot.isolate:
+        sc.unshare(sc.CLONE_NEWIPC)  # no System V objects left behind by the slot's previous run
     try:
-        isolation.drop_privileges(run_uid, user_namespace=user_namespace)
+        isolation.drop_privileges(run_uid, user_namespace=slot.isolate and slot.user_namespace)
     except OSError as e:
         raise OSError(e.errno, f"user namespace: {e}") from None
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; dies with the supervisor
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; dies with its slot
     _write_files(files, workdir)
-    _set_rlimits(limits, cgroup is None)
-    pid = os.fork()
-    if pid == 0:
-        os.close(status_w)
-        program.run_program(source, stdin_fd, out_w, err_w, workdir)
-    os.write(status_w, f"P{pid}\n".encode())
-    for fd in (stdin_fd, out_w, err_w):
-        os.close(fd)
-    while True:  # as PID 1 we also reap the program's orphans
-        waited, status = os.waitpid(-1, 0)
-        if waited == pid:
-            break
-    os.write(status_w, f"S{status}\n".encode())
+    _set_rlimits(limits, slot.cgroup is None)
+    program.run_program(source, stdin_fd, out_w, err_w, workdir)
 
 
 def _write_files(files: dict, workdir: str) -> None:
@@ -358,18 +458,17 @@ def _set_rlimits(limits: Limits, no_cgroup: bool) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
 
-def verdict(run: "Run", limits: Limits, cpu: float, oom_kills: int) -> dict:
+def verdict(run: SlotRun, limits: Limits, cpu: float, oom_kills: int) -> dict:
     cap = limits.max_output_bytes
     stdout = bytes(run.out[:cap]).decode("utf-8", "replace")
     stderr = bytes(run.err[:max(0, cap - len(run.out))]).decode("utf-8", "replace")
     exit_code = None
+    end = run.end or time.monotonic()
     if run.reason:
         status = run.reason
-    elif run.init_error:
-        return infra_error(f"sandbox setup failed: {run.init_error}")
     elif run.wait_status is None:
         status = "memory" if oom_kills else "infra_error"
-        stderr += "" if oom_kills else "\nsandbox: the run's init died without reporting"
+        stderr += "" if oom_kills else "\nsandbox: the program was lost without an exit status"
     else:
         exit_code = os.waitstatus_to_exitcode(run.wait_status)
         if exit_code != 0 and oom_kills:
@@ -383,7 +482,7 @@ def verdict(run: "Run", limits: Limits, cpu: float, oom_kills: int) -> dict:
         else:
             status = "failed"
     return {"status": status, "exit_code": exit_code, "stdout": stdout, "stderr": stderr,
-            "wall_s": round(run.end - run.start, 6), "cpu_s": round(cpu, 6)}
+            "wall_s": round(end - run.start, 6), "cpu_s": round(cpu, 6)}
 
 
 def infra_error(message: str) -> dict:
@@ -395,11 +494,20 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _kill_group(pgid: int) -> None:
+def _kill(pid: int) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _close_fds_except(keep: list[int]) -> None:
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
 def _stdin_fd(text: str | None) -> int:

@@ -3,19 +3,20 @@
 Layering (why each step happens where it does):
   server, once:  its own mount namespace with private propagation, tmpfs over the host's home directories and the
                  project (re-exposing the interpreter's prefix and site-packages, so `import numpy` still works), and a
-                 network namespace with nothing in it but a downed loopback, which every run then inherits.
-  run, per fork: new PID, mount, IPC and UTS namespaces; every mount read-only in one mount_setattr call; a fresh
-                 tmpfs on /tmp (the program's cwd) and /dev/shm; a /proc that shows only the run's own processes;
-                 then a host uid of its own (no capabilities left) inside a new user namespace. Because the mount
-                 namespace is created before and owned outside that user namespace, the program cannot unmount or
-                 remount anything, even as "root" of its user namespace.
+                 network namespace with nothing in it but a downed loopback, which every slot then inherits.
+  slot, once:    cloned into new PID, mount, IPC and UTS namespaces; every mount read-only in one mount_setattr call;
+                 a /proc that shows only the slot's own processes.
+  run, per fork: an empty tmpfs on /tmp (the program's cwd) and /dev/shm (ScratchDirs); the program gets a new IPC namespace, then a host uid of its own (no capabilities left) inside a
+                 new user namespace. Because the mount namespace is created before and owned outside that user
+                 namespace, the program cannot unmount or remount anything, even as "root" of its user namespace.
 Stdlib only (imported by the fork server as a plain script).
 """
 import os
+import shutil
 
 import syscalls as sc
 
-RUN_UID_BASE = 1_000_000  # each run gets host uid RUN_UID_BASE + its supervisor's pid: owns nothing on the host
+RUN_UID_BASE = 1_000_000  # runs get host uids from here on, one each (see forkserver.run_uid): they own nothing
 WORKDIR = "/tmp"
 
 
@@ -46,16 +47,51 @@ def isolate_server(hide: list[str], keep: list[str]) -> None:
         os.close(fd)
 
 
-def enter_run_namespaces(tmp_mb: int) -> None:
-    """Called by a run's init (already PID 1 of a new PID namespace, still privileged)."""
-    sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+def enter_slot_namespaces() -> None:
+    """Called by a slot (already PID 1 of new PID, mount, IPC and UTS namespaces, still privileged)."""
     sc.sethostname("sandbox")
     sc.make_tree_readonly("/")
-    nosuid_nodev = sc.MS_NOSUID | sc.MS_NODEV
-    sc.mount("tmpfs", WORKDIR, "tmpfs", nosuid_nodev, f"size={tmp_mb}m,mode=1777")
-    if os.path.isdir("/dev/shm"):
-        sc.mount("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, f"size={tmp_mb}m,mode=1777")
-    sc.mount("proc", "/proc", "proc", nosuid_nodev | sc.MS_NOEXEC)
+    sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+class ScratchDirs:
+    """/tmp (the program's cwd) and /dev/shm of a slot: tmpfs sized like the run's memory (and charged to its cgroup),
+    mounted once and emptied after every run.
+
+    Emptying an untouched /tmp costs microseconds where a fresh mount per run cost ~2 ms of wall time (detaching a
+    mount waits for an RCU grace period). Nothing of a run is alive to hold a file open when it is emptied; a tree
+    that cannot be emptied (too deep to walk) gets fresh mounts instead.
+    """
+
+    def __init__(self):
+        self.targets = [WORKDIR] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
+        self.size_mb = None
+
+    def prepare(self, size_mb: int) -> None:
+        if size_mb == self.size_mb:
+            return
+        flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_REMOUNT if self.size_mb is not None else 0)
+        for target in self.targets:
+            sc.mount("tmpfs", target, "tmpfs", flags, f"size={size_mb}m,mode=1777")
+        self.size_mb = size_mb
+
+    def clean(self) -> None:
+        try:
+            for target in self.targets:
+                _empty_dir(target)
+        except (OSError, RecursionError):
+            for target in self.targets:
+                sc.umount(target, sc.MNT_DETACH)
+            self.size_mb = None
+
+
+def _empty_dir(path: str) -> None:
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
 
 def drop_privileges(run_uid: int | None, user_namespace: bool) -> None:
@@ -64,8 +100,8 @@ def drop_privileges(run_uid: int | None, user_namespace: bool) -> None:
         os.setgroups([])
         os.setresgid(run_uid, run_uid, run_uid)
         os.setresuid(run_uid, run_uid, run_uid)  # leaving uid 0 clears every capability
-        # ...and makes us non-dumpable, which leaves /proc/self owned by root: we could not write our id maps.
-        sc.prctl(sc.PR_SET_DUMPABLE, 1)
+    # A uid change, or a non-dumpable slot, leaves /proc/self owned by root: we could not write our id maps.
+    sc.prctl(sc.PR_SET_DUMPABLE, 1)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot give privileges back
     if user_namespace:
         uid, gid = os.geteuid(), os.getegid()

@@ -27,7 +27,10 @@ MS_PRIVATE = 0x40000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+
+MNT_DETACH = 0x2
 
 # mount_setattr(2) (Linux 5.12) has the same number on every architecture (the unified syscall table).
 _SYS_MOUNT_SETATTR = 442
@@ -52,6 +55,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
     enc = lambda s: None if s is None else s.encode()  # noqa: E731
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
            f"mount {fstype or source} on {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
 
 
 def make_tree_readonly(path: str = "/") -> None:

@@ -164,3 +164,42 @@ def test_proc_shows_no_host_processes(run):
     r = run("import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))")
     assert r.status == "ok"
     assert int(r.stdout) <= 4  # init, the program (and, in a container, its runner and `ps`-free init)
+
+
+# Runs reuse warm isolation (a local slot, a docker container): nothing of one run may reach the next.
+
+def test_files_of_a_run_are_gone_at_the_next(run):
+    r = run("import os\nopen('left.txt', 'w').write('x')\nos.makedirs('a/b/c')\nopen('a/b/c/deep', 'w').write('y')\n"
+            "if os.path.isdir('/dev/shm'):\n    open('/dev/shm/seg', 'w').write('z')")
+    assert r.status == "ok", r.stderr
+    r = run("import os\nprint(sorted(os.listdir('.')), os.listdir('/dev/shm') if os.path.isdir('/dev/shm') else [])")
+    assert (r.status, r.stdout) == ("ok", "[] []\n"), r.stderr
+
+
+def test_a_tree_too_deep_to_walk_does_not_survive_either(run):
+    r = run("import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')", timeout_s=30)
+    assert (r.status, r.stdout) == ("ok", "deep\n"), r.stderr[-300:]
+    r = run("import os\nprint(os.listdir('.'))")
+    assert (r.status, r.stdout) == ("ok", "[]\n"), r.stderr
+
+
+def test_system_v_shared_memory_does_not_outlive_its_run(run):
+    shmget = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "print(libc.shmget(0x5eed, 4096, 0o1666))\n")  # IPC_CREAT | 0666
+    assert run(shmget).status == "ok"
+    r = run("print(open('/proc/sysvipc/shm').read().count('\\n') - 1)")
+    assert (r.status, r.stdout) == ("ok", "0\n"), r.stderr
+
+
+def test_consecutive_runs_have_their_own_uids(run, backend):
+    if backend == "docker":
+        pytest.skip("the docker backend runs every program as one unprivileged user of its container")
+    uids = {run("import os\nprint(os.getuid())").stdout for _ in range(3)}
+    assert len(uids) == 3
+
+
+def test_memory_limits_follow_each_run(run):
+    assert run("x = bytearray(200 << 20)", memory_mb=64, timeout_s=20).status == "memory"
+    r = run("x = bytearray(200 << 20)\nprint(len(x) >> 20)", memory_mb=512, timeout_s=20)
+    assert (r.status, r.stdout) == ("ok", "200\n"), r.stderr[-300:]
+    assert run("x = bytearray(200 << 20)", memory_mb=64, timeout_s=20).status == "memory"

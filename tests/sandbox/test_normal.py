@@ -69,3 +69,10 @@ def test_cli_check_reports_isolation():
     out = subprocess.run([sys.executable, "-m", "sandbox", "check"], capture_output=True, text=True)
     assert "own PID namespace" in out.stdout
     assert out.returncode == 0, out.stdout
+
+
+def test_more_concurrent_runs_than_slots_all_get_their_turn():
+    # The local fork server keeps at most 64 slots; the runs beyond wait for one to come free.
+    programs = [f"import time\ntime.sleep(0.2)\nprint({i})" for i in range(80)]
+    results = sandbox.run_many(programs, workers=80, timeout_s=30)
+    assert [(r.status, r.stdout) for r in results] == [("ok", f"{i}\n") for i in range(80)]
