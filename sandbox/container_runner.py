@@ -1,13 +1,15 @@
-"""Runs one program inside a warm sandbox container; its source is passed to `python3 -I -c` with every exec, so the
-image never goes stale when this file changes. Stdlib only.
+"""The runner inside each warm sandbox container: the container's PID 1, serving programs one after another.
 
-Reads a JSON request on stdin, runs the program as a module named "__sandbox__" in its own process group with
-rlimits, a wall limit and an output cap, then kills every process of the container's user (kill(-1): everything but
-itself and the container's init, which ignores signals from inside) and wipes the writable tmpfs mounts, so the
-next program finds the container as it was. Prints one JSON result on stdout, with "dirty" set when something of the
-program could not be removed (a tree too deep to walk, System V IPC objects): that container is then replaced.
-The trade-off against the local backend: one container serves many programs, so isolation between consecutive
-programs rests on this cleanup (same uid, wiped tmpfs); the container is replaced after a timeout.
+Its source is the container's command (`python3 -I -c SOURCE`), so the image never goes stale when this file changes.
+Reads one JSON request per line on stdin (the backend's attach stream), runs the program as a module named
+"__sandbox__" in its own process group with rlimits, a wall limit and an output cap, then calls kill(-1, SIGKILL):
+from PID 1 that reaches every other process of the container (daemons, orphans) while PID 1 itself is immune to
+signals from inside, so a program cannot kill its runner either. It reaps them all (CPU time from wait4), wipes the
+writable tmpfs mounts, so the next program finds the container as it was, and writes one JSON result line on stdout,
+with "dirty" set when something of the program could not be removed (a tree too deep to walk, System V IPC objects):
+that container is then replaced. The trade-off against the local backend: one container serves many programs, so
+isolation between consecutive programs rests on this cleanup (same uid, wiped tmpfs); a container whose program
+timed out is replaced too. Stdlib only.
 """
 import base64
 import io
@@ -23,6 +25,8 @@ import types
 
 WORK = "/work"  # the container's tmpfs work dir (docker_backend mounts it), not a host path
 WORKDIRS = (WORK, "/tmp", "/dev/shm")
+KILL_GRACE_S = 5.0
+REAP_POLL_S = 0.001  # while killed processes are dying: how often to look for them
 
 
 def run_source(source: str) -> int:
@@ -53,7 +57,7 @@ def run_source(source: str) -> int:
 
 
 def kill_all() -> None:
-    """SIGKILL every process of our uid but ourselves (and the container's init, immune from inside)."""
+    """SIGKILL every process of the container but ourselves (PID 1)."""
     try:
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
@@ -118,17 +122,29 @@ def supervise(pid, start, req, in_w, out_r, err_r, timeout_s, cpu_s, cap, ooms_b
         poller.register(in_w, select.POLLOUT)
     else:
         os.close(in_w)
+    reaped = Reaped(pid)
+    pidfd = os.pidfd_open(pid)  # readable when the program exits, even while a daemon keeps its pipes open
+    poller.register(pidfd, select.POLLIN)
     reason, end, open_fds = None, None, set(buffers) | ({in_w} if pending_in else set())
     deadline = start + timeout_s
-    while buffers.keys() & open_fds:
+    while True:
+        children_left = reaped.collect()
+        if reaped.status is not None and end is None:
+            end = reaped.end
+            kill_all()  # the program is done: so is everything it started
+        if not children_left and not buffers.keys() & open_fds:
+            break
         now = time.monotonic()
-        if reason is None and now >= deadline:
+        if reason is None and end is None and now >= deadline:
             reason, end = "timeout", now
             kill_all()
-        if reason is not None and now > end + 5:
-            break
-        # Short polls: a daemon holding the pipes open must not hide that the program itself has exited.
-        for fd, _ in poller.poll(min(0.05, max(0.0, (deadline if reason is None else end + 5) - now)) * 1000 + 1):
+        if end is not None and now > end + KILL_GRACE_S:
+            break  # something will not die: the backend replaces this container (the run timed out or is dirty)
+        wait = deadline - now if end is None else REAP_POLL_S
+        for fd, _ in poller.poll(max(0.0, wait) * 1000 + 1):
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                continue
             if fd == in_w:
                 try:
                     pending_in = pending_in[os.write(in_w, pending_in[:65536]):]
@@ -145,22 +161,16 @@ def supervise(pid, start, req, in_w, out_r, err_r, timeout_s, cpu_s, cap, ooms_b
             if reason is None and len(buffers[out_r]) + len(buffers[err_r]) > cap:
                 reason, end = "output_limit", time.monotonic()
                 kill_all()
-        if reason is None and end is None:
-            waited, status = os.waitpid(pid, os.WNOHANG)
-            if waited:
-                end, wait_status = time.monotonic(), status
-                kill_all()  # the program is done: so is everything it started
-    if end is None or reason is not None:
-        kill_all()
-        _, wait_status = os.waitpid(pid, 0)
-        end = end or time.monotonic()
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = usage.ru_utime + usage.ru_stime
+    for fd in (pidfd, out_r, err_r, *([in_w] if in_w in open_fds else [])):
+        os.close(fd)
+    cpu = reaped.cpu
     out, err = bytes(buffers[out_r][:cap]), bytes(buffers[err_r][:max(0, cap - len(buffers[out_r]))])
-    exit_code = None if reason else os.waitstatus_to_exitcode(wait_status)
+    exit_code = None if reason or reaped.status is None else os.waitstatus_to_exitcode(reaped.status)
     stderr = err.decode("utf-8", "replace")
     if reason:
         status = reason
+    elif exit_code is None:
+        status, stderr = "infra_error", stderr + "\nsandbox: the program was lost without an exit status"
     elif exit_code != 0 and oom_kills() > ooms_before:
         status = "memory"
     elif exit_code == -signal.SIGXCPU or (exit_code == -signal.SIGKILL and cpu >= cpu_s):
@@ -173,6 +183,26 @@ def supervise(pid, start, req, in_w, out_r, err_r, timeout_s, cpu_s, cap, ooms_b
         status = "failed"
     return {"status": status, "exit_code": exit_code, "stdout": out.decode("utf-8", "replace"), "stderr": stderr,
             "wall_s": round(end - start, 6), "cpu_s": round(cpu, 6)}
+
+
+class Reaped:
+    """Every exited child of ours: the program, and the orphans PID 1 inherits. CPU time adds up over all of them."""
+
+    def __init__(self, pid: int):
+        self.pid, self.status, self.end, self.cpu = pid, None, None, 0.0
+
+    def collect(self) -> bool:
+        """Reap what has exited; True while children remain."""
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+            self.cpu += usage.ru_utime + usage.ru_stime
+            if pid == self.pid:
+                self.status, self.end = status, time.monotonic()
 
 
 def wipe() -> bool:
@@ -227,14 +257,18 @@ def _system_v_objects_left() -> bool:
 
 
 def main() -> None:
-    req = json.loads(sys.stdin.buffer.read())
-    try:
-        result = run(req)
-    except Exception as e:
-        result = {"status": "infra_error", "exit_code": None, "stdout": "", "stderr": f"container runner: {e!r}",
-                  "wall_s": 0.0, "cpu_s": 0.0}
-    result["dirty"] = not wipe()
-    sys.stdout.write(json.dumps(result))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wipe()
+    for line in sys.stdin.buffer:
+        try:
+            result = run(json.loads(line))
+        except Exception as e:
+            result = {"status": "infra_error", "exit_code": None, "stdout": "", "stderr": f"container runner: {e!r}",
+                      "wall_s": 0.0, "cpu_s": 0.0}
+        result["dirty"] = not wipe()
+        reply = (json.dumps(result) + "\n").encode()
+        while reply:  # a pipe takes a big result in parts
+            reply = reply[os.write(1, reply):]
 
 
 main()

@@ -1,15 +1,15 @@
 """The docker backend: a pool of warm containers of the sandbox image (the Dockerfile's `sandbox` stage).
 
 Each container: network_mode none, read-only root, tmpfs /work (cwd) and /tmp, cap_drop ALL, no-new-privileges,
-memory and pids limits, running as nobody. A program is one `docker exec` of container_runner.py (its source is
-passed on the command line, so the image needs only python3), which runs it in its own process group, then kills
-everything the program started and wipes the tmpfs. A container whose program timed out, or whose runner failed, is
-replaced. Slower than the local backend (an exec round trip per program) but needs no namespaces on the host.
+memory and pids limits, running as nobody. Its PID 1 is container_runner.py (its source is the container's command, so
+the image needs only python3), serving one program after another over the container's attached stdin/stdout: a
+program is one JSON line each way on a socket kept open, with no `docker exec` per program. The runner kills
+everything the program started and wipes the tmpfs after each. A container whose program timed out, whose runner
+failed, or that was left dirty is replaced. Slower than the local backend but needs no namespaces on the host.
 """
 import json
 import os
 import queue
-import socket
 import threading
 from pathlib import Path
 
@@ -80,20 +80,57 @@ class Pool:
         if healthy:
             self.idle.put(container)
             return
-        threading.Thread(target=_remove, args=(container,), daemon=True).start()
+        threading.Thread(target=container.remove, daemon=True).start()
         try:
             self.idle.put(self._start())
         except Exception:
             with self.lock:
                 self.count -= 1
 
-    def _start(self):
+    def _start(self) -> "Warm":
         tmpfs_opts = f"size={self.memory_mb}m,mode=1777,nosuid,nodev"
-        return client().containers.run(
-            IMAGE, ["sleep", "infinity"], detach=True, user=NOBODY, network_mode="none", read_only=True,
-            tmpfs={"/work": tmpfs_opts, "/tmp": tmpfs_opts}, working_dir="/work", cap_drop=["ALL"],
+        container = client().containers.run(
+            IMAGE, ["python3", "-I", "-c", RUNNER], detach=True, stdin_open=True, user=NOBODY, network_mode="none",
+            read_only=True, tmpfs={"/work": tmpfs_opts, "/tmp": tmpfs_opts}, working_dir="/work", cap_drop=["ALL"],
             security_opt=["no-new-privileges"], mem_limit=f"{self.memory_mb}m", memswap_limit=f"{self.memory_mb}m",
             pids_limit=self.max_processes, environment=ENV, labels={LABEL: str(os.getpid())}, init=False)
+        try:
+            return Warm(container)
+        except Exception:
+            _remove(container)
+            raise
+
+
+class Warm:
+    """A running sandbox container and the stream to its runner, attached once."""
+
+    def __init__(self, container):
+        self.container = container
+        self.sock = client().api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                                     "stream": 1})
+        self.raw = self.sock._sock
+        self.frames = Frames()
+
+    def run(self, payload: bytes, timeout_s: float) -> dict:
+        # The runner enforces the limit; this only guards against a lost container.
+        self.raw.settimeout(timeout_s + 30)
+        self.raw.sendall(payload + b"\n")
+        while b"\n" not in self.frames.stdout:
+            chunk = self.raw.recv(1 << 16)
+            if not chunk:
+                stderr = self.frames.stderr[-500:].decode(errors="replace")
+                raise RuntimeError(f"container runner gave no result: {stderr}")
+            self.frames.feed(chunk)
+        line, _, rest = bytes(self.frames.stdout).partition(b"\n")
+        self.frames.stdout = bytearray(rest)
+        return json.loads(line)
+
+    def remove(self) -> None:
+        try:
+            self.sock.close()
+        except Exception:
+            pass
+        _remove(self.container)
 
 
 def _remove(container) -> None:
@@ -103,36 +140,21 @@ def _remove(container) -> None:
         pass
 
 
-def _exec(container, payload: bytes, timeout_s: float) -> dict:
-    api = client().api
-    exec_id = api.exec_create(container.id, ["python3", "-I", "-c", RUNNER], stdin=True, user=NOBODY,
-                              workdir="/work", environment=ENV)["Id"]
-    sock = api.exec_start(exec_id, socket=True)
-    raw = sock._sock
-    raw.settimeout(timeout_s + 30)  # the runner enforces the limit; this only guards against a lost container
-    try:
-        raw.sendall(payload)
-        raw.shutdown(socket.SHUT_WR)
-        stdout, stderr = _read_frames(raw)
-    finally:
-        sock.close()
-    if not stdout:
-        raise RuntimeError(f"container runner gave no result: {stderr[-500:].decode(errors='replace')}")
-    return json.loads(stdout)
+class Frames:
+    """Docker's multiplexed attach stream (no TTY): 8-byte headers (stream id, size) before each chunk."""
 
+    def __init__(self):
+        self.pending = bytearray()
+        self.stdout, self.stderr = bytearray(), bytearray()
 
-def _read_frames(raw: socket.socket) -> tuple[bytes, bytes]:
-    """Docker's multiplexed exec stream: 8-byte headers (stream id, size) before each chunk."""
-    data = bytearray()
-    while chunk := raw.recv(1 << 16):
-        data += chunk
-    streams = {1: bytearray(), 2: bytearray()}
-    i = 0
-    while i + 8 <= len(data):
-        stream, size = data[i], int.from_bytes(data[i + 4:i + 8], "big")
-        streams.setdefault(stream, bytearray()).extend(data[i + 8:i + 8 + size])
-        i += 8 + size
-    return bytes(streams[1]), bytes(streams[2])
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        while len(self.pending) >= 8:
+            stream, size = self.pending[0], int.from_bytes(self.pending[4:8], "big")
+            if len(self.pending) < 8 + size:
+                return
+            (self.stdout if stream == 1 else self.stderr).extend(self.pending[8:8 + size])
+            del self.pending[:8 + size]
 
 
 def pool_for(limits: Limits) -> Pool:
@@ -161,7 +183,7 @@ def run(program: str, *, stdin: str | None = None, files: dict[str, str | bytes]
             continue
         dirty = True
         try:
-            reply = _exec(container, payload, lim.timeout_s)
+            reply = container.run(payload, lim.timeout_s)
             dirty = reply.pop("dirty", True)
             result = Result.from_json(reply)
         except Exception as e:
@@ -181,7 +203,7 @@ def shutdown() -> None:
         _pools.clear()
     for pool in pools:
         while not pool.idle.empty():
-            _remove(pool.idle.get_nowait())
+            pool.idle.get_nowait().remove()
 
 
 import atexit  # noqa: E402

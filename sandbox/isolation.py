@@ -1,4 +1,4 @@
-"""Namespaces, mounts and privileges: once for the fork server, then per run for each run's init process.
+"""Namespaces, mounts and privileges: once for the fork server, once per slot, then per run for each program.
 
 Layering (why each step happens where it does):
   server, once:  its own mount namespace with private propagation, tmpfs over the host's home directories and the

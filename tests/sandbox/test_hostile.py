@@ -144,7 +144,7 @@ def test_closed_stdout_is_the_programs_problem(run):
 def test_killing_its_parent_changes_nothing(run):
     r = run("import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\nexcept OSError:\n    pass\n"
             "print('still here')")
-    assert r.status in ("ok", "failed", "infra_error")
+    assert (r.status, r.stdout) == ("ok", "still here\n")  # its parent is PID 1 of its namespace: immune from inside
     still_works(run)
 
 
