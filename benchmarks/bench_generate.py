@@ -6,7 +6,9 @@ A codelm model (random weights: speed does not depend on them) is copied into a 
 with a matching config (the default block maps one-to-one onto Llama), the logits are checked to agree, and both
 decode the same prompts greedily for exactly --new-tokens tokens. Runs alternate between the two implementations
 and the median is reported, so both see the same machine load; the ratio is the number to quote, not the absolute
-tokens/s (these machines are shared). Greedy outputs are compared too: the same weights must give the same tokens.
+tokens/s (these machines are shared). The ratio of thread CPU times is printed beside it: it ignores the time a
+run waits for a core, so it moves less when other work shares the machine. Greedy outputs are compared too: the
+same weights must give the same tokens.
 Needs the optional `hf` extra (`pip install transformers`).
 """
 
@@ -68,22 +70,27 @@ def prompts_from_code(tokenizer, batch: int, length: int) -> list[list[int]]:
     raise RuntimeError("not enough long documents for the prompts")
 
 
+def timed(fn):
+    """(wall seconds, this thread's CPU seconds, result). CPU time is what a run costs when other processes share
+    the cores (it does not count the time spent waiting for one); both implementations run on this thread."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    result = fn()
+    return time.perf_counter() - wall, time.thread_time() - cpu, result
+
+
 def run_ours(model, tokenizer, prompts, new_tokens):
     rows = [[tokenizer.l2r_id] + p for p in prompts]
     params = SamplingParams(max_new_tokens=new_tokens)
-    t = time.perf_counter()
-    out = decode_batch(model, tokenizer, rows, params, [None] * len(rows))
-    elapsed = time.perf_counter() - t
-    return elapsed, [c[0].token_ids for c in out]
+    wall, cpu, out = timed(lambda: decode_batch(model, tokenizer, rows, params, [None] * len(rows)))
+    return wall, cpu, [c[0].token_ids for c in out]
 
 
 def run_hf(hf, tokenizer, prompts, new_tokens):
     ids = torch.tensor([[tokenizer.l2r_id] + p for p in prompts])
-    t = time.perf_counter()
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                      min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
-    elapsed = time.perf_counter() - t
-    return elapsed, [row[ids.shape[1]:].tolist() for row in out]
+    wall, cpu, out = timed(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                               min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                                               pad_token_id=0))
+    return wall, cpu, [row[ids.shape[1]:].tolist() for row in out]
 
 
 @torch.no_grad()
@@ -94,6 +101,9 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens to generate (default 128)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (default 3)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and activations of both models (default float32; bfloat16 halves the bytes a "
+                         "decode step streams, which bounds batch-1 speed on CPU)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine, oversubscribed threads make timings noise)")
     args = ap.parse_args()
@@ -106,28 +116,33 @@ def main():
     tokenizer = get_tokenizer(cfg.tokenizer)
     model = Transformer(cfg).eval()
     hf = to_hf_llama(model)
+    dtype = getattr(torch, args.dtype)
+    model, hf = model.to(dtype), hf.to(dtype)
     probe = torch.randint(0, tokenizer.n_vocab, (2, 64))
-    diff = (model(probe) - hf(probe).logits.float()).abs().max().item()
+    diff = (model(probe).float() - hf(probe).logits.float()).abs().max().item()
     print(f"codelm {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) vs transformers "
           f"{transformers.__version__} LlamaForCausalLM, same weights: max |logit diff| {diff:.2e}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, prompt {args.prompt_len}, "
+    print(f"torch {torch.__version__}, {args.dtype}, {torch.get_num_threads()} threads, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens, greedy; median of {args.repeats} alternating runs (shared machine)")
-    print(f"{'batch':>5s} {'codelm tok/s':>13s} {'HF tok/s':>10s} {'speedup':>8s}  same tokens")
+    print(f"{'batch':>5s} {'codelm tok/s':>13s} {'HF tok/s':>10s} {'speedup':>8s} {'(CPU time)':>10s}  same tokens")
     for batch in args.batch:
         prompts = prompts_from_code(tokenizer, batch, args.prompt_len)
         run_ours(model, tokenizer, prompts, 4)  # warm up both
         run_hf(hf, tokenizer, prompts, 4)
         ours_t, hf_t = [], []
         for _ in range(args.repeats):
-            t, ours_tokens = run_ours(model, tokenizer, prompts, args.new_tokens)
+            *t, ours_tokens = run_ours(model, tokenizer, prompts, args.new_tokens)
             ours_t.append(t)
-            t, hf_tokens = run_hf(hf, tokenizer, prompts, args.new_tokens)
+            *t, hf_tokens = run_hf(hf, tokenizer, prompts, args.new_tokens)
             hf_t.append(t)
         n_ours = sum(len(t) for t in ours_tokens)
         n_hf = sum(len(t) for t in hf_tokens)
         same = all(a == b[:len(a)] for a, b in zip(ours_tokens, hf_tokens))
-        ours_rate, hf_rate = n_ours / statistics.median(ours_t), n_hf / statistics.median(hf_t)
-        print(f"{batch:>5d} {ours_rate:>13.1f} {hf_rate:>10.1f} {ours_rate / hf_rate:>7.2f}x  {same}")
+        ours_rate, hf_rate = (n_ours / statistics.median(t[0] for t in ours_t),
+                              n_hf / statistics.median(t[0] for t in hf_t))
+        cpu_ratio = statistics.median(t[1] for t in hf_t) / statistics.median(t[1] for t in ours_t) * n_ours / n_hf
+        print(f"{batch:>5d} {ours_rate:>13.1f} {hf_rate:>10.1f} {ours_rate / hf_rate:>7.2f}x {cpu_ratio:>9.2f}x"
+              f"  {same}")
 
 
 if __name__ == "__main__":

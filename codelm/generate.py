@@ -285,11 +285,15 @@ def expand_seeds(seeds, n_prompts: int, n: int, default: int | None) -> list[int
 # ----------------------------------------------------------------------------------------------------------------
 # The decoding loop
 # ----------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
+@torch.inference_mode()
 def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
                  seeds: Sequence[int | None], n: int = 1, on_token: OnToken | None = None) -> list[list[Completion]]:
     """Decode n continuations of each token prompt (BOS already included) as one batch. Rows are prompt-major:
-    row i*n + j is sample j of prompt i, seeded by seeds[i*n + j]. The end-of-text token ends a row."""
+    row i*n + j is sample j of prompt i, seeded by seeds[i*n + j]. The end-of-text token ends a row.
+
+    Runs under inference mode (no autograd bookkeeping on the ~200 small ops of a step; the KV cache it creates is
+    dropped before returning). A step's only host reads are the sampled tokens and their log-probabilities, which
+    the stream, the stop strings and the callback need anyway."""
     device = next(model.parameters()).device
     limit = model.config.context_length
     B, R = len(prompt_ids), len(prompt_ids) * n
@@ -339,7 +343,8 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
                 toks, next_pos, key_padding = toks[keep], next_pos[keep], key_padding[keep]
                 alive = [alive[b] for b in still]
             slot = model.cache_length
-            key_padding[:, slot] = True
+            if padded:
+                key_padding[:, slot] = True
             logits = decode_one_token(model, toks, next_pos, key_padding[:, :slot + 1] if padded else None)
             next_pos = next_pos + 1
     finally:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from codelm.errors import CapabilityError
 from codelm.generate import Completion
@@ -21,18 +23,40 @@ def test_codelm_psm_and_spm_prompts_use_the_training_layout(tokenizer):
     pre, suf = tokenizer.encode("def f(x):\n"), tokenizer.encode("    return y\n")
     psm = fim_prompt_ids(tokenizer, "def f(x):\n", "    return y\n", "psm", bos=tokenizer.l2r_id)
     spm = fim_prompt_ids(tokenizer, "def f(x):\n", "    return y\n", "spm", bos=tokenizer.l2r_id)
-    P, S, M = tokenizer.fim_prefix_id, tokenizer.fim_suffix_id, tokenizer.fim_middle_id
-    assert psm == [tokenizer.l2r_id, P] + pre + [S] + suf + [M]
-    assert spm == [tokenizer.l2r_id, P, S] + suf + [M] + pre
+    P, S, M, E = tokenizer.fim_prefix_id, tokenizer.fim_suffix_id, tokenizer.fim_middle_id, tokenizer.eot_id
+    assert psm == [tokenizer.l2r_id, E, P] + pre + [S] + suf + [M]  # the prefix starts a document: end-of-text first
+    assert spm == [tokenizer.l2r_id, E, P, S] + suf + [M] + pre
+    mid_document = fim_prompt_ids(tokenizer, "    x = 1\n", "", "psm", bos=tokenizer.l2r_id, starts_document=False)
+    assert mid_document[:2] == [tokenizer.l2r_id, P]
 
 
 def test_fim_prompt_matches_what_the_fim_objective_trains_on(tokenizer):
+    """Token for token against a packed training window: the second document is transformed after the first one's
+    end-of-text, and a prompt whose prefix starts a document is exactly that context, middle and end-of-text next."""
     from codelm.objectives import FillInTheMiddle
-    fim = FillInTheMiddle(tokenizer)
-    for spm, fmt in ((False, "psm"), (True, "spm")):
-        trained = fim.fim_format("a = 1\n", "b = 2\n", "c = 3\n", spm=spm)
+    fim = FillInTheMiddle(tokenizer, fim_rate=1.0)
+    fim.split = lambda text, rng: ("a = 1\n", "b = 2\n", "c = 3\n") if text.startswith("a") else ("", text, "")
+    E = tokenizer.eot_id
+    window = np.array(tokenizer.encode("x = 0\n") + [E] + tokenizer.encode("a = 1\nb = 2\nc = 3\n") + [E])
+    for spm_rate, fmt in ((0.0, "psm"), (1.0, "spm")):
+        fim.spm_rate = spm_rate
+        trained = fim.transform_window(window, np.random.default_rng(0))
+        second = trained[trained.index(E):]  # the first document's end-of-text, then the second document
         prompt = fim_prompt_ids(tokenizer, "a = 1\n", "c = 3\n", fmt)
-        assert trained[:len(prompt)] == prompt and trained[len(prompt):] == tokenizer.encode("b = 2\n")
+        assert second[:len(prompt)] == prompt and second[len(prompt):] == tokenizer.encode("b = 2\n") + [E]
+
+
+def test_infill_contexts_mark_both_ends_of_a_whole_document(tokenizer):
+    """FIM and both MIM sides see end-of-text where the document begins and ends, unless that end was trimmed away
+    to fit the context."""
+    from codelm.infill import mim_contexts
+    E, L, R = tokenizer.eot_id, tokenizer.l2r_id, tokenizer.r2l_id
+    pre, suf, fwd, bwd = mim_contexts(tokenizer, "a = 1\n", "c = 3\n", 64, 8)
+    assert pre == [E] + tokenizer.encode("a = 1\n") and fwd == [L] + pre
+    assert suf == tokenizer.encode("c = 3\n") + [E] and bwd == [R] + suf[::-1]
+    long = "x = 1\n" * 40
+    pre, suf, fwd, bwd = mim_contexts(tokenizer, long, long, 64, 8)
+    assert E not in pre and E not in suf and fwd[0] == L and len(fwd) <= 64 - 8
 
 
 @pytest.mark.parametrize("family, expected", [
@@ -105,6 +129,17 @@ def test_no_join_without_a_shared_ngram_or_without_new_tokens():
     assert propose_forward_join([10, 11, 12, 13], [], [], [10, 11, 12, 13]) is None  # context alone is no evidence
     # a match deep inside the suffix would mean the forward side skipped suffix tokens: no join
     assert propose_forward_join([1], [12, 13, 14, 15], [], [10, 11, 12, 13, 14, 15]) is None
+
+
+def test_a_recurring_ngram_inside_the_other_sides_context_is_no_join():
+    """`merged[key] = merged.get(...)` then `return merged`: the forward side's newest tokens recur inside the suffix,
+    but it never produced the suffix's start, so joining there would drop the rest of the middle."""
+    assert propose_forward_join([1], [7, 8, 9, 12, 13, 14, 15], [], [10, 11, 12, 13, 14, 15]) is None
+    join = propose_forward_join([1], [7, 10, 11, 12, 13], [], [10, 11, 12, 13, 14])  # from the suffix's start: a join
+    assert join.middle == [7] and join.candidate == []
+    # mirrored: the backward side's newest tokens (2 3 4 5) recur in the prefix, which goes on with 6, not 8
+    assert propose_backward_join([1, 2, 3, 4, 5, 6], [], [9, 8, 5, 4, 3, 2], [20]) is None
+    assert propose_backward_join([1, 2, 3, 4, 5, 6], [], [9, 8, 6, 5, 4, 3], [20]).middle == [8, 9]
 
 
 def test_count_agreeing_is_the_leading_run():
@@ -260,62 +295,78 @@ def split_at_line(text: str, i: int) -> tuple[str, str, str]:
     return "".join(lines[:i]), lines[i], "".join(lines[i + 1:])
 
 
+E2E_VOCABULARY = "cl100k_base:2048"  # the output head and MIM's agreement term dominate a 128-wide model's cost
+
+
 @pytest.fixture(scope="module")
-def infill_model(tmp_path_factory, tokenizer):
-    """A micro model trained with `mim:0.5,fim:0.5` until both directions have memorised FUNCTIONS (~60 CPU
-    seconds). Every document in a FIM window is FIM'd (fim_rate 1), though this is too little training for the
-    FIM format itself: see test_fim_decodes_the_middle_prompt_end_to_end."""
+def infill_model(tmp_path_factory):
+    """A micro model trained with `mim:0.5,fim:0.5` until both reading directions and the FIM format have memorised
+    FUNCTIONS (~45 CPU seconds, one thread, so the run is the same on every machine). FIM cuts at line starts
+    (`fim_split="line"`): with the FIM paper's character cuts nearly every seam falls inside a token, and a model
+    this small still gives the end-of-text after a middle p ~ 0.01 after 600 steps (issue 7's notes)."""
     from support import make_shards, micro_train_config
 
     from codelm.checkpoint import load_checkpoint
+    from codelm.tokenizer import get_tokenizer
     from codelm.train import Trainer
 
     root = tmp_path_factory.mktemp("infill")
-    shards = make_shards(root / "shards", FUNCTIONS * 4, tokenizer, val_texts=FUNCTIONS)
-    cfg = micro_train_config(shards, root / "run", steps=200, objective="mim:0.5,fim:0.5", fim_rate=1.0,
-                             batch_size=4, context_length=128, lr=3e-3, warmup_steps=20,
-                             model=dict(n_layer=2, n_head=2, d_model=64, context_length=128))
-    Trainer(cfg).fit()
+    shards = make_shards(root / "shards", FUNCTIONS * 4, get_tokenizer(E2E_VOCABULARY), val_texts=FUNCTIONS * 2)
+    cfg = micro_train_config(shards, root / "run", steps=300, objective="mim:0.5,fim:0.5", fim_rate=1.0,
+                             fim_split="line", batch_size=8, context_length=128, lr=5e-3, warmup_steps=20,
+                             threads=1, log_every=100,
+                             model=dict(n_layer=3, n_head=4, d_model=128, context_length=128,
+                                        tokenizer=E2E_VOCABULARY))
+    threads = torch.get_num_threads()
+    try:
+        Trainer(cfg).fit()
+    finally:
+        torch.set_num_threads(threads)  # the trainer sets it for the whole process
     return load_checkpoint(root / "run")
 
 
-HELD_OUT = [(0, 3), (1, 2), (2, 3), (3, 3)]  # (function, line): middles of 6 to 15 tokens
+HELD_OUT = [(0, 3), (1, 2), (2, 3), (3, 3)]  # (function, line): middles of 7 to 23 tokens
 
 
 @pytest.mark.slow
-def test_meet_in_the_middle_reproduces_held_out_middles_in_fewer_steps_than_fim(infill_model):
+def test_fim_and_meet_in_the_middle_reproduce_held_out_middles_and_mim_takes_fewer_steps(infill_model):
+    """Each document was trained on; here it is cut at a line the model is asked to fill. FIM (SPM) and
+    meet-in-the-middle both return the exact middle, and meet-in-the-middle gets there in fewer sequential passes."""
     from codelm.generate import SamplingParams
     from codelm.infill import infill
 
     ck = infill_model
-    assert ck.capabilities["can_fim"] and ck.capabilities["can_mim"]
-    mim_steps = fim_steps = 0
+    assert ck.capabilities["can_fim"] and ck.capabilities["can_mim"] and ck.capabilities["fim_split"] == "line"
+    steps = {"fim": [], "mim": []}
     for f, line in HELD_OUT:
         prefix, middle, suffix = split_at_line(FUNCTIONS[f], line)
-        result = infill(ck.model, ck.tokenizer, prefix, suffix, "mim", SamplingParams(max_new_tokens=32),
-                        capabilities=ck.capabilities)
-        assert result.best.text == middle and result.met == [True]
-        mim_steps += result.steps[0]
-        fim_steps += len(ck.tokenizer.encode(middle)) + 1  # FIM: one pass per token, end-of-text included
-    assert mim_steps < fim_steps
+        fim = infill(ck.model, ck.tokenizer, prefix, suffix, "fim", SamplingParams(max_new_tokens=32),
+                     capabilities=ck.capabilities, fim_format="spm")
+        assert (fim.best.text, fim.best.finish_reason) == (middle, "eot"), (f, line)
+        mim = infill(ck.model, ck.tokenizer, prefix, suffix, "mim", SamplingParams(max_new_tokens=32),
+                     capabilities=ck.capabilities)
+        assert (mim.best.text, mim.met) == (middle, [True]), (f, line)
+        steps["fim"].append(fim.steps[0])
+        steps["mim"].append(mim.steps[0])
+    assert sum(steps["mim"]) < sum(steps["fim"]), steps  # FIM: one pass per middle token and its end-of-text
 
 
 @pytest.mark.slow
-def test_fim_decodes_the_middle_prompt_end_to_end(infill_model):
-    """The FIM path runs on the real model and counts its passes; this micro model has not learned the FIM format
-    in 100 FIM batches (a reproduced middle needs far more training, see the report of issue 7), so only the
-    mechanics are checked here: one pass per generated token, ending at end-of-text or the token budget."""
+def test_fim_psm_decodes_the_middle_prompt_end_to_end(infill_model):
+    """PSM runs on the real model and counts its passes. It is learned more slowly than SPM, whose middle follows
+    the prefix directly: PSM's first middle token must be fetched from before the suffix. At this budget it gets 2
+    to 4 of the held-out middles depending on the seed (all 4 after ~800 steps), so only the mechanics are checked:
+    n samples in one batch, one pass per generated token, ending at end-of-text or the token budget."""
     from codelm.generate import SamplingParams
     from codelm.infill import infill
 
     ck = infill_model
     prefix, middle, suffix = split_at_line(FUNCTIONS[0], 3)
-    for fmt in ("psm", "spm"):
-        result = infill(ck.model, ck.tokenizer, prefix, suffix, "fim", SamplingParams(max_new_tokens=12), n=2,
-                        seeds=[1, 2], capabilities=ck.capabilities, fim_format=fmt)
-        assert len(result.samples) == 2 and result.best in result.samples
-        for c, steps in zip(result.samples, result.steps):
-            assert steps == len(c.token_ids) + (c.finish_reason == "eot") and c.finish_reason in ("eot", "length")
+    result = infill(ck.model, ck.tokenizer, prefix, suffix, "fim", SamplingParams(max_new_tokens=12), n=2,
+                    seeds=[1, 2], capabilities=ck.capabilities, fim_format="psm")
+    assert len(result.samples) == 2 and result.best in result.samples
+    for c, steps in zip(result.samples, result.steps):
+        assert steps == len(c.token_ids) + (c.finish_reason == "eot") and c.finish_reason in ("eot", "length")
 
 
 @pytest.mark.slow

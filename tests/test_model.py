@@ -37,6 +37,20 @@ def test_kv_cache_decoding_equals_full_forward(n_kv_head):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_decoding_step_always_sees_its_own_key():
+    """A row whose newest slot is marked padding (meet-in-the-middle's finished side rides along as a dummy row)
+    must still attend to something: a fully masked row would put NaN into the cache for later steps to read."""
+    model = micro()
+    model.setup_cache(2, 64)
+    x = torch.randint(0, 128, (2, 6))
+    keys = torch.ones(2, 7, dtype=torch.bool)
+    model(x, key_padding=keys[:, :6])
+    keys[1, :] = False  # row 1 sees no key at all, its own included
+    step = model(torch.tensor([[3], [4]]), key_padding=keys)
+    assert torch.isfinite(step).all() and torch.isfinite(model.layers[0].attn.cache.v[:, :, :7]).all()
+    model.clear_cache()
+
+
 def test_left_padded_batch_matches_unpadded_rows():
     """Prompts of different lengths in one batch: left padding + key mask + per-row positions."""
     model = micro()

@@ -187,6 +187,42 @@ def test_fim_rejects_a_rate_outside_zero_one(tokenizer):
         FillInTheMiddle(tokenizer, fim_rate=1.5)
 
 
+def test_line_split_cuts_at_two_distinct_line_starts():
+    from codelm.objectives import fim_split_lines
+
+    text = "a = 1\nb = 2\nc = 3\n"  # line starts 0, 6, 12 and the end, 18
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        prefix, middle, suffix = fim_split_lines(text, rng)
+        assert prefix + middle + suffix == text and middle  # one or more whole lines
+        seen.add((len(prefix), len(prefix) + len(middle)))
+    assert seen == {(lo, hi) for lo in (0, 6, 12, 18) for hi in (0, 6, 12, 18) if lo < hi}
+    assert fim_split_lines("no newline", rng) == ("", "no newline", "")  # a partial line is one line
+
+
+def test_line_split_fim_keeps_every_byte_and_the_documents_own_tokens(tokenizer):
+    """Whole-line pieces of code without blank lines tokenize as the whole document does: what the model sees at a
+    seam is what it saw reading the document."""
+    text_a = "def clamp(v, lo, hi):\n    if v < lo:\n        return lo\n    return min(v, hi)\n"
+    text_b = "class Point:\n    x: int = 0\n    y: int = 0\n"
+    doc = tokenizer.encode(text_a) + [tokenizer.eot_id] + tokenizer.encode(text_b) + [tokenizer.eot_id]
+    fim = FillInTheMiddle(tokenizer, fim_rate=1.0, fim_split="line")
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        out = fim.transform_window(np.array(doc), rng)
+        for before, after in zip(split_segments(np.array(doc), tokenizer.eot_id)[:2],  # the third is empty
+                                 split_segments(np.array(out), tokenizer.eot_id)):
+            kind, data = parse_fim_document(after.tolist(), tokenizer)
+            assert kind in ("psm", "spm") and data == tokenizer.decode_bytes(before.tolist())
+            tokens = after.tolist()
+            pieces = [t for t in tokens if t not in (tokenizer.fim_prefix_id, tokenizer.fim_suffix_id,
+                                                      tokenizer.fim_middle_id)]
+            assert sorted(pieces) == sorted(before.tolist())  # same tokens, only moved
+    with pytest.raises(ConfigError, match="fim-split"):
+        FillInTheMiddle(tokenizer, fim_split="word")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # mim: inputs, alignment, the agreement term
 # ----------------------------------------------------------------------------------------------------------------

@@ -280,6 +280,17 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path, small_sha
     assert [n for n, _ in plain.model.named_parameters()] == [n for n, _ in ckpt.model.named_parameters()]
 
 
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_and_keep_parameter_names(tmp_path, small_shards):
+    """--compile (torch.compile per block, ~10-30 s on CPU): a speed option only. Validation stays eager."""
+    eager = Trainer(micro_train_config(small_shards, tmp_path / "a", steps=3, plot=False))
+    eager.fit()
+    compiled = Trainer(micro_train_config(small_shards, tmp_path / "b", steps=3, compile=True, plot=False))
+    compiled.fit()
+    assert_same_params(eager.model, compiled.model, exact=False)
+    assert list(eager.model.state_dict()) == list(compiled.model.state_dict())
+
+
 def test_fp16_trains_with_a_grad_scaler_and_resumes_it(tmp_path, small_shards):
     # CPUs without native fp16 emulate it slowly: few small steps, and no matmul probe
     trainer = Trainer(micro_train_config(small_shards, tmp_path / "h", steps=4, batch_size=2, precision="fp16",

@@ -1,7 +1,10 @@
 """Turning request text into the token prompts the model was trained on.
 
     completion   <|l2r|> prompt
-    fim (PSM)    <|l2r|> <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> [llama.cpp's `prompt`]
+    fim (PSM)    <|l2r|> [<|endoftext|>] <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> [`prompt`]
+
+The end-of-text comes before a prefix that is the start of its file, as a whole document follows one in packed
+training windows (codelm.infill.document_head).
 
 Every forward window starts with `<|l2r|>` in training, whatever the objective (DESIGN.md, Tokenizer), so every
 prompt does too. Text is always encoded as text: a sentinel's string inside user text is never a sentinel, except in
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from codelm.infill import fit_fim_context
+from codelm.infill import document_head, fit_fim_context
 from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 # the PSM template clients may send as raw text (Continue's "qwen-coder" template has exactly these sentinels)
@@ -36,11 +39,13 @@ def completion_prompt(tokenizer, text: str, budget: int) -> Prompt:
 
 
 def fim_prompt(tokenizer, prefix: str, suffix: str, budget: int, middle_start: str = "") -> Prompt:
-    """PSM prompt within `budget` tokens; `middle_start` is text the middle must begin with (llama.cpp's prompt)."""
+    """PSM prompt within `budget` tokens; `middle_start` is text the middle must begin with (llama.cpp's prompt).
+    The same ids as `codelm.infill.fim_infill` makes, end-of-text before a prefix that starts the file included."""
     pre, suf, mid = tokenizer.encode(prefix), tokenizer.encode(suffix), tokenizer.encode(middle_start)
-    room = max(budget - 4 - len(mid), 0)              # 4 = marker + three sentinels
+    room = max(budget - 5 - len(mid), 0)              # 5 = marker + end-of-text + three sentinels
     pre_kept, suf_kept = fit_fim_context(pre, suf, room)
-    ids = ([tokenizer.l2r_id, tokenizer.fim_prefix_id] + pre_kept + [tokenizer.fim_suffix_id] + suf_kept
+    head = document_head(tokenizer, tokenizer.l2r_id, starts_document=len(pre_kept) == len(pre))
+    ids = (head + [tokenizer.fim_prefix_id] + pre_kept + [tokenizer.fim_suffix_id] + suf_kept
            + [tokenizer.fim_middle_id] + mid)
     return Prompt(ids, len(pre_kept) < len(pre) or len(suf_kept) < len(suf))
 
