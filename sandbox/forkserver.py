@@ -190,7 +190,6 @@ class Slot:
     """The server's handle on one slot process: its control socket, pid and cgroup."""
 
     def __init__(self, server: Server, index: int):
-        self.index = index
         self.runs = 0
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.cgroup = server.cgroups.new_slot(f"slot-{index}") if server.cgroups else None
