@@ -1,14 +1,20 @@
 """Decoding speed: codelm.generate against Hugging Face transformers' `generate` on the same weights, in one run.
 
-    python benchmarks/bench_generate.py [--preset tiny] [--prompt-len 256] [--new-tokens 128] [--batch 1 8]
+    python benchmarks/bench_generate.py [--preset tiny | --checkpoint RUN] [--prompt-len 256] [--new-tokens 128]
+                                        [--batch 1 8] [--lookup-draft 4]
 
-A codelm model (random weights: speed does not depend on them) is copied into a `transformers.LlamaForCausalLM`
-with a matching config (the default block maps one-to-one onto Llama), the logits are checked to agree, and both
-decode the same prompts greedily for exactly --new-tokens tokens. Runs alternate between the two implementations
-and the median is reported, so both see the same machine load; the ratio is the number to quote, not the absolute
-tokens/s (these machines are shared). The ratio of thread CPU times is printed beside it: it ignores the time a
-run waits for a core, so it moves less when other work shares the machine. Greedy outputs are compared too: the
-same weights must give the same tokens.
+A codelm model (random weights by default, or a trained checkpoint with --checkpoint) is copied into a
+`transformers.LlamaForCausalLM` with a matching config (the default block maps one-to-one onto Llama), the logits are
+checked to agree, and both decode the same prompts (cut from real code) greedily for exactly --new-tokens tokens.
+Runs alternate between the implementations and the median is reported, so all see the same machine load; the ratio
+is the number to quote, not the absolute tokens/s (these machines are shared). The ratio of thread CPU times is
+printed beside it: it ignores the time a run waits for a core, so it moves less when other work shares the machine.
+Greedy outputs are compared too: the same weights must give the same tokens.
+
+Columns at batch 1: codelm as users get it (prompt-lookup drafts, the default), codelm one token per pass
+(`lookup_draft=0`), HF's default greedy search and HF with its own prompt lookup (`prompt_lookup_num_tokens`, batch 1
+only in transformers). How much prompt lookup gains depends on how often the text repeats itself, so the tokens per
+pass are printed: random weights and small trained models repeat more than a strong model does.
 Needs the optional `hf` extra (`pip install transformers`).
 """
 
@@ -78,19 +84,40 @@ def timed(fn):
     return time.perf_counter() - wall, time.thread_time() - cpu, result
 
 
-def run_ours(model, tokenizer, prompts, new_tokens):
+def count_passes(model) -> list[int]:
+    """A counter of the model's forward passes (prefill included), for tokens per pass."""
+    counter = [0]
+    model.register_forward_pre_hook(lambda module, args: counter.__setitem__(0, counter[0] + 1))
+    return counter
+
+
+def run_ours(model, tokenizer, prompts, new_tokens, lookup_draft):
     rows = [[tokenizer.l2r_id] + p for p in prompts]
-    params = SamplingParams(max_new_tokens=new_tokens)
+    params = SamplingParams(max_new_tokens=new_tokens, lookup_draft=lookup_draft)
     wall, cpu, out = timed(lambda: decode_batch(model, tokenizer, rows, params, [None] * len(rows)))
     return wall, cpu, [c[0].token_ids for c in out]
 
 
-def run_hf(hf, tokenizer, prompts, new_tokens):
+def run_hf(hf, tokenizer, prompts, new_tokens, lookup_draft=0):
     ids = torch.tensor([[tokenizer.l2r_id] + p for p in prompts])
+    extra = {"prompt_lookup_num_tokens": lookup_draft} if lookup_draft else {}
     wall, cpu, out = timed(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                                min_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                                               pad_token_id=0))
+                                               pad_token_id=0, **extra))
     return wall, cpu, [row[ids.shape[1]:].tolist() for row in out]
+
+
+def load_model(args):
+    """(model, tokenizer, label): a trained checkpoint, or a preset with random weights."""
+    if args.checkpoint:
+        from codelm.checkpoint import load_checkpoint
+        ckpt = load_checkpoint(args.checkpoint)
+        if ckpt.config.context_length < args.prompt_len + args.new_tokens + 1:
+            raise SystemExit(f"{args.checkpoint}: context {ckpt.config.context_length} is shorter than --prompt-len "
+                             f"+ --new-tokens + 1 = {args.prompt_len + args.new_tokens + 1}")
+        return ckpt.model, ckpt.tokenizer, f"checkpoint {ckpt.path.name}"
+    cfg = preset_config(args.preset, context_length=max(512, args.prompt_len + args.new_tokens + 1))
+    return Transformer(cfg).eval(), get_tokenizer(cfg.tokenizer), f"{args.preset}, random weights"
 
 
 @torch.no_grad()
@@ -106,43 +133,63 @@ def main():
                          "decode step streams, which bounds batch-1 speed on CPU)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine, oversubscribed threads make timings noise)")
+    ap.add_argument("--checkpoint", default=None, help="a trained checkpoint or run directory instead of --preset")
+    ap.add_argument("--lookup-draft", type=int, default=SamplingParams().lookup_draft,
+                    help="prompt-lookup draft tokens per pass for codelm and for HF's prompt-lookup column "
+                         f"(default {SamplingParams().lookup_draft}, codelm's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
 
     torch.manual_seed(0)
-    cfg = preset_config(args.preset, context_length=max(512, args.prompt_len + args.new_tokens + 1))
-    tokenizer = get_tokenizer(cfg.tokenizer)
-    model = Transformer(cfg).eval()
+    model, tokenizer, label = load_model(args)
     hf = to_hf_llama(model)
     dtype = getattr(torch, args.dtype)
     model, hf = model.to(dtype), hf.to(dtype)
+    passes = count_passes(model)
     probe = torch.randint(0, tokenizer.n_vocab, (2, 64))
     diff = (model(probe).float() - hf(probe).logits.float()).abs().max().item()
-    print(f"codelm {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) vs transformers "
+    print(f"codelm {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) vs transformers "
           f"{transformers.__version__} LlamaForCausalLM, same weights: max |logit diff| {diff:.2e}")
     print(f"torch {torch.__version__}, {args.dtype}, {torch.get_num_threads()} threads, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens, greedy; median of {args.repeats} alternating runs (shared machine)")
-    print(f"{'batch':>5s} {'codelm tok/s':>13s} {'HF tok/s':>10s} {'speedup':>8s} {'(CPU time)':>10s}  same tokens")
+          f"{args.new_tokens} new tokens, greedy, prompt-lookup drafts of {args.lookup_draft}; median of "
+          f"{args.repeats} alternating runs (shared machine)")
+    print(f"{'batch':>5s} {'implementation':<24s} {'tok/s':>8s} {'vs HF':>6s} {'(CPU time)':>10s} {'tok/pass':>8s}"
+          f"  same tokens")
     for batch in args.batch:
         prompts = prompts_from_code(tokenizer, batch, args.prompt_len)
-        run_ours(model, tokenizer, prompts, 4)  # warm up both
-        run_hf(hf, tokenizer, prompts, 4)
-        ours_t, hf_t = [], []
+        variants = {"codelm": lambda: run_ours(model, tokenizer, prompts, args.new_tokens, args.lookup_draft),
+                    "codelm, one token/pass": lambda: run_ours(model, tokenizer, prompts, args.new_tokens, 0),
+                    "HF generate": lambda: run_hf(hf, tokenizer, prompts, args.new_tokens)}
+        if batch == 1 and args.lookup_draft:
+            variants["HF + prompt lookup"] = lambda: run_hf(hf, tokenizer, prompts, args.new_tokens,
+                                                            args.lookup_draft)
+        if batch > 1 or not args.lookup_draft:  # codelm drafts for one row only: the two codelm rows are one
+            del variants["codelm, one token/pass"]
+        runs = {name: [] for name in variants}
+        tokens, per_pass = {}, {}
+        for fn in variants.values():
+            fn()  # warm up
         for _ in range(args.repeats):
-            *t, ours_tokens = run_ours(model, tokenizer, prompts, args.new_tokens)
-            ours_t.append(t)
-            *t, hf_tokens = run_hf(hf, tokenizer, prompts, args.new_tokens)
-            hf_t.append(t)
-        n_ours = sum(len(t) for t in ours_tokens)
-        n_hf = sum(len(t) for t in hf_tokens)
-        same = all(a == b[:len(a)] for a, b in zip(ours_tokens, hf_tokens))
-        ours_rate, hf_rate = (n_ours / statistics.median(t[0] for t in ours_t),
-                              n_hf / statistics.median(t[0] for t in hf_t))
-        cpu_ratio = statistics.median(t[1] for t in hf_t) / statistics.median(t[1] for t in ours_t) * n_ours / n_hf
-        print(f"{batch:>5d} {ours_rate:>13.1f} {hf_rate:>10.1f} {ours_rate / hf_rate:>7.2f}x {cpu_ratio:>9.2f}x"
-              f"  {same}")
+            for name, fn in variants.items():
+                before = passes[0]
+                *t, tokens[name] = fn()
+                runs[name].append(t)
+                if name.startswith("codelm"):
+                    per_pass[name] = sum(len(x) for x in tokens[name]) / max(1, passes[0] - before) / batch
+        reference = tokens["HF generate"]
+        hf_wall = statistics.median(t[0] for t in runs["HF generate"])
+        hf_cpu = statistics.median(t[1] for t in runs["HF generate"])
+        n_ref = sum(len(t) for t in reference)
+        for name in variants:
+            n = sum(len(t) for t in tokens[name])
+            wall = statistics.median(t[0] for t in runs[name])
+            cpu = statistics.median(t[1] for t in runs[name])
+            same = all(a == b[:len(a)] for a, b in zip(tokens[name], reference))
+            tpp = f"{per_pass[name]:8.2f}" if name in per_pass else f"{'':8s}"
+            print(f"{batch:>5d} {name:<24s} {n / wall:>8.1f} {(n / wall) / (n_ref / hf_wall):>5.2f}x "
+                  f"{(n / cpu) / (n_ref / hf_cpu):>9.2f}x {tpp}  {same}")
 
 
 if __name__ == "__main__":

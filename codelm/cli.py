@@ -138,7 +138,8 @@ def _stop_strings(values: list[str] | None) -> list[str]:
 def _sampling_params(args):
     from codelm.generate import SamplingParams
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, stop=_stop_strings(args.stop), seed=args.seed)
+                          top_p=args.top_p, stop=_stop_strings(args.stop), seed=args.seed,
+                          lookup_draft=args.lookup_draft)
 
 
 def _seeds(args) -> list[int] | None:
@@ -340,6 +341,9 @@ def _add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
     p.add_argument("--n", type=int, default=1, help="number of samples (one prefill, decoded as one batch)")
     p.add_argument("--seed", type=int, default=None, help="random seed (sample j uses seed + j)")
     p.add_argument("--seeds", help="one seed per sample, comma-separated (instead of --seed)")
+    p.add_argument("--lookup-draft", type=int, default=4,
+                   help="greedy, one sample: draft up to this many tokens per pass from earlier text and keep what "
+                        "the model agrees with (same output, fewer passes on repetitive code; 0 = off; default 4)")
 
 
 def _add_optional_commands(sub) -> None:

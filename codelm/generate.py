@@ -36,6 +36,10 @@ class SamplingParams:
     top_p: float = 1.0            # 1 = off
     stop: list[str] = field(default_factory=list)
     seed: int | None = None       # default seed of row r is seed + r when no per-row seeds are given
+    # Greedy decoding of one row drafts up to this many tokens per step by prompt lookup (the tokens that followed
+    # the latest earlier occurrence of the text's last few tokens) and checks them in one pass: the same tokens as
+    # one-at-a-time decoding, in fewer passes when the text repeats itself (code does). 0 = off.
+    lookup_draft: int = 4
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -46,6 +50,8 @@ class SamplingParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if self.lookup_draft < 0:
+            raise ConfigError(f"lookup_draft must be >= 0, got {self.lookup_draft}")
 
 
 @dataclass
@@ -257,6 +263,53 @@ def decode_one_token(model, tokens: torch.Tensor, positions: torch.Tensor | None
     return model(tokens.view(-1, 1), positions=pos, key_padding=key_padding)[:, -1]
 
 
+@torch.no_grad()
+def verify_draft(model, last: int, draft: list[int], position: int, n_vocab: int) -> tuple[torch.Tensor, int]:
+    """Feed one row's newest token and a draft of what follows it in one pass. Returns the logits after each fed
+    token [1 + len(draft), V] and how many draft tokens greedy decoding would have produced itself; the KV cache
+    keeps exactly those (the slots of rejected tokens are overwritten by the next pass)."""
+    start = model.cache_length
+    ids = torch.tensor([[last] + draft], device=model.embed.weight.device)
+    logits = model(ids, positions=torch.arange(position, position + ids.shape[1], device=ids.device))[0]
+    mask_unused_vocab(logits, n_vocab)
+    predicted = logits[:-1].argmax(-1).tolist()
+    accepted = 0
+    while accepted < len(draft) and predicted[accepted] == draft[accepted]:
+        accepted += 1
+    model.cache_length = start + 1 + accepted
+    return logits, accepted
+
+
+class PromptLookup:
+    """Drafts for prompt-lookup decoding (Saxena 2023): the tokens that followed the latest earlier occurrence of
+    the sequence's last n tokens, longest n first. The index maps each n-gram to where it last ended, so a lookup
+    costs a few dict probes however long the text is."""
+
+    def __init__(self, tokens: Sequence[int], max_ngram: int = 3):
+        self.tokens: list[int] = []
+        self.max_ngram = max_ngram
+        self.ends: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for t in tokens:
+            # the n-grams ending just before t now have a follower: index them
+            end = len(self.tokens)
+            for n in range(1, min(self.max_ngram, end) + 1):
+                self.ends[tuple(self.tokens[end - n:end])] = end
+            self.tokens.append(t)
+
+    def draft(self, k: int) -> list[int]:
+        for n in range(min(self.max_ngram, len(self.tokens)), 0, -1):
+            end = self.ends.get(tuple(self.tokens[-n:]))
+            if end is not None:
+                # A match close to the end overlaps the tail: the text is periodic there, so the draft continues
+                # the period (a run of one token drafts more of it, not just one).
+                period = self.tokens[end:]
+                return (period * (k // len(period) + 1))[:k]
+        return []
+
+
 def fit_prompt(ids: list[int], context_length: int, bos: int | None) -> list[int]:
     """BOS + the prompt's last tokens, leaving room for at least one new token in the context."""
     room = context_length - 1 - (bos is not None)
@@ -320,6 +373,10 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
             expand = torch.arange(B, device=device).repeat_interleave(n)
             select_cache_rows(model, expand)
             logits, key_padding = logits[expand], key_padding[expand]
+        if R == 1 and params.temperature <= 0 and params.lookup_draft > 0:
+            _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, budget[0], streams, tokens_out,
+                                logprobs_out, reasons, on_token)
+            return [[Completion(streams[0].text, tokens_out[0], logprobs_out[0], reasons[0] or "length")]]
         next_pos = torch.tensor([lengths[r // n] for r in range(R)], device=device)
         alive = list(range(R))  # batch row -> global row
         generators = make_generators(seeds, device)
@@ -351,6 +408,41 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
         model.clear_cache()
     return [[Completion(streams[r].text, tokens_out[r], logprobs_out[r], reasons[r] or "length")
              for r in range(i * n, (i + 1) * n)] for i in range(B)]
+
+
+def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.Tensor, params: SamplingParams,
+                        budget: int, streams, tokens_out, logprobs_out, reasons, on_token) -> None:
+    """Greedy decoding of one row with prompt-lookup drafts. Each pass feeds the newest token plus a draft and keeps
+    the longest prefix of the draft that greedy decoding agrees with, so one pass yields 1 to 1 + lookup_draft
+    tokens. On a CPU a pass over a few tokens costs little more than over one: the weights are read once."""
+    lookup = PromptLookup(prompt)
+    position, produced = len(prompt), 0  # position of the next token to feed; tokens emitted so far
+    logits = logits[0]
+
+    def emit(token: int, logprob: float) -> bool:
+        nonlocal produced
+        reason = _advance_row(0, token, logprob, produced, [budget], tokenizer.eot_id, streams, tokens_out,
+                              logprobs_out, on_token, 1)
+        produced += 1
+        reasons[0] = reason
+        return reason is None
+
+    while True:
+        mask_unused_vocab(logits, tokenizer.n_vocab)
+        token = logits.argmax().view(1)
+        if not emit(int(token), float(token_logprobs(logits.view(1, -1), token))):
+            return
+        lookup.extend([int(token)])
+        draft = lookup.draft(min(params.lookup_draft, budget - produced))
+        fed, accepted = verify_draft(model, int(token), draft, position, tokenizer.n_vocab)
+        position += 1 + accepted
+        if accepted:
+            lps = token_logprobs(fed[:accepted], torch.tensor(draft[:accepted], device=fed.device)).tolist()
+            for t, lp in zip(draft[:accepted], lps):
+                if not emit(t, lp):
+                    return
+            lookup.extend(draft[:accepted])
+        logits = fed[accepted]
 
 
 def _advance_row(r, t, lp, step, budget, eot_id, streams, tokens_out, logprobs_out, on_token, n) -> str | None:

@@ -230,3 +230,90 @@ def test_cli_sample_n_seeds_and_stop(trained_run, capsys):
     assert capsys.readouterr().out == second
     assert main(args + ["--n", "2", "--seeds", "5"]) == 2  # one seed for two samples
     assert "--seeds" in capsys.readouterr().err
+
+
+# --- prompt-lookup decoding ------------------------------------------------------------------------------------------
+def test_prompt_lookup_drafts_what_followed_the_latest_longest_match():
+    from codelm.generate import PromptLookup
+    lookup = PromptLookup([1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3])
+    assert lookup.draft(2) == [7, 8]  # "2 3" last seen before "7 8"; the longer match "5 2 3" never occurred
+    lookup.extend([7])
+    assert lookup.draft(3) == [8, 5, 2]  # "2 3 7" continues with "8 5 2"
+    assert PromptLookup([4, 5, 6]).draft(3) == []  # nothing repeats: no draft
+    assert PromptLookup([1, 2]).draft(0) == []
+    # a run of one token (or a short period) overlaps its own match: the draft continues the period
+    assert PromptLookup([3, 3, 3]).draft(4) == [3, 3, 3, 3]
+    assert PromptLookup([5, 1, 2, 1, 2]).draft(5) == [1, 2, 1, 2, 1]
+
+
+def count_forward_passes(model):
+    passes = [0]
+    handle = model.register_forward_pre_hook(lambda module, args: passes.__setitem__(0, passes[0] + 1))
+    return passes, handle
+
+
+@pytest.fixture(scope="module")
+def chaotic_model():
+    """A random micro model with larger weights: its greedy text wanders instead of repeating one token, so some
+    drafts are rejected part-way (the repetitive `model` accepts nearly every draft)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=16448, n_layer=2, n_head=2, d_model=64, context_length=96, init_std=0.15)
+    return Transformer(cfg).eval()
+
+
+@pytest.mark.parametrize("which", ["repetitive", "chaotic"])
+@pytest.mark.parametrize("params", [
+    dict(max_new_tokens=40),
+    dict(max_new_tokens=7),
+    dict(max_new_tokens=40, stop=["__STOP__"]),  # replaced below by a string the output contains
+])
+def test_lookup_decoding_gives_one_token_decodings_output(model, chaotic_model, tokenizer, params, which,
+                                                          monkeypatch):
+    """Drafted tokens are kept only where greedy decoding agrees, so the tokens, log-probabilities, finish reason
+    and streamed pieces equal one-token-per-pass decoding; on repetitive text it takes fewer passes."""
+    import codelm.generate as generate_module
+    model = model if which == "repetitive" else chaotic_model
+    prompt = "x = 1\ny = 2\nx = 1\ny = 2\nx = 1\ny = 2\nx = 1\ny ="
+    if params.get("stop"):
+        [[free]] = generate_batch(model, tokenizer, [prompt], SamplingParams(max_new_tokens=40, lookup_draft=0))
+        params = dict(params, stop=[free.text[len(free.text) // 2:len(free.text) // 2 + 3]])
+    verified = []  # (draft length, accepted) of every pass
+
+    def spy(*args):
+        logits, accepted = verify(*args)
+        verified.append((len(args[2]), accepted))
+        return logits, accepted
+    verify = generate_module.verify_draft
+    monkeypatch.setattr(generate_module, "verify_draft", spy)
+    runs = {}
+    for draft in (0, 4):
+        passes, handle = count_forward_passes(model)
+        events = []
+        try:
+            [[c]] = generate_batch(model, tokenizer, [prompt], SamplingParams(lookup_draft=draft, **params),
+                                   on_token=events.append)
+        finally:
+            handle.remove()
+        runs[draft] = c, [(e.token_id, e.text, e.finished, e.finish_reason) for e in events], passes[0]
+    (plain, plain_events, plain_passes), (looked, looked_events, looked_passes) = runs[0], runs[4]
+    assert looked.token_ids == plain.token_ids and looked.text == plain.text
+    assert looked.finish_reason == plain.finish_reason
+    assert looked.logprobs == pytest.approx(plain.logprobs, abs=1e-4)
+    assert looked_events == plain_events
+    if which == "repetitive" and len(plain.token_ids) > 4:
+        assert looked_passes < plain_passes
+    if which == "chaotic" and params["max_new_tokens"] == 40 and not params.get("stop"):
+        assert any(0 < n and accepted < n for n, accepted in verified)  # the case exercises rejected drafts
+
+
+def test_lookup_decoding_stops_at_the_context_end_and_when_the_callback_says_so(model, tokenizer):
+    limit = model.config.context_length
+    prompt = "a = b\n" * 40  # longer than the context: cut from the left, leaving a few tokens of room
+    for draft in (0, 4):
+        [[c]] = generate_batch(model, tokenizer, [prompt], SamplingParams(max_new_tokens=50, lookup_draft=draft))
+        assert c.finish_reason in ("length", "eot") and len(c.token_ids) <= limit
+        seen = []
+        [[d]] = generate_batch(model, tokenizer, ["x = 1\nx = 1\nx = 1\nx ="],
+                               SamplingParams(max_new_tokens=30, lookup_draft=draft),
+                               on_token=lambda e: seen.append(e) or len(seen) < 5)
+        assert len(d.token_ids) == 5 and d.finish_reason == "stop"
