@@ -96,3 +96,32 @@ def test_tied_embeddings_share_storage():
 def test_bad_head_configuration_is_rejected():
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(d_model=30, n_head=4)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(n_kv_head=1), dict(bias=True, mlp="gelu", position="learned",
+                                                                        norm="layernorm")])
+def test_few_row_inference_on_transposed_weights_equals_the_plain_projections(options):
+    """Decoding on CPU multiplies by transposed copies of the weights (q/k/v and gate/up side by side): the logits
+    are those of the plain projections, and a weight changed in place (an optimizer step, loading a checkpoint) is
+    seen at once, not a stale copy."""
+    model = micro(**options)
+    x = torch.randint(0, 128, (1, 5))  # few rows: the transposed path under no_grad
+
+    def both():
+        with torch.no_grad():
+            fast = model(x)
+        with torch.enable_grad():
+            plain = model(x).detach()  # autograd on: the plain F.linear path
+        return fast, plain
+
+    fast, plain = both()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fast2, plain2 = both()
+    assert not torch.allclose(plain2, plain, atol=1e-3)
+    torch.testing.assert_close(fast2, plain2, rtol=1e-5, atol=1e-5)
+    model.load_state_dict(micro(**options).state_dict())  # back to the first weights, copied in place
+    fast3, _ = both()
+    torch.testing.assert_close(fast3, plain, rtol=1e-5, atol=1e-5)
