@@ -100,12 +100,19 @@ def test_bad_head_configuration_is_rejected():
 
 @pytest.mark.parametrize("options", [dict(), dict(n_kv_head=1), dict(bias=True, mlp="gelu", position="learned",
                                                                         norm="layernorm")])
-def test_few_row_inference_on_transposed_weights_equals_the_plain_projections(options):
-    """Decoding on CPU multiplies by transposed copies of the weights (q/k/v and gate/up side by side): the logits
-    are those of the plain projections, and a weight changed in place (an optimizer step, loading a checkpoint) is
-    seen at once, not a stale copy."""
+@pytest.mark.parametrize("onednn", [True, False])  # oneDNN's packed weights, or the transposed-copy fallback
+def test_inference_on_packed_weights_equals_the_plain_projections(options, onednn, monkeypatch):
+    """fp32 inference on CPU runs the projections on packed copies of the weights (q/k/v and gate/up side by side):
+    the logits are those of the plain projections, and a weight changed in place (an optimizer step, loading a
+    checkpoint) is seen at once, not a stale copy. A model that has run inference can still be copied."""
+    import copy
+
+    import codelm.model
+    if onednn and not codelm.model.ONEDNN:
+        pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(codelm.model, "ONEDNN", onednn)
     model = micro(**options)
-    x = torch.randint(0, 128, (1, 5))  # few rows: the transposed path under no_grad
+    x = torch.randint(0, 128, (1, 5))
 
     def both():
         with torch.no_grad():
@@ -125,3 +132,11 @@ def test_few_row_inference_on_transposed_weights_equals_the_plain_projections(op
     model.load_state_dict(micro(**options).state_dict())  # back to the first weights, copied in place
     fast3, _ = both()
     torch.testing.assert_close(fast3, plain, rtol=1e-5, atol=1e-5)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), fast3)
+    long = torch.randint(0, 128, (3, 40))  # many rows (a prefill) take the packed path too
+    with torch.enable_grad():
+        plain_long = model(long).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(model(long), plain_long, rtol=1e-5, atol=1e-5)
