@@ -60,11 +60,13 @@ class Completion:
     (the end-of-text token excluded), so near a stop string they may cover a little more than `text`.
     `logprobs[i]` is the model's log-probability of `token_ids[i]` (temperature 1, before top-k/top-p), the quantity
     likelihood ranking wants. finish_reason: "eot" (end of text), "stop" (a stop string), "length" (max_new_tokens
-    or the context ran out)."""
+    or the context ran out). `passes`: the sequential model passes it took, the prefill included (the latency
+    measure: one per token, fewer when prompt-lookup drafts are accepted)."""
     text: str
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str
+    passes: int = 0
 
     @property
     def sum_logprob(self) -> float:
@@ -356,6 +358,7 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
     tokens_out: list[list[int]] = [[] for _ in range(R)]
     logprobs_out: list[list[float]] = [[] for _ in range(R)]
     reasons: list[str | None] = [None] * R
+    passes = [0] * R
     if R == 0:
         return []
     if max(budget) <= 0:
@@ -374,9 +377,9 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
             select_cache_rows(model, expand)
             logits, key_padding = logits[expand], key_padding[expand]
         if R == 1 and params.temperature <= 0 and params.lookup_draft > 0:
-            _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, budget[0], streams, tokens_out,
-                                logprobs_out, reasons, on_token)
-            return [[Completion(streams[0].text, tokens_out[0], logprobs_out[0], reasons[0] or "length")]]
+            passes[0] = _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, budget[0], streams,
+                                            tokens_out, logprobs_out, reasons, on_token)
+            return [[Completion(streams[0].text, tokens_out[0], logprobs_out[0], reasons[0] or "length", passes[0])]]
         next_pos = torch.tensor([lengths[r // n] for r in range(R)], device=device)
         alive = list(range(R))  # batch row -> global row
         generators = make_generators(seeds, device)
@@ -391,7 +394,7 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
                 if reason is None:
                     still.append(b)
                 else:
-                    reasons[r] = reason
+                    reasons[r], passes[r] = reason, step + 1
             if not still:
                 break
             if len(still) < len(alive):  # drop finished rows from the batch and the cache
@@ -406,18 +409,18 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
             next_pos = next_pos + 1
     finally:
         model.clear_cache()
-    return [[Completion(streams[r].text, tokens_out[r], logprobs_out[r], reasons[r] or "length")
+    return [[Completion(streams[r].text, tokens_out[r], logprobs_out[r], reasons[r] or "length", passes[r])
              for r in range(i * n, (i + 1) * n)] for i in range(B)]
 
 
 def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.Tensor, params: SamplingParams,
-                        budget: int, streams, tokens_out, logprobs_out, reasons, on_token) -> None:
-    """Greedy decoding of one row with prompt-lookup drafts. Each pass feeds the newest token plus a draft and keeps
-    the longest prefix of the draft that greedy decoding agrees with, so one pass yields 1 to 1 + lookup_draft
-    tokens. On a CPU a pass over a few tokens costs little more than over one: the weights are read once."""
+                        budget: int, streams, tokens_out, logprobs_out, reasons, on_token) -> int:
+    """Greedy decoding of one row with prompt-lookup drafts; returns the passes it took (the prefill included).
+    Each pass feeds the newest token plus a draft and keeps the longest prefix of the draft that greedy decoding
+    agrees with, so one pass yields 1 to 1 + lookup_draft tokens. On a CPU a pass over a few tokens costs little
+    more than over one: the weights are read once."""
     lookup = PromptLookup(prompt)
-    position, produced = len(prompt), 0  # position of the next token to feed; tokens emitted so far
-    logits = logits[0]
+    position, produced, passes = len(prompt), 0, 1  # position of the next token to feed; tokens emitted so far
 
     def emit(token: int, logprob: float) -> bool:
         nonlocal produced
@@ -427,20 +430,21 @@ def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.T
         reasons[0] = reason
         return reason is None
 
+    logits = logits[0]
     while True:
         mask_unused_vocab(logits, tokenizer.n_vocab)
         token = logits.argmax().view(1)
         if not emit(int(token), float(token_logprobs(logits.view(1, -1), token))):
-            return
+            return passes
         lookup.extend([int(token)])
         draft = lookup.draft(min(params.lookup_draft, budget - produced))
         fed, accepted = verify_draft(model, int(token), draft, position, tokenizer.n_vocab)
-        position += 1 + accepted
+        position, passes = position + 1 + accepted, passes + 1
         if accepted:
             lps = token_logprobs(fed[:accepted], torch.tensor(draft[:accepted], device=fed.device)).tolist()
             for t, lp in zip(draft[:accepted], lps):
                 if not emit(t, lp):
-                    return
+                    return passes
             lookup.extend(draft[:accepted])
         logits = fed[accepted]
 

@@ -505,8 +505,7 @@ def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params
         row_seeds = None if seeds is None else [list(seeds)]
         samples = fim_infill(model, tokenizer, [prefix], [suffix], params, row_seeds, n, fim_format, capabilities)[0]
         cut = samples  # decode_batch already cut each text at its first stop string
-        # a FIM middle takes one pass per token, end-of-text included
-        steps = [len(c.token_ids) + (c.finish_reason == "eot") for c in cut]
+        steps = [c.passes for c in cut]  # one per token (end-of-text included), fewer with prompt-lookup drafts
         return Infill(mode, cut, best_of(cut), steps, [False] * len(cut))
     seeds = list(seeds) if seeds is not None else [None if params.seed is None else params.seed + j for j in range(n)]
     results = [mim_infill(model, tokenizer, prefix, suffix, params, seeds[j], capabilities) for j in range(n)]

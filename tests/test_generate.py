@@ -300,6 +300,8 @@ def test_lookup_decoding_gives_one_token_decodings_output(model, chaotic_model, 
     assert looked.finish_reason == plain.finish_reason
     assert looked.logprobs == pytest.approx(plain.logprobs, abs=1e-4)
     assert looked_events == plain_events
+    assert (plain.passes, looked.passes) == (plain_passes, looked_passes)  # what a completion reports is true
+    assert plain.passes == len(plain.token_ids) + (plain.finish_reason == "eot")  # one pass per token
     if which == "repetitive" and len(plain.token_ids) > 4:
         assert looked_passes < plain_passes
     if which == "chaotic" and params["max_new_tokens"] == 40 and not params.get("stop"):
