@@ -42,6 +42,7 @@ def run_many(programs: list[str], *, workers: int | None = None, on_result=None,
     if backend == "local":
         from . import local
         local.get_server(limits.get("python"), limits.get("allow_unisolated"))  # fail fast, and start it once
+        return local.run_many(programs, workers, on_result, **limits)  # one thread, not one per run
     results: list[Result | None] = [None] * len(programs)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         futures = {pool.submit(run, p, backend=backend, **limits): i for i, p in enumerate(programs)}

@@ -22,11 +22,9 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 
 # -I (isolated mode) leaves the script's directory off sys.path; the helper modules beside this file are needed.
@@ -125,12 +123,14 @@ class Server:
         self.poller.register(self.sock, select.POLLIN)
         try:
             while True:
-                for fd, _ in self.poller.poll():
+                # Slots' words first: a run that came in the same batch as an "idle" then goes to that slot, not to a
+                # new one (a slot says "idle" before it answers, so its caller's next run finds it idle).
+                for fd, _ in sorted(self.poller.poll(), key=lambda event: event[0] == self.sock.fileno()):
                     if fd == self.sock.fileno():
                         msg, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
                         if not msg:
                             return  # the caller is gone
-                        self.submit(socket.socket(fileno=fds[0]))
+                        self.submit(_caller_socket(fds[0]))
                     elif fd in self.slots:
                         self.on_slot_message(self.slots[fd])
         finally:
@@ -165,10 +165,9 @@ class Server:
             return  # a stale event (a retired slot's fd number, reused)
         except OSError:
             msg = b""
-        if msg == b"I" and slot.runs + 1 < RUNS_PER_SLOT:
-            slot.runs += 1
+        if msg == b"I":
             self.idle.append(slot)
-        else:  # it exited, said it is unhealthy ("X"), or has done its share
+        else:  # it exited, or said it is unhealthy or has done its share ("X")
             self.retire(slot)
         if self.waiting:
             self.submit(self.waiting.popleft())
@@ -193,7 +192,6 @@ class Slot:
     """The server's handle on one slot process: its control socket, pid and cgroup."""
 
     def __init__(self, server: Server, index: int):
-        self.runs = 0
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.cgroup = server.cgroups.new_slot(f"slot-{index}") if server.cgroups else None
         try:
@@ -241,7 +239,11 @@ class SlotProcess:
         self.pid1 = self.isolate and os.getpid() == 1
         if not self.pid1:
             sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # orphans of a run come back to us to be reaped
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)  # inherited by every program: setuid binaries cannot give privileges back
         os.chdir("/")
+        # What every program would otherwise build or undo for itself, done once here (see program.py).
+        self.streams = program.make_streams()
+        program.forget_server_modules()
         gc.freeze()
 
     def serve(self) -> None:
@@ -250,7 +252,7 @@ class SlotProcess:
             msg, fds, _, _ = socket.recv_fds(self.ctl, 16, 1)
             if not msg:
                 return  # the server is gone
-            conn = socket.socket(fileno=fds[0])
+            conn = _caller_socket(fds[0])
             conn.settimeout(60)  # the caller sends its request at once; this only guards against a broken one
             try:
                 request = json.loads(_read_all(conn))
@@ -261,9 +263,13 @@ class SlotProcess:
             except Exception as e:
                 self.healthy = False
                 result = infra_error(f"sandbox: {type(e).__name__}: {e}")
-            _send(conn, result)
             self.runs += 1
-            self.ctl.send(b"I" if self.healthy and not self.setup_error else b"X")
+            more = self.healthy and not self.setup_error and self.runs < RUNS_PER_SLOT
+            if more:  # "idle" before the answer: the server can hand us the next run while this one is sent
+                self.ctl.send(b"I")
+            _send(conn, result)
+            if not more:  # after it: the server kills this slot when it reads this
+                self.ctl.send(b"X")
 
     def next_uid(self) -> int | None:
         """Host uids are free for the taking: one per run, and no two slots' runs share one."""
@@ -286,7 +292,7 @@ class SlotRun:
     def __init__(self, slot: SlotProcess, req: dict):
         self.slot, self.req = slot, req
         self.limits = Limits(req)
-        self.out, self.err, self.setup_err = bytearray(), bytearray(), bytearray()
+        self.out, self.err, self.setup_err = bytearray(), bytearray(), b""
         self.reason = None  # "timeout" or "output_limit" when we stopped the run
         self.wait_status = None
         self.cpu = 0.0
@@ -303,7 +309,7 @@ class SlotRun:
             workdir = isolation.WORKDIR
             slot.scratch.prepare(limits.memory_mb)
         else:
-            workdir = tempfile.mkdtemp(prefix="codelm-sandbox-")
+            workdir = _unisolated_workdir()
             if run_uid is not None:
                 os.chown(workdir, run_uid, run_uid)
         try:
@@ -312,7 +318,7 @@ class SlotRun:
             if slot.isolate:
                 slot.scratch.clean()
             else:
-                shutil.rmtree(workdir, ignore_errors=True)
+                _remove_unisolated_workdir(workdir)
         oom = slot.cgroup.oom_kills() - oom_before if slot.cgroup else 0
         if self.setup_err:
             return infra_error(f"sandbox setup failed: {self.setup_err.decode(errors='replace').strip()}")
@@ -322,7 +328,9 @@ class SlotRun:
         slot, limits = self.slot, self.limits
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        setup_r, setup_w = os.pipe()
+        # Read once the program has ended, not watched: the program closes its end before running the source, which
+        # would wake the slot once more per run for nothing. Non-blocking, so that reading it can never hang.
+        setup_r, setup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         stdin_fd = _stdin_fd(self.req.get("stdin"))
         self.start = time.monotonic()
         pid = os.fork()
@@ -338,7 +346,8 @@ class SlotRun:
                 os._exit(127)
         for fd in (out_w, err_w, setup_w, stdin_fd):
             os.close(fd)
-        self.pipes = {out_r: self.out, err_r: self.err, setup_r: self.setup_err}
+        self.pipes = {out_r: self.out, err_r: self.err}
+        self.setup_r = setup_r
         return pid
 
     def _supervise(self, pid: int) -> None:
@@ -372,6 +381,8 @@ class SlotRun:
             os.close(pidfd)
             for fd in self.pipes:
                 os.close(fd)
+            self.setup_err = _read_available(self.setup_r)
+            os.close(self.setup_r)
 
     def _reap(self) -> bool:
         """Collect every exited child (the program, and the orphans we inherit); True while some remain."""
@@ -431,7 +442,7 @@ def program_process(source, files, limits, slot, run_uid, workdir, stdin_fd, out
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; dies with its slot
     _write_files(files, workdir)
     _set_rlimits(limits, slot.cgroup is None)
-    program.run_program(source, stdin_fd, out_w, err_w, workdir)
+    program.run_program(source, slot.streams, stdin_fd, out_w, err_w, workdir)
 
 
 def _write_files(files: dict, workdir: str) -> None:
@@ -512,6 +523,18 @@ def _close_fds_except(keep: list[int]) -> None:
     os.closerange(low, 1 << 16)
 
 
+# tempfile and shutil are imported only where unisolated: shutil loads zlib, bz2 and lzma, whose 30 mappings every
+# fork of an isolated slot would copy for nothing (~3% of a bare fork, measured).
+def _unisolated_workdir() -> str:
+    import tempfile
+    return tempfile.mkdtemp(prefix="codelm-sandbox-")
+
+
+def _remove_unisolated_workdir(workdir: str) -> None:
+    import shutil
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _stdin_fd(text: str | None) -> int:
     if text is None:
         return os.open(os.devnull, os.O_RDONLY)
@@ -519,6 +542,11 @@ def _stdin_fd(text: str | None) -> int:
     os.write(fd, text.encode())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def _caller_socket(fd: int) -> socket.socket:
+    # The caller's end of a socketpair(); saying so spares the three system calls that would find it out.
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
 
 
 def _send(conn: socket.socket, result: dict) -> None:
@@ -529,6 +557,16 @@ def _send(conn: socket.socket, result: dict) -> None:
     conn.close()
 
 
+def _read_available(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass  # a writer is still alive: what it wrote so far is all there will be
+    return b"".join(chunks)
+
+
 def _read_all(conn: socket.socket) -> bytes:
     chunks = []
     while chunk := conn.recv(1 << 20):
@@ -536,7 +574,18 @@ def _read_all(conn: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def _open_standard_fds() -> None:
+    """/dev/null on fds 0-2 where the caller left them closed: slots build programs' streams over them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
+
+
 def main() -> None:
+    _open_standard_fds()
+    program.reset_signals()
     sock = socket.socket(fileno=int(sys.argv[1]))
     server = Server(sock, json.loads(sys.argv[2]))
     hello = server.setup()

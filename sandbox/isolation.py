@@ -12,7 +12,6 @@ Layering (why each step happens where it does):
 Stdlib only (imported by the fork server as a plain script).
 """
 import os
-import shutil
 
 import syscalls as sc
 
@@ -86,23 +85,27 @@ class ScratchDirs:
 
 
 def _empty_dir(path: str) -> None:
+    """Remove what is in path. Not shutil.rmtree: importing shutil loads zlib, bz2 and lzma into the slot, and every
+    fork then copies their mappings. Nothing of the run is alive, so nothing can race this walk."""
     with os.scandir(path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
+                _empty_dir(entry.path)
+                os.rmdir(entry.path)
             else:
                 os.unlink(entry.path)
 
 
 def drop_privileges(run_uid: int | None, user_namespace: bool) -> None:
-    """Become run_uid (when root) with no capabilities, then enter a user namespace mapping only that uid."""
+    """Become run_uid (when root) with no capabilities, then enter a user namespace mapping only that uid.
+
+    The caller has set PR_SET_NO_NEW_PRIVS already (the slot does, once, for all its programs)."""
     if run_uid is not None:
         os.setgroups([])
         os.setresgid(run_uid, run_uid, run_uid)
         os.setresuid(run_uid, run_uid, run_uid)  # leaving uid 0 clears every capability
     # A uid change, or a non-dumpable slot, leaves /proc/self owned by root: we could not write our id maps.
     sc.prctl(sc.PR_SET_DUMPABLE, 1)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot give privileges back
     if user_namespace:
         uid, gid = os.geteuid(), os.getegid()
         sc.unshare(sc.CLONE_NEWUSER)
