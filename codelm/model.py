@@ -266,10 +266,12 @@ class PackedWeights:
 class Linear(nn.Linear):
     """nn.Linear whose fp32 inference on CPU runs on a packed copy of the weight (see above)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packed = PackedWeights()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_packed_weights(x, self):
-            if not hasattr(self, "packed"):
-                self.packed = PackedWeights()
             return self.packed.matmul(x, self)
         return F.linear(x, self.weight, self.bias)
 
