@@ -223,7 +223,8 @@ ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_li
 def use_packed_weights(x: torch.Tensor, linear: nn.Linear) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and (ONEDNN or x.numel() <= FEW_ROWS * x.shape[-1])
-            and type(linear.weight.data) is torch.Tensor)  # not a sharded (DTensor) weight
+            # not in a DDP/FSDP run: FSDP gathers weights into reused buffers, where a packed copy could go stale
+            and not (torch.distributed.is_available() and torch.distributed.is_initialized()))
 
 
 class PackedWeights:
