@@ -99,8 +99,10 @@ def cmd_train(args) -> int:
     trainer = Trainer(cfg, callbacks=_eval_callbacks(args), explicit=explicit)
     try:
         summary = trainer.fit()
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(synchronize=True)
     if trainer.dist.is_main:  # under torchrun, one summary, not one per process
         print(json.dumps(summary, indent=2))
     return 0
