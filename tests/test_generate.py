@@ -310,12 +310,16 @@ def test_lookup_decoding_gives_one_token_decodings_output(model, chaotic_model, 
 
 def test_lookup_decoding_stops_at_the_context_end_and_when_the_callback_says_so(model, tokenizer):
     limit = model.config.context_length
-    prompt = "a = b\n" * 40  # longer than the context: cut from the left, leaving a few tokens of room
+    prompt = "a = b\n" * 40  # longer than the context: cut from the left, leaving one token of room
+    outputs = []
     for draft in (0, 4):
         [[c]] = generate_batch(model, tokenizer, [prompt], SamplingParams(max_new_tokens=50, lookup_draft=draft))
         assert c.finish_reason in ("length", "eot") and len(c.token_ids) <= limit
+        assert len(c.token_ids) == (c.finish_reason == "length")  # exactly the room left, or end-of-text at once
+        outputs.append(c.token_ids)
         seen = []
         [[d]] = generate_batch(model, tokenizer, ["x = 1\nx = 1\nx = 1\nx ="],
                                SamplingParams(max_new_tokens=30, lookup_draft=draft),
                                on_token=lambda e: seen.append(e) or len(seen) < 5)
         assert len(d.token_ids) == 5 and d.finish_reason == "stop"
+    assert outputs[0] == outputs[1]
