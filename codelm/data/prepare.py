@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from codelm.config import option
+from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
 from codelm.data.dedup import ExactDedup, NearDedup
 from codelm.data.filters import QualityConfig, QualityFilter
 from codelm.data.progress import Progress
@@ -79,6 +80,8 @@ class DataConfig:
     data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR, then ../shared/data)")
     num_threads: int = option(2, "tokenizer threads")
     num_workers: int = option(2, "processes for per-document stages (1 = no pool)")
+    doc_seconds: float = option(30.0, "per-document time budget of each stage: a document still running after it "
+                                      "is rejected and named, instead of stalling the run (0 = none)")
     progress_seconds: float = option(5.0, "seconds between progress lines on long stages (0 = quiet)")
 
 
@@ -132,22 +135,41 @@ def _doc_bytes(doc: Document) -> int:
 _WORKER_STAGES: list = []  # inherited by forked workers, so the (large) stage objects are never pickled
 
 
-def _analyze_in_worker(job: tuple[int, Document]):
-    stage_index, doc = job
-    return _WORKER_STAGES[stage_index].analyze(doc)
+class _TimedOut:
+    """What `analyze` returns for a document that ran past the per-document time budget (survives pickling)."""
+
+
+def _analyze_in_worker(job: tuple[int, Document, float]):
+    stage_index, doc, budget = job
+    return _analyze(_WORKER_STAGES[stage_index], doc, budget)
+
+
+def _analyze(stage, doc: Document, budget: float):
+    try:
+        with time_budget(budget):
+            return stage.analyze(doc)
+    except DocumentTimeout:
+        log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, budget)
+        return _TimedOut()
+
+
+def _decide(stage, doc: Document, result) -> str | None:
+    if isinstance(result, _TimedOut):
+        return f"{TIMED_OUT_REASON} ({stage.name})"
+    return stage.decide(doc, result)
 
 
 def run_stage(stage, docs: Iterable[Document], stats: StageStats, pool=None, stage_index: int = -1,
-              progress_seconds: float = 0.0) -> Iterator[Document]:
+              progress_seconds: float = 0.0, doc_seconds: float = 0.0) -> Iterator[Document]:
     """Yield the documents `stage` keeps, counting the rest by reason (with up to 5 example ids each)."""
     docs = list(docs)
     progress = Progress(stage.name, len(docs), sum(map(_doc_bytes, docs)), progress_seconds)
     t0 = time.perf_counter()
     if hasattr(stage, "analyze") and getattr(stage, "parallel", True) and pool is not None and stage_index >= 0:
-        results = pool.imap(_analyze_in_worker, ((stage_index, d) for d in docs), chunksize=4)
-        decisions = (stage.decide(d, r) for d, r in zip(docs, results))
+        results = pool.imap(_analyze_in_worker, ((stage_index, d, doc_seconds) for d in docs), chunksize=4)
+        decisions = (_decide(stage, d, r) for d, r in zip(docs, results))
     elif hasattr(stage, "analyze"):
-        decisions = (stage.decide(d, stage.analyze(d)) for d in docs)
+        decisions = (_decide(stage, d, _analyze(stage, d, doc_seconds)) for d in docs)
     else:
         decisions = (stage.keep(d) for d in docs)
     kept = []
@@ -233,7 +255,7 @@ def filter_documents(cfg: DataConfig) -> FilteredCorpus:
     try:
         kept: Iterable[Document] = docs
         for i, (stage, st) in enumerate(zip(stages, stats)):
-            kept = run_stage(stage, kept, st, pool, i, cfg.progress_seconds)
+            kept = run_stage(stage, kept, st, pool, i, cfg.progress_seconds, cfg.doc_seconds)
         kept = list(kept)
     finally:
         if pool is not None:
