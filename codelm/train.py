@@ -362,6 +362,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
         self.step = 0
         self.tokens_seen = 0
+        self.model_tokens = 0  # tokens the model read (a MIM window twice), for MFU; not part of the saved state
         self.train_seconds = 0.0
         self.train_split = self.shards.split("train")
         self.val_split = self.shards.split("val")
@@ -579,6 +580,7 @@ class Trainer:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
             self.tokens_seen += windows.size * d.world
+            self.model_tokens += batch.x.numel() * d.world  # what the model read: a MIM window counts twice
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if cfg.grad_clip > 0:
@@ -647,23 +649,25 @@ class Trainer:
                  self.device, self.dist.world, self.dist.mode, _precision_name(self.autocast_dtype),
                  self.peak_flops / 1e9)
         last_val: dict = {}
-        window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+        window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
         while self.step < last_step:
             t0 = time.perf_counter()
-            tokens_before = self.tokens_seen
+            tokens_before, read_before = self.tokens_seen, self.model_tokens
             metrics = self.train_step()
             self.train_seconds += time.perf_counter() - t0
             window_tokens += self.tokens_seen - tokens_before
+            window_read += self.model_tokens - read_before
             window_steps += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log_progress(metrics, window_tokens, time.perf_counter() - window_t0, window_steps)
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+                self._log_progress(metrics, window_tokens, time.perf_counter() - window_t0, window_steps,
+                                   window_read / max(window_tokens, 1))
+                window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 last_val = self._evaluate()
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0  # keep eval out of tokens/s
+                window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0  # eval: not in tok/s
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+                window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
         last_val = self._evaluate()
         path = self.save()
         summary = {"step": self.step, "tokens": self.tokens_seen, "checkpoint": str(path), **last_val}
@@ -675,11 +679,12 @@ class Trainer:
             self._tb.close()
         return summary
 
-    def _log_progress(self, metrics: dict, tokens: int, elapsed: float, steps: int) -> None:
+    def _log_progress(self, metrics: dict, tokens: int, elapsed: float, steps: int, read: float = 1.0) -> None:
+        """`read`: tokens the model processed per window token in this stretch (2 for MIM's two directions)."""
         metrics = distributed.all_reduce_mean(metrics, self.dist.world)  # every rank saw its own slice
         metrics["context"] = int(metrics["context"])
         tok_s = tokens / max(elapsed, 1e-9)
-        mfu = self.mfu(tok_s, self.step - 1)
+        mfu = self.mfu(tok_s * read, self.step - 1)
         eta = (self.cfg.steps - self.step) * elapsed / max(1, steps)
         self.log_metrics({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1),
                           "mfu": round(mfu, 4), **metrics})
