@@ -598,16 +598,21 @@ class Trainer:
         return totals
 
     # --- validation ------------------------------------------------------------------------------------------------
+    def val_context(self) -> int:
+        """The validation window: the context, or what a small validation split holds (a run that trained for hours
+        must not stop at its final validation because the split is short; fit() warns at the start instead)."""
+        return min(self.context, len(self.val_split.tokens) - 1)
+
     @torch.no_grad()
     def validate(self) -> dict:
         """Every objective's loss on the same fixed validation windows, in nats/token and bits/byte. Every rank
         computes the same numbers (FSDP's forward is collective; the windows are few)."""
         self.model.eval()
-        T = self.context
         tokens = self.val_split.tokens
+        T = self.val_context()
+        if T < 2:
+            return {}
         n_windows = max(1, min(self.cfg.eval_tokens // T, (len(tokens) - 1) // T))
-        if len(tokens) <= T:
-            raise ConfigError(f"the validation split has {len(tokens)} tokens, fewer than one window of {T}")
         starts = np.linspace(0, len(tokens) - T - 1, n_windows).astype(np.int64)
         sums: dict[str, list[float]] = {}
         rng = np.random.default_rng([self.cfg.seed, 424242])  # fixed FIM splits etc. at every validation
@@ -642,6 +647,11 @@ class Trainer:
                          "tokenizer": self.tokenizer.describe(), "data_manifest_hash": self.shards.manifest_hash,
                          "world": self.dist.world, "parallel": self.dist.mode}, self.run_dir / "config.json")
         self._open_tensorboard()
+        if self.val_context() < self.context:
+            n = len(self.val_split.tokens)
+            log.warning("the validation split has %d tokens, fewer than one window of %d: %s", n, self.context,
+                        f"validating on windows of {self.val_context()}" if self.val_context() >= 2
+                        else "no validation losses")
         self.peak_flops = cfg.peak_flops or measure_peak_flops(self.device, self.autocast_dtype)
         log.info("model: %.2fM parameters, %.1f MFLOPs/token (train), context %d, objective %s, device %s x %d (%s), "
                  "%s, peak %.0f GFLOP/s per process", count_parameters(self.model) / 1e6,
@@ -668,8 +678,8 @@ class Trainer:
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
                 window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
+        path = self.save()  # first: nothing that runs after the last step (evaluation, callbacks) can lose the run
         last_val = self._evaluate()
-        path = self.save()
         summary = {"step": self.step, "tokens": self.tokens_seen, "checkpoint": str(path), **last_val}
         if self.dist.is_main:
             self._write_plots()
