@@ -562,8 +562,15 @@ class _load_decontaminator:
             return pickle.load(f)
 
 
-def _stage_factory(stage):
-    return lambda: stage
+class _FilterStage:
+    """Makes a fresh per-document stage for each task (a stage keeps per-task state, e.g. the edu scores)."""
+
+    def __init__(self, cfg, index: int):
+        self.cfg, self.index = cfg, index
+
+    def __call__(self):
+        from codelm.data.prepare import filter_stages
+        return filter_stages(self.cfg)[self.index]
 
 
 def run(cfg) -> dict:
@@ -575,7 +582,7 @@ def run(cfg) -> dict:
     t_start = time.perf_counter()
     work = work_dir(cfg)
     config = {k: v for k, v in vars(cfg).items() if k not in RUNTIME_ONLY}
-    check_work_dir(cfg, work, {"config": config, "tasks": cfg.tasks})
+    check_work_dir(cfg, work, {**config, "tasks": cfg.tasks})
     stages = filter_stages(cfg)
     if cfg.decontaminate:
         pkl = work / "decontaminate.pkl"
@@ -586,7 +593,7 @@ def run(cfg) -> dict:
             with open(tmp, "wb") as f:
                 pickle.dump(decontam, f)
             tmp.replace(pkl)
-    runs = build_executors(cfg, work, [(_stage_factory(s), s.name) for s in stages], cfg.decontaminate)
+    runs = build_executors(cfg, work, [(_FilterStage(cfg, i), s.name) for i, s in enumerate(stages)], cfg.decontaminate)
     timings = {}
     for name, steps, tasks in runs:
         t0 = time.perf_counter()
