@@ -155,3 +155,57 @@ def test_one_parquet_file_is_split_across_tasks_by_row_group(tmp_path):
     for world in (2, 5):
         assert _all_tasks(config, world) == whole
     assert [sum(1 for _ in task_documents(config, r, 2, [])) for r in range(2)] == [25, 20]
+
+
+def test_slurm_dry_run_writes_chained_stage_scripts_that_run_as_array_tasks(runs, corpus, tmp_path, monkeypatch):
+    """The scripts name the stages in order, each depending on the one before; running each array task the way
+    Slurm would (the pickled pipeline, SLURM_ARRAY_TASK_ID) and then the assemble job's local rerun gives the same
+    manifest as a local run."""
+    import re
+
+    import dill
+    _, one, _ = runs
+    out = tmp_path / "slurm"
+    result = prepare(cfg(corpus, out, tasks=3, executor="slurm", dry_run=True, slurm_partition="cpu",
+                         slurm_qos="low", slurm_time="1:00:00", slurm_sbatch_args="--account=lab --mem=4G"))
+    assert result["submitted"] is False and not out.exists()
+    submit = Path(result["slurm"]).read_text()
+    jobs = re.findall(r"job_(\w+)=\$\(sbatch --parsable(?: --export=ALL,RUN_OFFSET=0)?"
+                      r"(?: --dependency=afterok:\$job_(\w+))? (\S+)\)", submit)
+    assert [(name, dep) for name, dep, _ in jobs] == [("filter", ""), ("buckets", "filter"), ("cluster", "buckets"),
+                                                       ("shards", "cluster"), ("assemble", "shards")]
+    arrays = {}
+    for name, _, script in jobs[:-1]:
+        text = Path(script).read_text()
+        assert "#SBATCH --partition=cpu" in text and "#SBATCH --qos=low" in text and "#SBATCH --account=lab" in text
+        assert "#SBATCH --mem=4G" in text and "mem-per-cpu" not in text and "#SBATCH --time=1:00:00" in text
+        arrays[name] = int(re.search(r"#SBATCH --array=0-(\d+)", text).group(1)) + 1
+        assert f"launch_pickled_pipeline {out}.work/logs/{name}/executor.pik" in text
+    assert arrays == {"filter": 3, "buckets": 14, "cluster": 1, "shards": 3}
+    assemble = Path(jobs[-1][2]).read_text()
+    assert "--executor local" in assemble and f"--out {out}" in assemble
+    monkeypatch.setenv("SLURM_NODELIST", "node1")  # what Slurm sets in a job, and its `scontrol show hostnames`
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text("#!/bin/sh\necho node1\n")
+    (fake_bin / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    for name, _, _ in jobs[:-1]:  # what each array task does, in this process
+        with open(f"{out}.work/logs/{name}/executor.pik", "rb") as f:
+            executor = dill.load(f)
+        for rank in range(arrays[name]):
+            executor._run_for_rank(rank)
+    index = prepare(cfg(corpus, out, tasks=3))  # the assemble job: every task done, only assembly is left
+    assert index["manifest_hash"] == one["manifest_hash"]
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_local_ray_gives_the_same_result(runs, corpus, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'codelm[ray]')")
+    base, one, _ = runs
+    try:
+        index = prepare(cfg(corpus, tmp_path / "ray", tasks=2, workers=2, executor="ray"))
+    finally:
+        ray.shutdown()
+    assert index["manifest_hash"] == one["manifest_hash"]
+    assert kept_documents(tmp_path / "ray") == kept_documents(base / "one")
