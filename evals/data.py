@@ -12,7 +12,6 @@ module names. When all fail, the error lists every place that was tried.
 import gzip
 import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -61,6 +60,7 @@ def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, d
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".part")
+        import urllib.request  # only when a benchmark file must be downloaded (slow to import)
         urllib.request.urlretrieve(url, tmp)
         tmp.rename(cached)  # a download cut off midway never looks like a complete file
         return cached
