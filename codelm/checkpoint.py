@@ -146,9 +146,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"no such checkpoint or run directory: {path}")
     if is_checkpoint_dir(path):
         return path
-    from codelm.hf import is_hf_model_dir
-    if is_hf_model_dir(path):  # a Hugging Face model directory (load_checkpoint imports it)
-        return path
     if (path / CONFIG).is_file() and not (path / WEIGHTS).exists() and (path / "checkpoints").is_dir() is False:
         raise CheckpointError(f"{path / WEIGHTS}: missing (the checkpoint is incomplete)")
     ckpts = list_checkpoints(path)
@@ -197,7 +194,7 @@ def build_tokenizer(desc: dict, path: Path | None = None):
     from codelm.tokenizer import get_tokenizer
 
     if desc.get("kind") == "hf":  # an imported model's own tokenizer, stored as tokenizer.json beside the weights
-        from codelm.hf import HFTokenizer
+        from codelm.hf_tokenizer import HFTokenizer
         return HFTokenizer.from_checkpoint(path, desc)
     tok = get_tokenizer(desc["name"])
     tok.check_same(desc, "this checkpoint")
@@ -221,14 +218,10 @@ def load_matching_state(model: torch.nn.Module, state: dict, where: str, config_
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None) -> Checkpoint:
-    """Load a checkpoint (or a run's latest) into an eval-mode model on `device`, with clear errors."""
+def load_native_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None) -> Checkpoint:
+    """Load a codelm checkpoint (or a run's latest) into an eval-mode model on `device`, with clear errors.
+    Commands call codelm.loader.load_checkpoint, which also takes a Hugging Face directory."""
     path = resolve_checkpoint(path)
-    from codelm.hf import import_hf, is_hf_model_dir
-    if is_hf_model_dir(path):  # a Hugging Face Llama directory works wherever a checkpoint does
-        ckpt = import_hf(path)
-        ckpt.model.to(device=device, dtype=dtype)
-        return ckpt
     config = read_checkpoint_config(path)
     try:
         model_cfg = ModelConfig.from_dict(config["model"])

@@ -205,7 +205,7 @@ def cmd_sample(args) -> int:
     if prompt is None:
         raise UserError("give --prompt TEXT or --prompt-file FILE")
     params, seeds = _sampling_params(cfg), _seeds(cfg)
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.generate import generate_batch
 
     ckpt = load_checkpoint(_checkpoint(cfg))
@@ -236,7 +236,7 @@ def cmd_infill(args) -> int:
     prefix = _read_text(cfg.prefix_file, "--prefix-file") if cfg.prefix_file else cfg.prefix
     suffix = _read_text(cfg.suffix_file, "--suffix-file") if cfg.suffix_file else cfg.suffix
     params, seeds = _sampling_params(cfg), _seeds(cfg)
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.infill import infill, require_mode
 
     ckpt = load_checkpoint(_checkpoint(cfg))

@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from web.app import create_app
 
     ckpt = load_checkpoint(config.checkpoint, device=config.device)
