@@ -18,15 +18,13 @@ import dataclasses
 import difflib
 import json
 import os
-import shutil
 import sys
-import tempfile
-import time
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from codelm.atomic import atomic_write_text
 from codelm.errors import ConfigError
 
 UNSET = _UNSET = object()  # marks a flag the user did not give
@@ -278,42 +276,6 @@ def _is_field_key(cls, key: str) -> bool:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same directory + fsync + rename: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; a written file should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_file_mode() -> int:
-    """What open() would give a new file under the current umask (temp files and some writers use 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def replace_directory(tmp: Path, dest: Path) -> None:
-    """Swap a fully written (and fsync'd) temp directory in for `dest`. Readers see the old or the new directory:
-    an existing `dest` is first renamed aside, then removed once the new one is in place."""
-    if dest.exists():
-        old = dest.parent / f".old-{dest.name}-{os.getpid()}-{time.monotonic_ns()}"
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 def save_config(obj_or_dict, path: str | os.PathLike) -> None:

@@ -26,12 +26,11 @@ import json
 import math
 import os
 import re
-import shutil
-import time
 from pathlib import Path
 
 import torch
 
+from codelm.atomic import atomic_directory
 from codelm.checkpoint import (Checkpoint, default_capabilities, load_matching_state, load_native_checkpoint,
                                save_checkpoint)
 from codelm.errors import CheckpointError, ConfigError
@@ -169,21 +168,13 @@ def export_hf(checkpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None 
     state, tied = llama_state_dict(ckpt.model)
     state = {k: v.to(dtype) for k, v in state.items()}
 
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         tok = ckpt.tokenizer
         _write_json(tmp / HF_CONFIG, llama_config(cfg, tok, tied, dtype))
         _write_json(tmp / HF_GENERATION_CONFIG, {"bos_token_id": tok.l2r_id, "eos_token_id": tok.eot_id,
                                                  "pad_token_id": getattr(tok, "pad_id", None)})
         write_hf_tokenizer(tok, tmp, cfg.context_length)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -59,10 +59,11 @@ def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, d
         return cached
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".part")
         import urllib.request  # only when a benchmark file must be downloaded (slow to import)
-        urllib.request.urlretrieve(url, tmp)
-        tmp.rename(cached)  # a download cut off midway never looks like a complete file
+
+        from codelm.atomic import atomic_path
+        with atomic_path(cached) as tmp:  # a download cut off midway never looks like a complete file
+            urllib.request.urlretrieve(url, tmp)
         return cached
     except Exception as e:  # offline, or the upstream moved: say everything that was tried
         tried += [f"{cached} (cache)", f"{url} ({type(e).__name__}: {e})"]

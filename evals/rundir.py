@@ -15,17 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+from codelm.atomic import atomic_write_text
 from evals.data import EvalInputError
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_run_jsonl(path: Path) -> list[dict]:
