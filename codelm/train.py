@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from codelm import distributed
-from codelm.checkpoint import (default_capabilities, list_checkpoints, load_checkpoint, load_train_state,
-                               prune_checkpoints, save_checkpoint)
-from codelm.config import atomic_write_text, option, save_config
+from codelm.checkpoint import (default_capabilities, list_checkpoints, load_train_state, prune_checkpoints,
+                               save_checkpoint)
+from codelm.loader import load_checkpoint
+from codelm.atomic import atomic_write_text
+from codelm.config import option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
 from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from codelm.checkpoint import load_checkpoint, list_checkpoints
+from codelm.checkpoint import list_checkpoints
+from codelm.loader import load_checkpoint
 from codelm.generate import SamplingParams, generate
 from codelm.train import Trainer, TrainConfig, lr_at, sample_windows
 from support import micro_train_config
