@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codelm.config import replace_directory
+from codelm.atomic import replace_directory
 from codelm.errors import DataError
 
 FORMAT = "codelm-shards/1"
