@@ -363,19 +363,32 @@ def _code_tokens(text: str) -> list[str]:
 
 def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
     """Hashed n-grams of code-aware tokens (words and numbers whole, each punctuation mark its own token, case
-    kept); a document shorter than n tokens is one shingle. Shape (k, 1), as datatrove's signature stage wants."""
+    kept); a document shorter than n tokens is one shingle. Shape (k, 1), as datatrove's signature stage wants.
+    Each distinct token is hashed once (`hash_func`, xxhash), n-grams combine them by a polynomial mod 2^32."""
     tokens = _code_tokens(text)
     if not tokens:
         return np.zeros((0, 1), dtype=np.uint64)
-    grams = [" ".join(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))]
-    return np.fromiter((hash_func(g.encode("utf-8", "surrogatepass")) for g in set(grams)),
-                       dtype=np.uint64).reshape((-1, 1))
+    cache = _TOKEN_HASHES
+    if len(cache) > 1_000_000:
+        cache.clear()
+    h = np.fromiter((cache[t] if t in cache else cache.setdefault(t, hash_func(t.encode("utf-8", "surrogatepass")))
+                     for t in tokens), dtype=np.uint64, count=len(tokens))
+    if len(h) < n:
+        h = np.pad(h, (0, n - len(h)))
+    window = np.lib.stride_tricks.sliding_window_view(h, n)
+    mult = np.array([1000003 ** i % (1 << 32) for i in range(n)], dtype=np.uint64)
+    combined = (window * mult).sum(axis=1) & np.uint64(0xFFFFFFFF)  # uint64 wraps: a polynomial hash
+    return np.unique(combined).reshape((-1, 1))
+
+
+_TOKEN_HASHES: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the cluster step: exact and near duplicates across tasks
 # --------------------------------------------------------------------------------------------------------------
 def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool) -> None:
+    t0 = time.perf_counter()
     folder = work / "candidates"
     _ID_CACHE.clear()
     keys = [np.load(folder / f"{r:05d}.keys.npy", mmap_mode="r") for r in range(n_tasks)]
@@ -442,6 +455,7 @@ def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, nea
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(sorted(drop[r]), dtype=np.int64))
         tmp.replace(out / f"{r:05d}.drop.npy")
+    exact_stats.seconds = near_stats.seconds = (time.perf_counter() - t0) / (int(exact) + int(near) or 1)
     stages = ([exact_stats.to_json()] if exact else []) + ([near_stats.to_json()] if near else [])
     _atomic_json(work / "stats" / "cluster.json", {"stages": stages})
 
