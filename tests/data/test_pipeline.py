@@ -116,7 +116,8 @@ def test_a_work_dir_of_other_options_is_refused(corpus, tmp_path):
     with pytest.raises(DataError, match="other options.*(min_bytes|tasks)"):
         prepare(cfg(corpus, tmp_path / "a", tasks=2, min_bytes=100, decontaminate=False))
     r = subprocess.run([sys.executable, "-m", "codelm.cli", "data", "prepare", "--source", str(corpus), "--out",
-                        str(tmp_path / "a"), "--tasks", "3", "--decontaminate", "false"], capture_output=True, text=True)
+                        str(tmp_path / "a"), "--tasks", "3", "--decontaminate", "false"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("codelm: error:") and "a.work" in r.stderr
     assert "Traceback" not in r.stderr
 
