@@ -75,7 +75,9 @@ def exception_message(exception_line: str, stderr: str = "") -> str:
     if not sep:
         return "" if re.fullmatch(r"[\w.]+", exception_line) else exception_line
     if head in ("SyntaxError", "IndentationError", "TabError"):
-        line_numbers = re.findall(r'^\s*File "[^"]*", line (\d+)', stderr, flags=re.MULTILINE)
+        # [ \t] and [^"\n], not \s and [^"]: a match never crosses a line, so findall stays linear in stderr
+        # (with \s*, each of n blank lines scanned all the rest: n^2)
+        line_numbers = re.findall(r'^[ \t]*File "[^"\n]*", line (\d+)', stderr, flags=re.MULTILINE)
         if line_numbers:
             return f"{message} (<string>, line {line_numbers[-1]})"
     return message if re.fullmatch(r"[\w.]+", head) else exception_line
