@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 import typing
 from dataclasses import asdict, dataclass
@@ -172,6 +173,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def pin_cpu_numerics() -> None:
+    """Same command, same numbers, whatever else the machine runs. Intel's conditions for run-to-run identical MKL
+    results: a fixed thread count (torch's is fixed at start), no dynamic adjustment of it (MKL_DYNAMIC and
+    OMP_DYNAMIC false: MKL otherwise may run a call on fewer threads than asked, which changes summation order) and
+    conditional numerical reproducibility (MKL_CBWR=AUTO: the processor's best code path, but no branch that depends
+    on the memory alignment of the operands, which differs from run to run). A kill-and-resume trial on a busy Intel
+    machine diverged at step 1 without them. A user's own settings win. MKL reads them at its first call: a
+    `codelm train` process sets them before its first matmul; a program that multiplied before building a Trainer
+    sets them itself."""
+    for var, value in (("MKL_DYNAMIC", "FALSE"), ("OMP_DYNAMIC", "FALSE"), ("MKL_CBWR", "AUTO")):
+        os.environ.setdefault(var, value)
+
+
 def keep_freed_memory_mapped() -> None:
     """Have glibc's malloc keep freed memory for reuse instead of returning it to the OS. By default every block over
     32 MB (the [tokens, vocab] logits and their gradient) is mmapped and unmapped again, so each step page-faults it back
@@ -310,6 +324,7 @@ class Trainer:
                  explicit: set[str] | None = None):
         from codelm.tokenizer import get_tokenizer
 
+        pin_cpu_numerics()  # before this process's first matmul
         self.callbacks = callbacks or []
         self.dist = distributed.init_distributed(resolve_device(cfg.device).type)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
