@@ -108,14 +108,16 @@ def cmd_train(args) -> int:
 def _eval_callbacks(args) -> list:
     """Evaluation during training (--eval-infill-every N): the CLI wires evals into the trainer; codelm/train.py never
     imports evals. The Trainer calls callbacks at each validation; this one runs on steps divisible by N."""
-    every = getattr(args, "eval_infill_every", None)
-    if not every:
+    from evals.cli import TrainingEvalOptions
+
+    opts = resolve_config(TrainingEvalOptions, args)
+    if not opts.eval_infill_every:
         return []
     from evals.callback import make_infill_callback
     from evals.data import EvalInputError
     try:
-        return [make_infill_callback(args.eval_infill_set, limit=args.eval_infill_limit, mode=args.eval_infill_mode,
-                                     every=every)]
+        return [make_infill_callback(opts.eval_infill_set, limit=opts.eval_infill_limit, mode=opts.eval_infill_mode,
+                                     every=opts.eval_infill_every)]
     except EvalInputError as e:
         raise UserError(str(e)) from None
 
@@ -268,19 +270,41 @@ def cmd_info(args) -> int:
     return 0
 
 
+@dataclass
+class ExportConfig:
+    checkpoint: str = option("", "checkpoint directory or run directory (its latest checkpoint)", positional=True)
+    hf: str = option("", "output directory for the Hugging Face Llama format (new or empty)", metavar="DIR")
+    dtype: str | None = option(None, "weights' dtype (default: the checkpoint's)",
+                               choices=("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class ImportHfConfig:
+    hf_dir: str = option("", "local Hugging Face model directory (config.json, safetensors, tokenizer.json)",
+                         positional=True)
+    out: str = option("", "checkpoint directory to write")
+
+
 def cmd_export(args) -> int:
+    cfg = resolve_config(ExportConfig, args, args.config)
+    if not cfg.hf:
+        raise UserError("give --hf DIR, the directory to write")
     import torch
     from codelm.hf import export_hf
+    from codelm.loader import load_checkpoint
 
-    out = export_hf(args.checkpoint, args.hf, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    out = export_hf(load_checkpoint(_checkpoint(cfg)), cfg.hf, dtype=getattr(torch, cfg.dtype) if cfg.dtype else None)
     print(f"wrote {out} (Hugging Face Llama format)")
     return 0
 
 
 def cmd_import_hf(args) -> int:
+    cfg = resolve_config(ImportHfConfig, args, args.config)
+    if not cfg.hf_dir or not cfg.out:
+        raise UserError("give HF_DIR and --out CHECKPOINT_DIR")
     from codelm.hf import import_hf_to_checkpoint
 
-    out = import_hf_to_checkpoint(args.hf_dir, args.out)
+    out = import_hf_to_checkpoint(cfg.hf_dir, cfg.out)
     print(f"wrote {out} (codelm checkpoint with the model's own tokenizer)")
     return 0
 
@@ -322,14 +346,9 @@ def _configure_train(train) -> None:
     for name in ModelConfig.__dataclass_fields__:
         model_group.add_argument(f"--model.{name}", dest=f"model.{name}", default=UNSET, metavar="V",
                                  help=argparse.SUPPRESS if name in ("init_std",) else None)
-    evals_group = train.add_argument_group("evaluation during training (logged with the validation losses)")
-    evals_group.add_argument("--eval-infill-every", type=int, default=None, metavar="N",
-                             help="score HumanEval-infilling every N steps, at validations (set --eval-every to a "
-                                  "divisor of N)")
-    evals_group.add_argument("--eval-infill-set", default="random-span-light",
-                             choices=("single-line", "multi-line", "random-span", "random-span-light"))
-    evals_group.add_argument("--eval-infill-limit", type=int, default=20, help="first N tasks (default 20)")
-    evals_group.add_argument("--eval-infill-mode", choices=("fim", "mim"), default="fim")
+    from evals.cli import TrainingEvalOptions  # the CLI wires rooms together; train.py never imports evals
+    add_dataclass_arguments(train.add_argument_group("evaluation during training (logged with the validation "
+                                                     "losses)"), TrainingEvalOptions)
     train.set_defaults(func=cmd_train, options=TrainConfig)
 
 
@@ -351,17 +370,15 @@ def _configure_info(info) -> None:
 
 
 def _configure_export(exp) -> None:
-    exp.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
-    exp.add_argument("--hf", required=True, metavar="DIR", help="output directory (new or empty)")
-    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                     help="weights' dtype (default: the checkpoint's)")
-    exp.set_defaults(func=cmd_export)
+    _config_flag(exp)
+    add_dataclass_arguments(exp, ExportConfig)
+    exp.set_defaults(func=cmd_export, options=ExportConfig)
 
 
 def _configure_import_hf(imp) -> None:
-    imp.add_argument("hf_dir", help="local Hugging Face model directory (config.json, safetensors, tokenizer.json)")
-    imp.add_argument("--out", required=True, help="checkpoint directory to write")
-    imp.set_defaults(func=cmd_import_hf)
+    _config_flag(imp)
+    add_dataclass_arguments(imp, ImportHfConfig)
+    imp.set_defaults(func=cmd_import_hf, options=ImportHfConfig)
 
 
 def _configure_runs(runs) -> None:

@@ -75,6 +75,17 @@ class EvalConfig:
                                             "suffix field")
 
 
+@dataclass
+class TrainingEvalOptions:
+    """`codelm train` options for scoring HumanEval-infilling during training (the CLI hands the trainer a callback)."""
+    eval_infill_every: int = option(0, "score HumanEval-infilling every N steps, at validations (set --eval-every to a "
+                                       "divisor of N; 0 = off)", metavar="N")
+    eval_infill_set: str = option("random-span-light", "which HumanEval-infilling set", choices=INFILLING_SETS)
+    eval_infill_limit: int = option(20, "first N tasks")
+    eval_infill_mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle",
+                                   choices=("fim", "mim"))
+
+
 ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),
             "mode": ("infilling",)}
 BENCHMARK_HELP = {"humaneval": "HumanEval, 164 problems (Chen et al. 2021)",
