@@ -26,7 +26,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import UNSET, ArgumentParser, add_dataclass_arguments, option, resolve_config, save_config
+from codelm.config import (UNSET, ArgumentParser, add_dataclass_arguments, add_options_command, option, resolve_config,
+                           save_config)
 from codelm.errors import UserError
 
 log = logging.getLogger("codelm")
@@ -312,27 +313,19 @@ def cmd_import_hf(args) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # the parser: one function per command, called only for the command being run
 # ----------------------------------------------------------------------------------------------------------------
-def _config_flag(p) -> None:
-    p.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-
-
 def _configure_data(data) -> None:
     from codelm.data.exercises import ExercisesConfig
     from codelm.data.prepare import DataConfig
 
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=ArgumentParser)
     prep = data_sub.add_parser("prepare", help="sources -> filtered, deduplicated, tokenized shards")
-    _config_flag(prep)
-    add_dataclass_arguments(prep, DataConfig)
-    prep.set_defaults(func=cmd_data_prepare, options=DataConfig)
+    add_options_command(prep, DataConfig, cmd_data_prepare)
     stats = data_sub.add_parser("stats", help="print a shard directory's manifest as a table")
     stats.add_argument("dir", help="shard directory")
     stats.add_argument("--no-plot", action="store_true", help="skip writing DIR/stats.png")
     stats.set_defaults(func=cmd_data_stats)
     exe = data_sub.add_parser("exercises", help="(signature + docstring -> body) pairs as JSONL (phi-1 style)")
-    _config_flag(exe)
-    add_dataclass_arguments(exe, ExercisesConfig)
-    exe.set_defaults(func=cmd_data_exercises, options=ExercisesConfig)
+    add_options_command(exe, ExercisesConfig, cmd_data_exercises)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
 
@@ -352,33 +345,9 @@ def _configure_train(train) -> None:
     train.set_defaults(func=cmd_train, options=TrainConfig)
 
 
-def _configure_sample(smp) -> None:
-    _config_flag(smp)
-    add_dataclass_arguments(smp, SampleConfig)
-    smp.set_defaults(func=cmd_sample, options=SampleConfig)
-
-
-def _configure_infill(inf) -> None:
-    _config_flag(inf)
-    add_dataclass_arguments(inf, InfillConfig)
-    inf.set_defaults(func=cmd_infill, options=InfillConfig)
-
-
 def _configure_info(info) -> None:
     info.add_argument("presets", nargs="*", help="preset names (default: all)")
     info.set_defaults(func=cmd_info)
-
-
-def _configure_export(exp) -> None:
-    _config_flag(exp)
-    add_dataclass_arguments(exp, ExportConfig)
-    exp.set_defaults(func=cmd_export, options=ExportConfig)
-
-
-def _configure_import_hf(imp) -> None:
-    _config_flag(imp)
-    add_dataclass_arguments(imp, ImportHfConfig)
-    imp.set_defaults(func=cmd_import_hf, options=ImportHfConfig)
 
 
 def _configure_runs(runs) -> None:
@@ -400,15 +369,22 @@ def _configure_serve(p) -> None:
     configure_serve_parser(p)
 
 
+def _options(cls, func):
+    """Configure a command whose options are one dataclass."""
+    return lambda p: add_options_command(p, cls, func)
+
+
 # name -> (one-line help, the function adding its arguments); the order is --help's
 COMMANDS = {
     "data": ("prepare and inspect token shards", _configure_data),
     "train": ("train a model (l2r, fim, mim or a mixture)", _configure_train),
-    "sample": ("generate text from a checkpoint", _configure_sample),
-    "infill": ("fill in the middle between a prefix and a suffix", _configure_infill),
+    "sample": ("generate text from a checkpoint", _options(SampleConfig, cmd_sample)),
+    "infill": ("fill in the middle between a prefix and a suffix", _options(InfillConfig, cmd_infill)),
     "info": ("parameters and FLOPs/token of model presets", _configure_info),
-    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)", _configure_export),
-    "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint", _configure_import_hf),
+    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)",
+               _options(ExportConfig, cmd_export)),
+    "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint",
+                  _options(ImportHfConfig, cmd_import_hf)),
     "runs": ("inspect training runs", _configure_runs),
     "eval": ("evaluate a model or score samples on a code benchmark", _configure_eval),
     "serve": ("serve the infill API and the browser playground", _configure_serve),

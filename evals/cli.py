@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import ArgumentParser, add_dataclass_arguments, option
+from codelm.config import ArgumentParser, add_options_command, option
 
 BENCHMARKS = ("humaneval", "mbpp", "infilling")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
@@ -105,9 +105,8 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
                                        parser_class=ArgumentParser)
     for name in BENCHMARKS:
         sub = benchmarks.add_parser(name, help=BENCHMARK_HELP[name], description=BENCHMARK_HELP[name])
-        sub.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-        add_dataclass_arguments(sub, EvalConfig, exclude={f for f, only in ONLY_FOR.items() if name not in only})
-        sub.set_defaults(func=run_eval_command, options=EvalConfig)
+        add_options_command(sub, EvalConfig, run_eval_command,
+                            exclude={f for f, only in ONLY_FOR.items() if name not in only})
     compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")
     compare.add_argument("runs", nargs="+", metavar="DIR", help="directories written by `codelm eval`")
     compare.add_argument("--output", metavar="DIR", default="runs/eval/compare", help="where the report goes")

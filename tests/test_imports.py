@@ -23,7 +23,8 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:  # relative import
                 package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known}
     return found

@@ -74,7 +74,7 @@ def test_every_pattern_in_the_rooms_is_audited():
     assert set(found) == set(AUDITED), {p: found.get(p, "gone") for p in set(found) ^ set(AUDITED)}
 
 
-# --- structure ---------------------------------------------------------------------------------------------------------
+# --- structure --------------------------------------------------------------------------------------------------------
 def _parse(pattern, flags):
     import re._parser as parser  # Python 3.11+: the parser the re module itself uses
     return parser.parse(pattern, flags), parser
@@ -149,7 +149,7 @@ def test_the_structure_checks_catch_the_patterns_they_are_for():
     assert any(_can_match_newline(body, parser) for body, _ in _unbounded_repeats(tree, parser))
 
 
-# --- adversarial inputs ------------------------------------------------------------------------------------------------
+# --- adversarial inputs -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pattern", list(AUDITED))
 def test_each_pattern_on_adversarial_input(pattern):
     mode, flags = AUDITED[pattern]
