@@ -3,6 +3,7 @@
   codelm eval humaneval --samples samples.jsonl [--output DIR] [-k 1,10,100]
   codelm eval mbpp MODEL [--mbpp-format bigcode|3shot] [-k 1] [--limit 50]
   codelm eval infilling MODEL --set single-line --mode fim|mim [--n 10 -k 1,10]
+  codelm eval humaneval-x MODEL --language cpp|java|js|go|rust|all [--set single-line --mode fim|mim]
 
 codelm/cli.py calls add_eval_parser(subparsers) lazily; `python -m evals.cli eval ...` does the same standalone.
 Imports stay light here (no torch, no sandbox) so that `--help` is instant; the work is imported in run_eval_command.
@@ -14,7 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("humaneval", "mbpp", "infilling")
+BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
+HUMANEVAL_X_LANGUAGES = ("cpp", "java", "js", "go", "rust")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
 
@@ -35,7 +37,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, help_text in [("humaneval", "HumanEval, 164 problems (Chen et al. 2021)"),
                             ("mbpp", "MBPP test split, tasks 11-510 (Austin et al. 2021)"),
-                            ("infilling", "HumanEval-infilling (Bavarian et al. 2022)")]:
+                            ("infilling", "HumanEval-infilling (Bavarian et al. 2022)"),
+                            ("humaneval-x", "HumanEval-X in C++, Java, JavaScript, Go or Rust (Zheng et al. 2023)")]:
         sub = benchmarks.add_parser(name, help=help_text, description=help_text)
         _add_common_args(sub)
         if name in ("humaneval", "mbpp"):
@@ -45,6 +48,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
             sub.add_argument("--mbpp-format", choices=("bigcode", "3shot"), default="bigcode",
                              help="prompt: bigcode's docstring with one test (default) "
                                   "or the paper's 3-shot [BEGIN]/[DONE]")
+        if name == "humaneval-x":
+            sub.add_argument("--language", choices=(*HUMANEVAL_X_LANGUAGES, "all"), required=True,
+                             help="which language (all: each in turn, one output directory per language)")
+            sub.add_argument("--set", dest="infilling_set", choices=("generation", "single-line"),
+                             default="generation", help="generation (default), or single-line infilling built from "
+                                                        "the canonical solutions")
+            sub.add_argument("--mode", choices=("fim", "mim"), default="fim",
+                             help="infilling decoding (with --set single-line; default fim)")
         if name == "infilling":
             sub.add_argument("--set", dest="infilling_set", choices=INFILLING_SETS, default="single-line",
                              help="which infilling benchmark (default single-line)")
@@ -111,6 +122,11 @@ def load_benchmark(args):
     if args.benchmark == "humaneval":
         from evals import humaneval
         return humaneval.load(args.data_dir)
+    if args.benchmark == "humaneval-x":
+        from evals import humaneval_x
+        if args.infilling_set == "single-line":
+            return humaneval_x.load_infilling(args.language, args.data_dir, mode=args.mode)
+        return humaneval_x.load(args.language, args.data_dir)
     if args.benchmark == "mbpp":
         from evals import mbpp
         return mbpp.load(args.data_dir, prompt_format=args.mbpp_format)
@@ -140,6 +156,21 @@ def run_eval_command(args) -> int:
 
 
 def _run(args) -> int:
+    from evals.data import EvalInputError
+
+    if getattr(args, "language", None) != "all":
+        return _run_one(args)
+    if args.samples:
+        raise EvalInputError("--language all generates; to score a sample file give its one language")
+    codes = []
+    for language in HUMANEVAL_X_LANGUAGES:
+        one = argparse.Namespace(**{**vars(args), "language": language,
+                                    "output": str(Path(args.output) / language) if args.output else None})
+        codes.append(_run_one(one))
+    return max(codes)
+
+
+def _run_one(args) -> int:
     from evals import runner
     from evals.data import EvalInputError
 

@@ -20,7 +20,8 @@ Warm toolchain reuse, and why each is safe (nothing written by one program is ev
   Rust  rand, regex and md5 compiled once from Debian's crate sources (librust-*-dev) into rlibs, read-only; each
         program is one `rustc --test` against them, never a cargo project (no shared target dir).
   Go    a build cache made once by compiling the test helpers, copied into each program's own tmpfs (a Go build
-        cache must be writable; a shared writable one would let programs see each other's outputs).
+        cache must be writable; a shared writable one would let programs see each other's outputs). Both builds use
+        -trimpath, so that the cache's keys do not depend on the directory a package was compiled in.
   Java  no warm JVM: a JVM that ran one program keeps its classes, statics and threads, so every program (and
         javac) starts its own. Start-up is cut with flags instead: the serial GC, C1 only, no perf-data file.
 The warm artifacts live under cache_root() (CODELM_TOOLCHAIN_CACHE, default /var/tmp/codelm-toolchains-UID), which the
@@ -125,15 +126,16 @@ def program(language: str, source: str, *, cpu_s: float = 3.0, memory_mb: int = 
         steps = [Step("run", ["node", f"--max-old-space-size={max(64, memory_mb // 2)}", "main.js"],
                       address_space_mb=0, **run_limits)]
     elif language == "go":
-        files["main_test.go"] = source
+        # In a directory of its own: the go command ignores a go.mod at the root of $TMPDIR, the work dir.
+        files["src/main_test.go"] = source
         module = go_module or {"go.mod": "module sandbox\n\ngo 1.18\n"}
-        files["go.mod"] = module["go.mod"]
-        prepare = "cp -r " + _q(str(go_cache(module))) + " .gocache"
+        files["src/go.mod"] = module["go.mod"]
+        prepare = "cp -r " + _q(str(go_cache(module))) + " .gocache && cd src"
         if module.get("vendor"):
             prepare += " && ln -s " + _q(str(module["vendor"])) + " vendor"
         env = {"GOCACHE": "/tmp/.gocache", "GOPATH": "/tmp/.gopath", "GOFLAGS": "-mod=vendor" if module.get("vendor")
                else "-mod=mod", "GO111MODULE": "on", "GOPROXY": "off", "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
-        steps = [Step("build", ["sh", "-c", prepare + " && exec go test -c -o main.test main_test.go"], env=env,
+        steps = [Step("build", ["sh", "-c", prepare + " && exec go test -c -trimpath -o ../main.test main_test.go"], env=env,
                       address_space_mb=0, **build),
                  Step("run", ["./main.test", "-test.timeout", f"{int(run_limits['timeout_s'])}s"],
                       env={"GOMAXPROCS": "2"}, address_space_mb=0, **run_limits)]
@@ -259,11 +261,11 @@ def go_cache(module: dict) -> Path:
         (work / "warm_test.go").write_text(f"package main\n\n{body}\nfunc TestWarm(t *testing.T) {{}}\n")
         env = {"GOCACHE": str(tmp / "cache"), "GOPATH": str(tmp / "gopath"), "GOFLAGS": "-mod=vendor" if vendor
                else "-mod=mod", "GO111MODULE": "on", "GOPROXY": "off", "CGO_ENABLED": "0"}
-        _check(["go", "test", "-c", "-o", "warm.test", "warm_test.go"], work, env=env, what="go build cache")
+        _check(["go", "test", "-c", "-trimpath", "-o", "warm.test", "warm_test.go"], work, env=env, what="go build cache")
         shutil.rmtree(work)
         shutil.rmtree(tmp / "gopath", ignore_errors=True)
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
 
-    key = _key(_version("go", "version"), module["go.mod"], str(vendor), *imports)
+    key = _key(_version("go", "version"), module["go.mod"], str(vendor), *imports, "trimpath")
     return build_once("go-cache", key, build) / "cache"
