@@ -199,3 +199,23 @@ def _hog(stop):
 def test_mutate_changes_the_code():
     assert mutate("    return a + b;\n}\n") == "    return a - b;\n}\n"
     assert mutate("vector<int> v;\n") == "vector>=int> v;\n"  # compile error: still wrong
+
+
+@pytest.mark.parametrize("mode", ["fim", "mim"])
+def test_a_model_is_evaluated_on_generation_and_infilling(tmp_path, mode):
+    """The generate -> post-process -> score path, for generation and for infilling in both decoding modes."""
+    if toolchains.missing("js"):
+        pytest.skip(toolchains.missing("js"))
+    from evals.runner import evaluate_model, resolve_sampling
+    from fake_models import ReferenceModel
+
+    bench = hx.load("js")
+    generation = evaluate_model(bench, ReferenceModel(bench), tmp_path / "gen", resolve_sampling([1]), limit=2)
+    assert generation["pass@1"] == 1.0
+    infill = hx.HumanEvalXInfilling(bench, mode=mode)
+    tasks = sorted(infill.problems)[:3]
+    good = evaluate_model(infill, ReferenceModel(infill), tmp_path / "good", resolve_sampling([1]), tasks=tasks)
+    bad = evaluate_model(infill, ReferenceModel(infill, wrong=True), tmp_path / "bad", resolve_sampling([1]),
+                         tasks=tasks)
+    assert (good["pass@1"], good["exact_match"], bad["pass@1"], bad["exact_match"]) == (1.0, 1.0, 0.0, 0.0)
+    assert good["protocol"]["mode"] == mode and good["protocol"]["language"] == "js"
