@@ -10,9 +10,15 @@ g++ with <iostream> peaks near 150 MB and a CPU second, javac is a JVM (~300 MB,
 links a ~10 MB test binary with many threads, rustc with regex linked in needs several hundred MB. The CPU budget, not
 the wall clock, is what bounds a build under load (wall limits are generous, as for programs).
 
+Processes: RLIMIT_NPROC counts threads per uid; every run has a uid of its own, so a run's ceiling is its own. Builds
+get 256 (the go command runs compile and link processes of many threads each), runs the caller's (128 by default: a
+JVM with the serial GC starts ~20 threads). Build outputs (objects, binaries, Go's cache copy) live in the run's
+tmpfs work dir, sized like the largest step's memory and charged to its cgroup, and vanish with the run.
+
 Memory: where a cgroup exists (these machines), it bounds every step. Without one the fallback is RLIMIT_AS, which the
-JVM and Node cannot start under (they reserve gigabytes of address space up front); their steps then set no RLIMIT_AS
-and bound their heap with their own flag (-Xmx, --max-old-space-size) instead. Go and native code keep RLIMIT_AS.
+JVM cannot start under (measured: `java -Xmx512m -version` dies under a 2 GB RLIMIT_AS, the default for a 1 GB run;
+V8 and the JVM reserve address space up front); their steps set no RLIMIT_AS and bound their heap with their own flag
+(-Xmx, --max-old-space-size) instead. Go (runs under 2 GB, measured) and native code keep RLIMIT_AS.
 
 Warm toolchain reuse, and why each is safe (nothing written by one program is ever read by another):
   C++   a precompiled header of the common standard headers (COMMON_CPP_HEADERS), built once, read-only; used only when
