@@ -139,12 +139,13 @@ def _js(bench, problem, completion, nonce):
             f"require('fs').writeSync(1, '{nonce}\\n');\n")
 
 
+_GO_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _GO_IMPORT_LINE = re.compile(r'^\s*(?:(\w+)\s+)?"([\w./-]+)"\s*$')
 
 
 def _go(bench, problem, completion, nonce):
     prompt = problem["prompt"].replace(problem["import"], "") if problem["import"] else problem["prompt"]
-    code = prompt + completion
+    code = _GO_COMMENT.sub("", prompt + completion)  # "a list of strings." in a comment is no use of strings
     candidates = {path: None for path in GO_HELPERS}
     for line in problem["import"].splitlines():
         match = _GO_IMPORT_LINE.match(line)

@@ -21,7 +21,8 @@ SAMPLE = ["0", "13", "53"]  # small problems, fixed: has_close_elements, greates
 EARLY_EXIT = {"cpp": "    exit(0);\n", "java": "        System.exit(0);\n", "js": "  process.exit(0);\n",
               "go": "    os.Exit(0)\n", "rust": "    std::process::exit(0);\n"}
 # Upstream defects (the canonical solution itself is wrong, or needs what Debian lacks): see the report.
-KNOWN_BAD = {"JavaScript/112", "JavaScript/155", "JavaScript/162"}
+# Go/95 is flaky: its canonical solution depends on Go's randomized map order (~1 run in 12 fails).
+KNOWN_BAD = {"JavaScript/112", "JavaScript/155", "JavaScript/162", "Go/95"}
 
 if find_local_file("humaneval-x/humaneval_cpp.jsonl.gz")[0] is None:
     pytest.skip("HumanEval-X data not found (../shared/data/humaneval-x or $CODELM_DATA_DIR)",
@@ -186,7 +187,8 @@ def test_full_sweep_canonical_pass_mutants_fail_and_verdicts_hold_under_oversubs
         loaded = verdicts(bench, [(p, bench.reference(p)) for p in problems], workers=3 * (os.cpu_count() or 1))
     finally:
         stop.set()
-    assert [v.passed for v in loaded] == [v.passed for v in canonical]
+    stable = [i for i, p in enumerate(problems) if p["task_id"] not in KNOWN_BAD]
+    assert [loaded[i].passed for i in stable] == [canonical[i].passed for i in stable]
 
 
 def _hog(stop):
