@@ -26,8 +26,8 @@ Program (as upstream's evaluator assembles it, with the nonce of the verdict con
              against the vendored modules, offline.
   Rust       comment + declaration + completion + test + a last test (run last: one test thread, tests in name
              order) that writes the nonce; rustc --test with rand, regex and md5 from Debian's sources (rand 0.8
-             where upstream pins 0.4). A task that cannot build that way would be listed in UNAVAILABLE and
-             scored as a failure with its reason, never dropped; none is.
+             where upstream pins 0.4). A task that cannot build that way is listed in UNAVAILABLE and scored
+             as a failure with its reason, never dropped: Rust/50 (its test uses rand 0.4's API).
 Time budget: 3 CPU seconds for the run step, 10 for Java (a JVM's start-up and JIT threads take about 0.5);
 builds have their own limits (sandbox/toolchains.py).
 """
@@ -54,7 +54,8 @@ CPP_HELPERS = ["stdlib.h", "algorithm", "math.h", "stdio.h", "vector", "string",
 GO_HELPERS = ["math", "strings", "fmt", "strconv", "time", "bytes", "regexp", "sort", "math/rand", "crypto/md5"]
 GO_TEST_IMPORTS = ["github.com/stretchr/testify/assert"]
 # task_id -> why it cannot run here with Debian's packages: scored as a failure with this reason, never dropped.
-UNAVAILABLE = {"JavaScript/162": "needs the npm package js-md5, which Debian does not ship"}
+UNAVAILABLE = {"JavaScript/162": "needs the npm package js-md5, which Debian does not ship",
+               "Rust/50": "its test calls rand 0.4's gen_range(low, high); Debian ships rand 0.8"}
 JS_PRELUDE = ("Object.defineProperty(console, 'assert', {writable: false, configurable: false, value: "
               "function (ok, ...rest) { if (!ok) throw new Error(['Assertion failed', ...rest].join(' ')); }});\n")
 
