@@ -29,7 +29,10 @@ Warm toolchain reuse, and why each is safe (nothing written by one program is ev
         cache must be writable; a shared writable one would let programs see each other's outputs). Both builds use
         -trimpath, so that the cache's keys do not depend on the directory a package was compiled in.
   Java  no warm JVM: a JVM that ran one program keeps its classes, statics and threads, so every program (and
-        javac) starts its own. Start-up is cut with flags instead: the serial GC, C1 only, no perf-data file.
+        javac) starts its own. Start-up is cut with flags instead (the serial GC, C1 only, no perf-data file), and
+        javac's with a class-data-sharing archive of the JDK's own compiler classes, dumped once by compiling a
+        trivial file of ours (read-only, mapped by every javac; no program's class is ever in it: javac only
+        parses them). -40% javac CPU, measured. Programs run on the JDK's default archive only.
 The warm artifacts live under cache_root() (CODELM_TOOLCHAIN_CACHE, default /var/tmp/codelm-toolchains-UID), which the
 local backend keeps visible, read-only, in its namespaces. They are built by the caller's process, not by programs.
 Stdlib only.
@@ -55,6 +58,7 @@ COMMON_CPP_HEADERS = ["stdlib.h", "algorithm", "math.h", "stdio.h", "vector", "s
                       "iostream"]
 CPP_STD = "c++11"  # HumanEval-X's evaluator compiles with -std=c++11
 JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData", "-Xshare:auto", "-Xss8m"]
+JAVAC_FLAGS = [*JVM_FLAGS, "-Xmx512m"]
 RUST_CRATES = {"rand": "0.8", "regex": "1", "md5": "0.7"}  # Debian bookworm's versions (HumanEval-X pins rand 0.4)
 DEBIAN_CARGO_REGISTRY = "/usr/share/cargo/registry"
 
@@ -124,8 +128,12 @@ def program(language: str, source: str, *, cpu_s: float = 3.0, memory_mb: int = 
     elif language == "java":
         files["Main.java"] = source
         heap = f"-Xmx{max(64, memory_mb // 2)}m"
-        steps = [Step("build", ["javac", *(f"-J{f}" for f in JVM_FLAGS), "-J-Xmx512m", "-encoding", "UTF-8", "-nowarn",
-                                "-d", ".", "Main.java"], address_space_mb=0, **build),
+        javac = ["javac", *(f"-J{f}" for f in JAVAC_FLAGS)]
+        archive = javac_archive()
+        if archive:
+            javac.append(f"-J-XX:SharedArchiveFile={archive}")
+        steps = [Step("build", [*javac, "-encoding", "UTF-8", "-nowarn", "-d", ".", "Main.java"], address_space_mb=0,
+                      **build),
                  Step("run", ["java", *JVM_FLAGS, heap, "-cp", ".", main_class], address_space_mb=0, **run_limits)]
     elif language == "js":
         files["main.js"] = source
@@ -209,6 +217,29 @@ def cpp_pch_header() -> Path:
 
     key = _key(_version("g++", "--version"), *flags, *COMMON_CPP_HEADERS)
     return build_once("cpp-pch", key, build) / "common.h"
+
+
+def javac_archive() -> str | None:
+    """A CDS archive of the classes javac loads (see the docstring), or None where the JVM cannot make one."""
+    if "javac" in _warm:
+        return _warm["javac"]
+
+    def build(tmp: Path):
+        (tmp / "Main.java").write_text("import java.util.*;\nclass Solution { int f(List<Integer> l) { return "
+                                       "l.size(); } }\npublic class Main { public static void main(String[] a) { "
+                                       "System.out.println(new Solution().f(Arrays.asList(1, 2))); } }\n")
+        _check(["javac", *(f"-J{f}" for f in JAVAC_FLAGS), f"-J-XX:ArchiveClassesAtExit={tmp / 'javac.jsa'}",
+                "-d", str(tmp / "out"), "Main.java"], tmp, what="javac (class-data archive)")
+        shutil.rmtree(tmp / "out")
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+
+    try:
+        root = build_once("javac-cds", _key(_version("javac", "-version"), *JAVAC_FLAGS), build)
+        _warm["javac"] = str(root / "javac.jsa") if (root / "javac.jsa").is_file() else None
+    except ToolchainError:
+        _warm["javac"] = None  # javac then starts without it: slower, same verdicts
+    return _warm["javac"]
 
 
 def rust_crates() -> dict:
