@@ -21,7 +21,8 @@ SAMPLE = ["0", "13", "53"]  # small problems, fixed: has_close_elements, greates
 EARLY_EXIT = {"cpp": "    exit(0);\n", "java": "        System.exit(0);\n", "js": "  process.exit(0);\n",
               "go": "    os.Exit(0)\n", "rust": "    std::process::exit(0);\n"}
 # Upstream defects (the canonical solution itself is wrong, or needs what Debian lacks): see the report.
-# Go/95 is flaky: its canonical solution depends on Go's randomized map order (~1 run in 12 fails).
+# Go/95 is flaky: its canonical solution depends on Go's randomized map order (~1 run in 12 fails). CPP/23 passes
+# anything that compiles: its test's strlen("...") is the C library's strlen(const char *), never the solution's.
 KNOWN_BAD = {"JavaScript/112", "JavaScript/155", "JavaScript/162", "Go/95", "Rust/50"}
 
 if find_local_file("humaneval-x/humaneval_cpp.jsonl.gz")[0] is None:
