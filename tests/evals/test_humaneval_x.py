@@ -222,3 +222,11 @@ def test_a_model_is_evaluated_on_generation_and_infilling(tmp_path, mode):
                          tasks=tasks)
     assert (good["pass@1"], good["exact_match"], bad["pass@1"], bad["exact_match"]) == (1.0, 1.0, 0.0, 0.0)
     assert good["protocol"]["mode"] == mode and good["protocol"]["language"] == "js"
+
+
+def test_humaneval_x_without_a_language_is_a_clear_error(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("")
+    result = subprocess.run([sys.executable, "-m", "evals.cli", "eval", "humaneval-x", "--samples", str(samples)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "needs --language" in result.stderr and "Traceback" not in result.stderr
