@@ -1,7 +1,8 @@
 """How each language is built and run in the sandbox: C++, Java, JavaScript, Go and Rust, from Debian's toolchains.
 
     from sandbox import run, toolchains
-    program = toolchains.program("cpp", "int main(){}", cpu_s=3)   # a Program (steps.py): build, then run
+    program = toolchains.program("cpp", "int main(){}")           # a Program (steps.py): build, then run
+    result = run(program, cpu_s=3)                                 # the run step's limits: run()'s
     toolchains.missing("rust")                                     # None, or why the language cannot run here
 
 Toolchains are the host's (or the Docker image's): g++, default-jdk-headless, nodejs, golang-go, rustc, found on the
@@ -104,18 +105,18 @@ class ToolchainError(RuntimeError):
 
 
 # -- programs ------------------------------------------------------------------------------------------------------
-def program(language: str, source: str, *, cpu_s: float = 3.0, memory_mb: int = 1024, timeout_s: float | None = None,
-            extra_files: dict | None = None, cpp_pch: bool = False, link: list[str] | None = None,
+def program(language: str, source: str, *, memory_mb: int = 1024, extra_files: dict | None = None, cpp_pch: bool = False, link: list[str] | None = None,
             go_module: dict | None = None, main_class: str = "Main") -> Program:
     """One source file built and run. `source` is the whole program: for Go a package main _test.go file (run with
     `go test`), for Rust a file whose #[test] functions are run by the test harness, for Java Main.java, run
     as `java main_class`, for JavaScript a script.
 
+    The build step has BUILD's limits; the run step takes those passed to run() (cpu_s, timeout_s, ...). memory_mb:
+    the memory the run will get (pass the same to run()), which sizes the JVM's and Node's heap flags.
     cpp_pch: the program includes COMMON_CPP_HEADERS anyway, so the precompiled header may go first. link: extra
     linker flags for C++ (e.g. ["-lcrypto"]). go_module: {"go.mod": text, "vendor": directory (read-only, e.g. made with
     build_once), "warm_imports": packages to precompile into the warm cache} for Go imports.
     """
-    run_limits = dict(cpu_s=cpu_s, memory_mb=memory_mb, timeout_s=timeout_s if timeout_s else 2 * cpu_s + 10)
     files = dict(extra_files or {})
     build = dict(BUILD)
     if language == "cpp":
@@ -124,7 +125,7 @@ def program(language: str, source: str, *, cpu_s: float = 3.0, memory_mb: int = 
         if cpp_pch:
             flags += ["-include", str(cpp_pch_header())]
         steps = [Step("build", ["g++", *flags, "main.cpp", "-o", "main", *(link or [])], **build),
-                 Step("run", ["./main"], **run_limits)]
+                 Step("run", ["./main"])]
     elif language == "java":
         files["Main.java"] = source
         heap = f"-Xmx{max(64, memory_mb // 2)}m"
@@ -134,11 +135,11 @@ def program(language: str, source: str, *, cpu_s: float = 3.0, memory_mb: int = 
             javac.append(f"-J-XX:SharedArchiveFile={archive}")
         steps = [Step("build", [*javac, "-encoding", "UTF-8", "-nowarn", "-d", ".", "Main.java"], address_space_mb=0,
                       **build),
-                 Step("run", ["java", *JVM_FLAGS, heap, "-cp", ".", main_class], address_space_mb=0, **run_limits)]
+                 Step("run", ["java", *JVM_FLAGS, heap, "-cp", ".", main_class], address_space_mb=0)]
     elif language == "js":
         files["main.js"] = source
         steps = [Step("run", ["node", f"--max-old-space-size={max(64, memory_mb // 2)}", "main.js"],
-                      address_space_mb=0, **run_limits)]
+                      address_space_mb=0)]
     elif language == "go":
         # In a directory of its own: the go command ignores a go.mod at the root of $TMPDIR, the work dir.
         files["src/main_test.go"] = source
@@ -151,15 +152,14 @@ def program(language: str, source: str, *, cpu_s: float = 3.0, memory_mb: int = 
                else "-mod=mod", "GO111MODULE": "on", "GOPROXY": "off", "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
         steps = [Step("build", ["sh", "-c", prepare + " && exec go test -c -trimpath -o ../main.test main_test.go"], env=env,
                       address_space_mb=0, **build),
-                 Step("run", ["./main.test", "-test.timeout", f"{int(run_limits['timeout_s'])}s"],
-                      env={"GOMAXPROCS": "2"}, address_space_mb=0, **run_limits)]
+                 Step("run", ["./main.test"], env={"GOMAXPROCS": "2"}, address_space_mb=0)]
     elif language == "rust":
         files["main.rs"] = source
         crates = rust_crates()
         externs = [arg for name, path in crates["externs"].items() for arg in ("--extern", f"{name}={path}")]
         steps = [Step("build", ["rustc", "--edition", "2021", "--test", "-A", "warnings", "-C", "opt-level=0",
                                 "-L", f"dependency={crates['deps']}", *externs, "main.rs", "-o", "main"], **build),
-                 Step("run", ["./main", "--test-threads=1"], **run_limits)]
+                 Step("run", ["./main", "--test-threads=1"])]
     else:
         raise ValueError(f"unknown language {language!r}; choose from {', '.join(LANGUAGES)}")
     return Program(files, steps)
