@@ -47,13 +47,15 @@ def verdicts(bench, pairs, workers=2):
 
 
 def mutate(solution: str) -> str | None:
-    """A wrong solution: the first comparison, arithmetic operator or boolean literal flipped (None: nothing to
-    flip). Operators only with spaces around them, so that templates and generics (vector<int>) stay intact."""
-    swaps = [(" < ", " >= "), (" > ", " <= "), (" <= ", " > "), (" >= ", " < "), (" == ", " != "), (" != ", " == "),
-             (" + ", " - "), (" - ", " + "), (" * ", " + "), ("true", "false"), ("false", "true"), ("<", ">="),
-             (" 0", " 1"), ("(0", "(1")]
-    fallbacks = [("+", "-"), ("-", "+"), ("return ", "return 1 + ")]  # tried only when nothing above is found
-    for group in (swaps, fallbacks):
+    """A wrong solution: the first comparison or arithmetic operator flipped; failing that the first boolean literal,
+    then the first operator without spaces, 0 made 1, or the returned value changed (None: nothing to change).
+    Operators first, and only with spaces around them, so that templates and generics (vector<int>) stay intact and
+    few mutants are equivalent (a counter initialised to 1 instead of 0 is often overwritten)."""
+    groups = [[(" < ", " >= "), (" > ", " <= "), (" <= ", " > "), (" >= ", " < "), (" == ", " != "),
+               (" != ", " == "), (" + ", " - "), (" - ", " + "), (" * ", " + ")],
+              [("true", "false"), ("false", "true")],
+              [("<", ">="), ("+", "-"), ("-", "+"), (" 0", " 1"), ("(0", "(1"), ("return ", "return 1 + ")]]
+    for group in groups:
         found = [(i, old, new) for old, new in group if (i := solution.find(old)) != -1]
         if found:
             i, old, new = min(found)
