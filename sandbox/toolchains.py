@@ -194,7 +194,8 @@ def build_once(name: str, key: str, build) -> Path:
                 tmp.rename(target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                if not target.is_dir():  # else another process built it first: theirs is as good
+                    raise
         return target
 
 

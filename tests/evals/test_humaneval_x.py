@@ -171,10 +171,13 @@ def test_unknown_language_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_full_sweep_canonical_pass_mutants_fail_and_verdicts_hold_under_oversubscription(bench):
-    """Every canonical solution passes but the known upstream defects; at least 95% of mutants fail; the same
-    verdicts with three programs per core and a CPU hog beside them."""
+def test_sweep_canonical_pass_mutants_fail_and_verdicts_hold_under_oversubscription(bench):
+    """Canonical solutions pass but the known upstream defects; at least 95% of mutants fail; the same verdicts with
+    three programs per core and CPU hogs beside them. Every 8th task (21 per language, a few minutes in all);
+    CODELM_HUMANEVAL_X_FULL=1 sweeps all 164."""
     problems = list(bench.problems.values())
+    if not os.environ.get("CODELM_HUMANEVAL_X_FULL"):
+        problems = problems[::8]
     canonical = verdicts(bench, [(p, bench.reference(p)) for p in problems])
     failing = {p["task_id"] for p, v in zip(problems, canonical) if not v.passed}
     assert failing <= KNOWN_BAD, failing - KNOWN_BAD
