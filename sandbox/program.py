@@ -96,7 +96,10 @@ def exec_program(argv: list[str], env: dict, stdin_fd: int, stdout_fd: int, stde
 
 
 def _which(name: str, env: dict, workdir: str) -> str:
-    candidates = [os.path.join(workdir, name)] if "/" in name else [os.path.join(d, name) for d in os.get_exec_path(env)]
+    if "/" in name:
+        candidates = [os.path.join(workdir, name)]
+    else:
+        candidates = [os.path.join(d, name) for d in os.get_exec_path(env)]
     for path in candidates:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path

@@ -105,8 +105,9 @@ class ToolchainError(RuntimeError):
 
 
 # -- programs ------------------------------------------------------------------------------------------------------
-def program(language: str, source: str, *, memory_mb: int = 1024, extra_files: dict | None = None, cpp_pch: bool = False, link: list[str] | None = None,
-            go_module: dict | None = None, main_class: str = "Main") -> Program:
+def program(language: str, source: str, *, memory_mb: int = 1024, extra_files: dict | None = None,
+            cpp_pch: bool = False, link: list[str] | None = None, go_module: dict | None = None,
+            main_class: str = "Main") -> Program:
     """One source file built and run. `source` is the whole program: for Go a package main _test.go file (run with
     `go test`), for Rust a file whose #[test] functions are run by the test harness, for Java Main.java, run
     as `java main_class`, for JavaScript a script.
@@ -145,13 +146,15 @@ def program(language: str, source: str, *, memory_mb: int = 1024, extra_files: d
         files["src/main_test.go"] = source
         module = go_module or {"go.mod": "module sandbox\n\ngo 1.18\n"}
         files["src/go.mod"] = module["go.mod"]
-        prepare = "cp -r " + _q(str(go_cache(module))) + " .gocache && cd src"
+        # The cache and GOPATH in the run's own work dir (wherever that is: unisolated runs get a fresh temporary one).
+        prepare = ('export GOCACHE="$PWD/.gocache" GOPATH="$PWD/.gopath" && cp -r ' + _q(str(go_cache(module)))
+                   + ' "$GOCACHE" && cd src')
         if module.get("vendor"):
             prepare += " && ln -s " + _q(str(module["vendor"])) + " vendor"
-        env = {"GOCACHE": "/tmp/.gocache", "GOPATH": "/tmp/.gopath", "GOFLAGS": "-mod=vendor" if module.get("vendor")
+        env = {"GOFLAGS": "-mod=vendor" if module.get("vendor")
                else "-mod=mod", "GO111MODULE": "on", "GOPROXY": "off", "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
-        steps = [Step("build", ["sh", "-c", prepare + " && exec go test -c -trimpath -o ../main.test main_test.go"], env=env,
-                      address_space_mb=0, **build),
+        build_cmd = prepare + " && exec go test -c -trimpath -o ../main.test main_test.go"
+        steps = [Step("build", ["sh", "-c", build_cmd], env=env, address_space_mb=0, **build),
                  Step("run", ["./main.test"], env={"GOMAXPROCS": "2"}, address_space_mb=0)]
     elif language == "rust":
         files["main.rs"] = source
@@ -299,7 +302,8 @@ def go_cache(module: dict) -> Path:
         (work / "warm_test.go").write_text(f"package main\n\n{body}\nfunc TestWarm(t *testing.T) {{}}\n")
         env = {"GOCACHE": str(tmp / "cache"), "GOPATH": str(tmp / "gopath"), "GOFLAGS": "-mod=vendor" if vendor
                else "-mod=mod", "GO111MODULE": "on", "GOPROXY": "off", "CGO_ENABLED": "0"}
-        _check(["go", "test", "-c", "-trimpath", "-o", "warm.test", "warm_test.go"], work, env=env, what="go build cache")
+        _check(["go", "test", "-c", "-trimpath", "-o", "warm.test", "warm_test.go"], work, env=env,
+               what="go build cache")
         shutil.rmtree(work)
         shutil.rmtree(tmp / "gopath", ignore_errors=True)
         for path in tmp.rglob("*"):
