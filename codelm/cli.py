@@ -46,6 +46,9 @@ def cmd_data_prepare(args) -> int:
 
     cfg = resolve_config(DataConfig, args, args.config)
     index = prepare(cfg)
+    if "slurm" in index:  # --executor slurm: jobs submitted (or, with --dry-run, scripts written)
+        print(f"{'submitted' if index['submitted'] else 'wrote (not submitted)'}: {index['slurm']}")
+        return 0
     save_config(cfg, Path(cfg.out) / "data_config.json")
     print_shard_summary(cfg.out, index)
     return 0

@@ -3,6 +3,7 @@
   codelm eval humaneval --samples samples.jsonl [--output DIR] [-k 1,10,100]
   codelm eval mbpp MODEL [--mbpp-format bigcode|3shot] [-k 1] [--limit 50]
   codelm eval infilling MODEL --set single-line --mode fim|mim [--n 10 -k 1,10]
+  codelm eval humaneval-x MODEL --language cpp|java|js|go|rust|all [--set single-line --mode fim|mim]
 
 The options are one dataclass, EvalConfig (defaults here and nowhere else; `--config FILE` for a file of them); the
 resolved options are saved as eval_config.json in the output directory.
@@ -12,6 +13,7 @@ Exit codes: 0 done, 1 some samples could not be scored (sandbox infrastructure e
 """
 
 import argparse
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from codelm.config import ArgumentParser, add_options_command, option
 
-BENCHMARKS = ("humaneval", "mbpp", "infilling")
+BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
+HUMANEVAL_X_LANGUAGES = ("cpp", "java", "js", "go", "rust")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
 
@@ -64,6 +67,10 @@ class EvalConfig:
                                          "[BEGIN]/[DONE]", choices=("bigcode", "3shot"))
     infilling_set: str = option("single-line", "which infilling benchmark", flag="--set", choices=INFILLING_SETS)
     mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle", choices=("fim", "mim"))
+    language: str | None = option(None, "HumanEval-X language (all: each in turn, one output directory each)",
+                                  choices=(*HUMANEVAL_X_LANGUAGES, "all"))
+    x_set: str = option("generation", "generation, or single-line infilling built from the canonical solutions",
+                        flag="--set", choices=("generation", "single-line"))
     # a model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, codelm serve)
     endpoint: str | None = option(None, "OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (instead of MODEL)",
                                   metavar="URL")
@@ -87,10 +94,11 @@ class TrainingEvalOptions:
 
 
 ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),
-            "mode": ("infilling",)}
+            "mode": ("infilling", "humaneval-x"), "language": ("humaneval-x",), "x_set": ("humaneval-x",)}
 BENCHMARK_HELP = {"humaneval": "HumanEval, 164 problems (Chen et al. 2021)",
                   "mbpp": "MBPP test split, tasks 11-510 (Austin et al. 2021)",
-                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)"}
+                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)",
+                  "humaneval-x": "HumanEval-X in C++, Java, JavaScript, Go or Rust (Zheng et al. 2023)"}
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -135,6 +143,11 @@ def load_benchmark(args: EvalConfig):
     if args.benchmark == "humaneval":
         from evals import humaneval
         return humaneval.load(args.data_dir)
+    if args.benchmark == "humaneval-x":
+        from evals import humaneval_x
+        if args.x_set == "single-line":
+            return humaneval_x.load_infilling(args.language, args.data_dir, mode=args.mode)
+        return humaneval_x.load(args.language, args.data_dir)
     if args.benchmark == "mbpp":
         from evals import mbpp
         return mbpp.load(args.data_dir, prompt_format=args.mbpp_format)
@@ -165,6 +178,22 @@ def run_eval_command(args) -> int:
 
 
 def _run(args: EvalConfig) -> int:
+    from evals.data import EvalInputError
+
+    if args.benchmark != "humaneval-x":
+        return _run_one(args)
+    if args.language is None:
+        raise EvalInputError("humaneval-x needs --language (" + "|".join((*HUMANEVAL_X_LANGUAGES, "all")) + ")")
+    if args.language != "all":
+        return _run_one(args)
+    if args.samples:
+        raise EvalInputError("--language all generates; to score a sample file give its one language")
+    return max(_run_one(dataclasses.replace(args, language=language,
+                                            output=str(Path(args.output) / language) if args.output else None))
+               for language in HUMANEVAL_X_LANGUAGES)
+
+
+def _run_one(args: EvalConfig) -> int:
     from codelm.config import save_config
     from evals import runner
     from evals.data import EvalInputError

