@@ -11,8 +11,8 @@ RUN    ?= runs/demo
 STEPS  ?= 300
 OBJECTIVE ?= mim:0.5,fim:0.5
 EVAL_LIMIT ?= 100
-# benchmark files (MBPP, HumanEval-infilling) for decontamination and evaluation: ../shared/data beside the checkout
-export CODELM_DATA_DIR ?= $(abspath ../shared/data)
+# Benchmark files (MBPP, HumanEval-infilling, HumanEval+/MBPP+) ship inside the package (codelm/benchdata);
+# CODELM_DATA_DIR=dir overrides the files that dir holds.
 
 .PHONY: setup demo test test-fast clean help
 

@@ -86,8 +86,9 @@ def _add_common_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--limit", type=int, help="only the first N tasks")
     sub.add_argument("--tasks", help="only these task ids, comma-separated")
     sub.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed derives from it (default 0)")
-    sub.add_argument("--data-dir", help="directory holding mbpp/ and humaneval-infilling/ "
-                                        "(default $CODELM_DATA_DIR, then shared/data near the repo, then the hub)")
+    sub.add_argument("--data-dir", help="directory overriding the benchmark files it holds (mbpp/, "
+                                        "humaneval-infilling/, evalplus/); default $CODELM_DATA_DIR, then the copy "
+                                        "packaged with codelm")
     sub.add_argument("--workers", type=int, help="programs run at once (default: the sandbox's choice)")
     sub.add_argument("--backend", choices=("local", "docker"), default="local", help="sandbox backend")
     sub.add_argument("--timeout", type=float, help="CPU seconds per program (default 3; MBPP 10)")

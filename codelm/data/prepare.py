@@ -76,7 +76,8 @@ class DataConfig:
     decontam_min_overlap: float = option(0.4, "decontamination: share of a benchmark solution's n-grams that "
                                                 "flags a document")
     decontam_text_ngram: int = option(13, "decontamination: word n-gram length for problem statements (0 = off)")
-    data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR, then ../shared/data)")
+    data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR where it holds a file, else "
+                               "the copy packaged with codelm)")
     num_threads: int = option(2, "tokenizer threads")
     num_workers: int = option(2, "processes for per-document stages (1 = no pool)")
     progress_seconds: float = option(5.0, "seconds between progress lines on long stages (0 = quiet)")
