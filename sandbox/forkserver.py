@@ -62,7 +62,7 @@ class Server:
     def setup(self) -> dict:
         if self.isolate:
             try:
-                isolation.isolate_server(self.config["hide"], self._kept_paths())
+                isolation.isolate_server(self.config["hide"], isolation.interpreter_paths())
             except OSError as e:
                 return {"ok": False, "error": f"cannot create namespaces ({e}); this host forbids them"}
             self.features.update(network="empty network namespace", hidden=self.config["hide"])
@@ -82,12 +82,6 @@ class Server:
         # Keep the collector off the inherited objects, so forks do not copy-on-write pages just to scan them.
         gc.freeze()
         return self._probe()
-
-    def _kept_paths(self) -> list[str]:
-        """The interpreter's own trees stay visible even under a hidden directory (a venv inside the project)."""
-        keep = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-        keep.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-        return sorted(keep)
 
     def _probe(self) -> dict:
         """Run one trivial program through the whole path; drop the user namespace if the host forbids that step."""

@@ -4,6 +4,8 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,33 @@ def test_a_slot_is_replaced_after_its_share_of_runs_and_answers_every_one(monkey
     first_slot = [uid for uid in uids if uid // 1_000_000 == uids[0] // 1_000_000]
     assert first_slot[-1] % 1_000_000 == runs_per_slot - 1  # its last run was its share, then another slot took over
     assert uids[-1] // 1_000_000 != uids[0] // 1_000_000
+
+
+def test_a_virtualenv_under_tmp_lends_its_packages_read_only_and_nothing_else(tmp_path_factory):
+    """Each run gets an empty /tmp: a virtualenv living there (a clone under /tmp) must still lend its installed
+    packages to programs, read-only, across runs of the same slot, while the rest of its directory stays hidden."""
+    root = Path(tempfile.mkdtemp(prefix="codelm-venv-", dir="/tmp"))
+    try:
+        venv = root / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python3*/site-packages"))
+        (site / "probe_pkg.py").write_text("VALUE = 42\n")
+        (venv / "secret.txt").write_text("not for programs")
+        program = textwrap.dedent(f"""
+            import os, probe_pkg
+            print(probe_pkg.VALUE, os.path.exists({str(venv / 'secret.txt')!r}), os.listdir({str(venv)!r}))
+            try:
+                open({str(site / 'planted.py')!r}, "w")
+                print("writable")
+            except OSError:
+                print("read-only")
+            open("scratch.txt", "w").write("x")  # the run's own /tmp stays writable
+        """)
+        python = str(venv / "bin" / "python")
+        for _ in range(3):  # later runs of the same slot see the packages too, after /tmp was emptied
+            r = sandbox.run(program, python=python, timeout_s=20)
+            assert r.status == "ok", r.stderr
+            assert r.stdout.splitlines() == ["42 False ['lib']", "read-only"]
+        assert not (site / "planted.py").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=True)
