@@ -65,7 +65,7 @@ def run_compare_command(args) -> int:
     try:
         paths = compare(args.runs, args.output)
     except EvalInputError as e:
-        print(f"codelm eval: error: {e}", file=sys.stderr)
+        print(f"codelm: error: {e}", file=sys.stderr)
         return 2
     print(f"report: {paths['markdown']}, {paths['html']}", file=sys.stderr)
     return 0
@@ -136,7 +136,7 @@ def run_eval_command(args) -> int:
     try:
         return _run(args)
     except (EvalInputError, UserError) as e:  # a bad sample file, or a missing/corrupt checkpoint
-        print(f"codelm eval: error: {e}", file=sys.stderr)
+        print(f"codelm: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -29,7 +29,7 @@ def add_serve_parser(subparsers) -> None:
                    help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
     p.add_argument("--no-raw-fim", dest="raw_fim", action="store_false",
                    help="treat a prompt containing this model's FIM sentinels as plain text")
-    p.add_argument("--model-id", default=None, help="id reported by /v1/models (default codelm-<run>[-qwencoder-fim])")
+    p.add_argument("--model-id", default=None, help="id reported by /v1/models (default codelm-<run>[-fim])")
     p.set_defaults(func=cmd_serve)
 
 
