@@ -118,6 +118,9 @@ def evaluate_model(benchmark: Benchmark, model, out_dir, sampling: Sampling, *, 
                 "n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "max_new_tokens": sampling.max_new_tokens, "seed": seed, **benchmark.protocol_extras()}
     identity = {"benchmark": benchmark.name, **{k: v for k, v in protocol.items() if k != "description"}}
+    model_backend = getattr(model, "backend", "codelm")
+    if model_backend != "codelm":  # resuming with another backend would mix two engines' samples: refused
+        identity["model_backend"] = model_backend
     protocol.update(_limits(benchmark, cpu_s, timeout_s))
     protocol["provenance"] = {**provenance(model, stream), "data": data_provenance(benchmark)}
     run.claim(identity, {"protocol": protocol, "backend": backend})
@@ -138,6 +141,9 @@ def provenance(model, stream=None) -> dict:
     record = {"model": model.name, "data_manifest_hash": capabilities.get("data_manifest_hash"),
               "data_decontaminated": capabilities.get("data_decontaminated"),
               "model_code_version": capabilities.get("code_version"), "eval_code_version": code_version()}
+    describe = getattr(model, "describe_backend", None)
+    if describe is not None:  # backend, dtype, device and library versions
+        record.update(describe())
     if capabilities and not capabilities.get("data_decontaminated"):
         print(f"warning: {model.name} was trained on data not decontaminated against the benchmarks; "
               f"its scores may be inflated", file=stream or sys.stderr)
