@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from evals.models import MODEL_BACKENDS
+
 BENCHMARKS = ("humaneval", "mbpp", "infilling")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
@@ -27,6 +29,9 @@ def parse_ks(values: list[str] | None) -> list[int]:
                 raise argparse.ArgumentTypeError(f"-k takes positive integers, got {part!r}")
             ks.append(int(part))
     return sorted(set(ks))
+
+
+SANDBOXES = ("local", "docker")
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -90,7 +95,21 @@ def _add_common_args(sub: argparse.ArgumentParser) -> None:
                                         "humaneval-infilling/, evalplus/); default $CODELM_DATA_DIR, then the copy "
                                         "packaged with codelm")
     sub.add_argument("--workers", type=int, help="programs run at once (default: the sandbox's choice)")
-    sub.add_argument("--backend", choices=("local", "docker"), default="local", help="sandbox backend")
+    sub.add_argument("--sandbox", choices=SANDBOXES, default=None, help="where programs run (default local)")
+    sub.add_argument("--backend", choices=MODEL_BACKENDS + SANDBOXES, default="auto",
+                     help="model backend: codelm (codelm checkpoints, Llama-architecture HF dirs), transformers (any "
+                          "AutoModelForCausalLM), vllm (make vllm-env), endpoint (--endpoint implies it); auto "
+                          "(default) picks codelm for what it loads, else transformers. local|docker: the old "
+                          "spelling of --sandbox (deprecated)")
+    model = sub.add_argument_group("model loading (codelm, transformers and vllm backends)")
+    model.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it, else fp32), float32, "
+                                                       "bfloat16, float16")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="let transformers/vLLM run the code a model directory ships (off by default)")
+    model.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model (default 1)")
+    model.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                       help="vllm: share of GPU memory it may take (default 0.9)")
     sub.add_argument("--timeout", type=float, help="CPU seconds per program (default 3; MBPP 10)")
     sub.add_argument("--progress-every", type=float, default=10.0, help=argparse.SUPPRESS)
     api = sub.add_argument_group("model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, "
@@ -101,6 +120,25 @@ def _add_common_args(sub: argparse.ArgumentParser) -> None:
     api.add_argument("--rate-limit", type=float, help="at most this many requests per second")
     api.add_argument("--retries", type=int, default=6, help="retries on 429/5xx with backoff (default 6)")
     api.add_argument("--fim-template", help="raw FIM prompt with {prefix} and {suffix} instead of the suffix field")
+
+
+def resolve_backends(args) -> tuple[str, str]:
+    """(sandbox, model backend). `--backend local|docker` is the old spelling of --sandbox: it still works, with a
+    warning (the two value sets do not overlap). --endpoint implies the endpoint backend."""
+    from evals.data import EvalInputError
+
+    sandbox, backend = args.sandbox, args.backend
+    if backend in SANDBOXES:
+        print(f"codelm: warning: --backend {backend} is deprecated; the sandbox is chosen with --sandbox {backend} "
+              f"(--backend now names the model backend)", file=sys.stderr)
+        if sandbox not in (None, backend):
+            raise EvalInputError(f"--backend {backend} (deprecated, meaning --sandbox) contradicts --sandbox {sandbox}")
+        sandbox, backend = backend, "auto"
+    if args.endpoint and backend not in ("auto", "endpoint"):
+        raise EvalInputError(f"--endpoint serves the model; it cannot be combined with --backend {backend}")
+    if backend == "endpoint" and not args.endpoint:
+        raise EvalInputError("--backend endpoint needs --endpoint URL")
+    return sandbox or "local", "endpoint" if args.endpoint else backend
 
 
 def load_benchmark(args):
@@ -156,7 +194,8 @@ def _run(args) -> int:
     benchmark = load_benchmark(args)
     output = Path(args.output) if args.output else default_output(args, benchmark.name)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    common = dict(ks=ks, limit=args.limit, tasks=tasks, workers=args.workers, backend=args.backend,
+    sandbox, model_backend = resolve_backends(args)
+    common = dict(ks=ks, limit=args.limit, tasks=tasks, workers=args.workers, backend=sandbox,
                   cpu_s=args.timeout, progress_every=args.progress_every)
     if args.samples:
         summary = runner.evaluate_samples(benchmark, args.samples, output, **common)
@@ -168,7 +207,10 @@ def _run(args) -> int:
             model = load_model(args.endpoint_model, endpoint=args.endpoint, concurrency=args.concurrency,
                                retries=args.retries, rate_limit=args.rate_limit, fim_template=args.fim_template)
         else:
-            model = load_model(args.model)
+            model = load_model(args.model, args.device, backend=model_backend, dtype=args.dtype,
+                               trust_remote_code=args.trust_remote_code,
+                               vllm_options={"tensor_parallel_size": args.tensor_parallel_size,
+                                             "gpu_memory_utilization": args.gpu_memory_utilization})
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,
                                         batch_size=args.batch_size, **common)
     print(f"results: {output}/results.jsonl, summary: {output}/summary.json", file=sys.stderr)
