@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from codelm import benchdata
 from codelm.generate import SamplingParams
 from codelm.infill import infill
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval-infilling" / \
-    "HumanEval-SingleLineInfilling.jsonl.gz"
+DATA = benchdata.find("humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz")[0]  # packaged with codelm
 
 
 def normalize(code: str) -> str:
@@ -89,7 +89,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
 
     tasks = load_tasks(Path(args.data))
     if args.problems:

@@ -8,7 +8,6 @@ lists every place that was tried.
 
 import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -28,8 +27,8 @@ def find_local_file(relative_path: str, data_dir=None) -> tuple[Path | None, lis
 
 
 def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, data_dir=None) -> Path:
-    """A local copy (--data-dir, $CODELM_DATA_DIR, the packaged one, shared/data), else a cached download of the upstream file, else
-    one clear error listing everything tried (this is how an offline machine without the files reports it)."""
+    """A local copy (--data-dir, $CODELM_DATA_DIR, the packaged one, shared/data), else a cached download of the
+    upstream file, else one clear error listing everything tried (how an offline machine without the files says it)."""
     path, tried = find_local_file(relative_path, data_dir)
     if path is not None:
         return path
@@ -38,9 +37,11 @@ def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, d
         return cached
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)
-        tmp.rename(cached)  # a download cut off midway never looks like a complete file
+        import urllib.request  # only when a benchmark file must be downloaded (slow to import)
+
+        from codelm.atomic import atomic_path
+        with atomic_path(cached) as tmp:  # a download cut off midway never looks like a complete file
+            urllib.request.urlretrieve(url, tmp)
         return cached
     except Exception as e:  # offline, or the upstream moved: say everything that was tried
         tried += [f"{cached} (cache)", f"{url} ({type(e).__name__}: {e})"]

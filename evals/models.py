@@ -59,18 +59,18 @@ def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str 
         from codelm.backends.vllm_lm import VllmLM
         return VllmModel(VllmLM.load(path_or_name, dtype=dtype, trust_remote_code=trust_remote_code,
                                      **(vllm_options or {})))
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
 
     import torch
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = CodelmModel(load_checkpoint(path_or_name, device=device))
-    if dtype not in ("auto", "float32", "fp32"):
+    torch_dtype = None  # auto: as codelm decodes today (fp32 weights)
+    if dtype != "auto":
         from codelm.backends.transformers_lm import DTYPES
         if dtype not in DTYPES:
             raise EvalInputError(f"--dtype: unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
-        model.checkpoint.model.to(DTYPES[dtype])
-    return model
+        torch_dtype = DTYPES[dtype]
+    return CodelmModel(load_checkpoint(path_or_name, device=device, dtype=torch_dtype))
 
 
 def auto_backend(path: str) -> str:
