@@ -14,7 +14,7 @@ EVAL_LIMIT ?= 100
 # Benchmark files (MBPP, HumanEval-infilling, HumanEval+/MBPP+) ship inside the package (codelm/benchdata);
 # CODELM_DATA_DIR=dir overrides the files that dir holds.
 
-.PHONY: setup demo test test-fast clean help
+.PHONY: setup demo test test-fast clean help vllm-env
 
 help:
 	@echo "make demo   set up, prepare the stdlib corpus, train the tiny model (~5 min), sample, evaluate"
@@ -58,5 +58,17 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not docker and not browser"
 
+# vLLM pins its own torch and transformers (e.g. vllm 0.33: torch 2.14, transformers < 5.21): it gets a virtualenv of
+# its own, with codelm installed into it, so the main one is never downgraded. `--backend vllm` runs from there:
+#   .venv-vllm/bin/codelm eval humaneval MODEL_DIR --backend vllm --n 200 -k 1,10,100
+VLLM_VENV ?= .venv-vllm
+VLLM      ?= vllm
+vllm-env:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install -e '.[dev]'
+	$(VLLM_VENV)/bin/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+
 clean:
-	rm -rf $(VENV) data runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) data runs .pytest_cache

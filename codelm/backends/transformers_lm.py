@@ -81,25 +81,21 @@ def detect_fim_family(vocab: dict[str, int]) -> str | None:
     return None
 
 
-class TransformersLM:
-    """A transformers causal LM with codelm's generation contract: `generate_ids`, `complete`, `infill`."""
+class HFPrompts:
+    """What every Hugging Face-model backend shares: prompts as the model's tokenizer makes them (its BOS handling,
+    its family's FIM template) and codelm's tokenizer interface over the same tokenizer.json for decoding."""
 
-    def __init__(self, model, hf_tokenizer, *, name: str = "transformers", max_batch: int | None = None):
+    def __init__(self, hf_tokenizer, model_config, *, name: str, extra_eos=None):
         from codelm.hf import HFTokenizer
 
-        self.model = model.eval()
         self.hf_tokenizer = hf_tokenizer
         self.name = name
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        self.max_batch = max_batch  # lowered for good after an out-of-memory retry
         vocab = hf_tokenizer.get_vocab()
         eos = hf_tokenizer.eos_token_id
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos_ids = {i for i in ([eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])) if i is not None}
+        eos_ids = {i for i in ([eos] + (extra_eos if isinstance(extra_eos, list) else [extra_eos])) if i is not None}
         if not eos_ids:
             raise ConfigError(f"{name}: the tokenizer defines no end-of-sequence token")
-        # codelm's tokenizer interface over the same tokenizer.json: byte-exact incremental decoding for TextStream
+        # byte-exact incremental decoding for TextStream
         self.tokenizer = HFTokenizer(hf_tokenizer.backend_tokenizer.to_str(), name=name,
                                      bos_id=hf_tokenizer.bos_token_id, eos_id=eos if eos is not None else
                                      min(eos_ids), pad_id=hf_tokenizer.pad_token_id)
@@ -107,41 +103,10 @@ class TransformersLM:
         self.head = self._special_head(hf_tokenizer)
         self.fim_family = detect_fim_family(vocab)
         self.vocab = vocab
-        cfg = model.config
-        self.context_length = next((int(v) for v in (getattr(cfg, k, None) for k in
+        self.context_length = next((int(v) for v in (getattr(model_config, k, None) for k in
                                                      ("max_position_embeddings", "n_positions", "n_ctx",
                                                       "seq_length")) if isinstance(v, int) and v > 0), 1 << 20)
         self.n_vocab = max(self.tokenizer.n_vocab, 1)
-        # transformers 5 renamed the forward's past_key_values to cache (the old name warns)
-        forward_args = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
-        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in forward_args), None)
-
-    # --- loading ------------------------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto",
-             trust_remote_code: bool = False, max_batch: int | None = None) -> "TransformersLM":
-        """A local Hugging Face model directory (never the network)."""
-        transformers = _require_transformers()
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json)")
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                                                   trust_remote_code=trust_remote_code)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch_dtype)
-        except ValueError as e:  # an unknown architecture, or one that needs remote code
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            hint = "" if trust_remote_code else " (if the model ships its own code, add --trust-remote-code)"
-            raise CheckpointError(f"{path}: transformers cannot load it: {first}{hint}") from None
-        except OSError as e:
-            raise CheckpointError(f"{path}: {str(e).strip().splitlines()[0]}") from None
-        if not getattr(tokenizer, "is_fast", False):
-            raise CheckpointError(f"{path}: only fast tokenizers (tokenizer.json, or convertible) are supported")
-        return cls(model.to(dev), tokenizer, name=str(path), max_batch=max_batch)
 
     @staticmethod
     def _special_head(hf_tokenizer) -> list[int]:
@@ -153,13 +118,6 @@ class TransformersLM:
             if full[start:start + len(plain)] == plain:
                 return list(full[:start])
         return []
-
-    def describe(self) -> dict:
-        import transformers
-        return {"backend": "transformers", "architecture": type(self.model).__name__,
-                "model_type": self.model.config.model_type, "dtype": str(self.dtype).removeprefix("torch."),
-                "device": str(self.device), "fim_family": self.fim_family, "bos_head": self.head,
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
     # --- prompts ------------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -219,7 +177,8 @@ class TransformersLM:
         return self.eos_ids | {i for i in (sentinel_id(self.vocab, s) for s in template.stop) if i is not None}
 
     # --- generation ---------------------------------------------------------------------------------------------
-    def complete(self, prompts: Sequence[str], params: SamplingParams, seeds=None, n: int = 1) -> list[list[Completion]]:
+    def complete(self, prompts: Sequence[str], params: SamplingParams, seeds=None,
+                 n: int = 1) -> list[list[Completion]]:
         return self.generate_ids([self.prompt_ids(p) for p in prompts], params, seeds, n)
 
     def infill(self, prefixes: Sequence[str], suffixes: Sequence[str], params: SamplingParams, seeds=None, n: int = 1,
@@ -227,6 +186,58 @@ class TransformersLM:
         self.require_fim(fim_format)
         ids = [self.fim_prompt_ids(p, s, fim_format) for p, s in zip(prefixes, suffixes)]
         return self.generate_ids(ids, params, seeds, n, stop_ids=self.fim_stop_ids())
+
+    def generate_ids(self, prompt_ids, params, seeds=None, n=1, stop_ids=None) -> list[list[Completion]]:
+        raise NotImplementedError  # each backend decodes its own way
+
+
+class TransformersLM(HFPrompts):
+    """A transformers causal LM with codelm's generation contract: `generate_ids`, `complete`, `infill`."""
+
+    def __init__(self, model, hf_tokenizer, *, name: str = "transformers", max_batch: int | None = None):
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        super().__init__(hf_tokenizer, model.config, name=name, extra_eos=gen_eos)
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.max_batch = max_batch  # lowered for good after an out-of-memory retry
+        # transformers 5 renamed the forward's past_key_values to cache (the old name warns)
+        forward_args = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in forward_args), None)
+
+    # --- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto",
+             trust_remote_code: bool = False, max_batch: int | None = None) -> "TransformersLM":
+        """A local Hugging Face model directory (never the network)."""
+        transformers = _require_transformers()
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json)")
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                                   trust_remote_code=trust_remote_code)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch_dtype)
+        except ValueError as e:  # an unknown architecture, or one that needs remote code
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = "" if trust_remote_code else " (if the model ships its own code, add --trust-remote-code)"
+            raise CheckpointError(f"{path}: transformers cannot load it: {first}{hint}") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+        if not getattr(tokenizer, "is_fast", False):
+            raise CheckpointError(f"{path}: only fast tokenizers (tokenizer.json, or convertible) are supported")
+        return cls(model.to(dev), tokenizer, name=str(path), max_batch=max_batch)
+
+    def describe(self) -> dict:
+        import transformers
+        return {"backend": "transformers", "architecture": type(self.model).__name__,
+                "model_type": self.model.config.model_type, "dtype": str(self.dtype).removeprefix("torch."),
+                "device": str(self.device), "fim_family": self.fim_family, "bos_head": self.head,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, seeds=None, n: int = 1,
                      stop_ids: frozenset[int] | None = None) -> list[list[Completion]]:
