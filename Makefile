@@ -14,7 +14,7 @@ EVAL_LIMIT ?= 100
 # Benchmark files (MBPP, HumanEval-infilling, HumanEval+/MBPP+) ship inside the package (codelm/benchdata);
 # CODELM_DATA_DIR=dir overrides the files that dir holds.
 
-.PHONY: setup demo test test-fast clean help vllm-env
+.PHONY: setup demo test test-fast clean help bench-env vllm-env
 
 help:
 	@echo "make demo   set up, prepare the stdlib corpus, train the tiny model (~5 min), sample, evaluate"
@@ -51,6 +51,15 @@ demo: setup
 	@echo "shows every stage working end to end, not a useful model. For scores that mean something, evaluate a"
 	@echo "published model:   $(BIN)/codelm eval humaneval /path/to/hf-model-dir   (DeepSeek-Coder-1.3B-base: 34.8%"
 	@echo "pass@1 in its paper), or train a larger preset (350m and up) on GPUs over a large code corpus."
+
+# benchmark peers that pin their own dependencies (litgpt: huggingface-hub < 1.4), kept apart from the main venv
+BENCH_VENV ?= .venv-bench
+bench-env: $(BENCH_VENV)/bin/.installed
+$(BENCH_VENV)/bin/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check "$(TORCH)"
+	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check litgpt==0.5.13
+	touch $@
 
 test: setup
 	$(BIN)/python -m pytest

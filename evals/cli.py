@@ -3,6 +3,7 @@
   codelm eval humaneval --samples samples.jsonl [--output DIR] [-k 1,10,100]
   codelm eval mbpp MODEL [--mbpp-format bigcode|3shot] [-k 1] [--limit 50]
   codelm eval infilling MODEL --set single-line --mode fim|mim [--n 10 -k 1,10]
+  codelm eval humaneval-x MODEL --language cpp|java|js|go|rust|all [--set single-line --mode fim|mim]
 
 The options are one dataclass, EvalConfig (defaults here and nowhere else; `--config FILE` for a file of them); the
 resolved options are saved as eval_config.json in the output directory.
@@ -12,15 +13,17 @@ Exit codes: 0 done, 1 some samples could not be scored (sandbox infrastructure e
 """
 
 import argparse
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import ArgumentParser, add_dataclass_arguments, option
+from codelm.config import ArgumentParser, add_options_command, option
 from evals.models import MODEL_BACKENDS
 
-BENCHMARKS = ("humaneval", "mbpp", "infilling")
+BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
+HUMANEVAL_X_LANGUAGES = ("cpp", "java", "js", "go", "rust")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
 
@@ -79,6 +82,10 @@ class EvalConfig:
                                          "[BEGIN]/[DONE]", choices=("bigcode", "3shot"))
     infilling_set: str = option("single-line", "which infilling benchmark", flag="--set", choices=INFILLING_SETS)
     mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle", choices=("fim", "mim"))
+    language: str | None = option(None, "HumanEval-X language (all: each in turn, one output directory each)",
+                                  choices=(*HUMANEVAL_X_LANGUAGES, "all"))
+    x_set: str = option("generation", "generation, or single-line infilling built from the canonical solutions",
+                        flag="--set", choices=("generation", "single-line"))
     # a model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, codelm serve)
     endpoint: str | None = option(None, "OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (instead of MODEL)",
                                   metavar="URL")
@@ -90,11 +97,23 @@ class EvalConfig:
                                             "suffix field")
 
 
+@dataclass
+class TrainingEvalOptions:
+    """`codelm train` options for scoring HumanEval-infilling during training (the CLI hands the trainer a callback)."""
+    eval_infill_every: int = option(0, "score HumanEval-infilling every N steps, at validations (set --eval-every to a "
+                                       "divisor of N; 0 = off)", metavar="N")
+    eval_infill_set: str = option("random-span-light", "which HumanEval-infilling set", choices=INFILLING_SETS)
+    eval_infill_limit: int = option(20, "first N tasks")
+    eval_infill_mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle",
+                                   choices=("fim", "mim"))
+
+
 ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),
-            "mode": ("infilling",)}
+            "mode": ("infilling", "humaneval-x"), "language": ("humaneval-x",), "x_set": ("humaneval-x",)}
 BENCHMARK_HELP = {"humaneval": "HumanEval, 164 problems (Chen et al. 2021)",
                   "mbpp": "MBPP test split, tasks 11-510 (Austin et al. 2021)",
-                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)"}
+                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)",
+                  "humaneval-x": "HumanEval-X in C++, Java, JavaScript, Go or Rust (Zheng et al. 2023)"}
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -109,9 +128,8 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
                                        parser_class=ArgumentParser)
     for name in BENCHMARKS:
         sub = benchmarks.add_parser(name, help=BENCHMARK_HELP[name], description=BENCHMARK_HELP[name])
-        sub.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-        add_dataclass_arguments(sub, EvalConfig, exclude={f for f, only in ONLY_FOR.items() if name not in only})
-        sub.set_defaults(func=run_eval_command, options=EvalConfig)
+        add_options_command(sub, EvalConfig, run_eval_command,
+                            exclude={f for f, only in ONLY_FOR.items() if name not in only})
     compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")
     compare.add_argument("runs", nargs="+", metavar="DIR", help="directories written by `codelm eval`")
     compare.add_argument("--output", metavar="DIR", default="runs/eval/compare", help="where the report goes")
@@ -159,6 +177,11 @@ def load_benchmark(args: EvalConfig):
     if args.benchmark == "humaneval":
         from evals import humaneval
         return humaneval.load(args.data_dir)
+    if args.benchmark == "humaneval-x":
+        from evals import humaneval_x
+        if args.x_set == "single-line":
+            return humaneval_x.load_infilling(args.language, args.data_dir, mode=args.mode)
+        return humaneval_x.load(args.language, args.data_dir)
     if args.benchmark == "mbpp":
         from evals import mbpp
         return mbpp.load(args.data_dir, prompt_format=args.mbpp_format)
@@ -189,6 +212,22 @@ def run_eval_command(args) -> int:
 
 
 def _run(args: EvalConfig) -> int:
+    from evals.data import EvalInputError
+
+    if args.benchmark != "humaneval-x":
+        return _run_one(args)
+    if args.language is None:
+        raise EvalInputError("humaneval-x needs --language (" + "|".join((*HUMANEVAL_X_LANGUAGES, "all")) + ")")
+    if args.language != "all":
+        return _run_one(args)
+    if args.samples:
+        raise EvalInputError("--language all generates; to score a sample file give its one language")
+    return max(_run_one(dataclasses.replace(args, language=language,
+                                            output=str(Path(args.output) / language) if args.output else None))
+               for language in HUMANEVAL_X_LANGUAGES)
+
+
+def _run_one(args: EvalConfig) -> int:
     from codelm.config import save_config
     from evals import runner
     from evals.data import EvalInputError

@@ -17,7 +17,7 @@ from itertools import groupby
 from codelm import benchdata
 from evals.benchmark import Benchmark, Sampling
 from evals.data import EvalInputError, read_samples
-from evals.execution import run_programs, wall_limit
+from evals.execution import Verdict, run_programs, wall_limit
 from evals.progress import Progress
 from evals.report import format_table, summarize
 from evals.rundir import JsonlAppender, RunDir, write_json_atomic
@@ -221,18 +221,25 @@ def _score_and_report(benchmark, run, samples, task_ids, task_set, ks, protocol,
 def _score(benchmark, run, todo, workers, backend, cpu_s, timeout_s, progress_every, stream):
     if not todo:
         return
-    programs = [benchmark.program(benchmark.problems[s["task_id"]], s["completion"]) for s in todo]
-    progress = Progress(f"{benchmark.name} score", len(programs), "programs", progress_every, stream)
+    progress = Progress(f"{benchmark.name} score", len(todo), "programs", progress_every, stream)
     out = JsonlAppender(run.results_path)
 
-    def record(i, verdict):
-        s = todo[i]
+    def record(i, verdict, samples=None):
+        s = (samples or todo)[i]  # todo as it is when called: the runnable samples, once those are picked
         out.write({"task_id": s["task_id"], "completion_id": s["completion_id"], "completion": s["completion"],
                    "passed": verdict.passed, "result": verdict.result, "status": verdict.status,
                    "error": verdict.error, "wall_s": verdict.wall_s, "cpu_s": verdict.cpu_s,
                    **benchmark.sample_fields(benchmark.problems[s["task_id"]], s["completion"])})
         progress.advance()
 
+    # A task the benchmark cannot run here (e.g. it needs a package this machine lacks) fails with its reason: it
+    # stays in the denominator, never silently dropped.
+    unavailable = [(s, benchmark.unavailable(benchmark.problems[s["task_id"]])) for s in todo]
+    for s, why in unavailable:
+        if why:
+            record(0, Verdict(False, f"failed: unavailable: {why}", "unavailable", "", 0.0, None), [s])
+    todo = [s for s, why in unavailable if not why]
+    programs = [benchmark.runnable(benchmark.problems[s["task_id"]], s["completion"]) for s in todo]
     try:
         run_programs(programs, on_verdict=record, workers=workers, backend=backend,
                      cpu_s=cpu_s or benchmark.cpu_s, timeout_s=timeout_s,

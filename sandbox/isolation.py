@@ -11,6 +11,7 @@ Layering (why each step happens where it does):
                  namespace, the program cannot unmount or remount anything, even as "root" of its user namespace.
 Stdlib only (imported by the fork server as a plain script).
 """
+import functools
 import os
 import sys
 
@@ -24,9 +25,12 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
+@functools.lru_cache(maxsize=1)
 def interpreter_paths() -> list[str]:
     """What programs need of the interpreter: its base installation and the site-packages on sys.path. Not a
-    virtualenv's own directory (sys.prefix): beyond its site-packages it holds nothing a program needs."""
+    virtualenv's own directory (sys.prefix): beyond its site-packages it holds nothing a program needs.
+    Computed once, in the server before it hides anything (slots inherit the answer): resolved after the project is
+    hidden, a virtualenv's interpreter symlink inside it would no longer lead to the real interpreter."""
     keep = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     keep.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p))
     return sorted(keep)
@@ -78,7 +82,7 @@ class ScratchDirs:
         self.targets = [WORKDIR] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
         self.size_mb = None
         self.kept = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in interpreter_paths()
-                     if any(_under(p, t) and p != t for t in self.targets)}
+                     if any(_under(p, t) and p != t for t in self.targets) and os.path.isdir(p)}
         self.ancestors = {os.path.dirname(p) for p in self.kept}
         for p in list(self.ancestors):
             while p not in self.targets and p != "/":
