@@ -14,7 +14,7 @@ EVAL_LIMIT ?= 100
 # benchmark files (MBPP, HumanEval-infilling) for decontamination and evaluation: ../shared/data beside the checkout
 export CODELM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast clean help
+.PHONY: setup demo test test-fast clean help bench-env
 
 help:
 	@echo "make demo   set up, prepare the stdlib corpus, train the tiny model (~5 min), sample, evaluate"
@@ -44,6 +44,15 @@ demo: setup
 	@echo "checkpoint:  $$(ls -d $(RUN)/checkpoints/step_* | tail -1)"
 	@echo "evaluations: $(RUN)/eval/   (results.jsonl, summary.json per benchmark)"
 	@echo "playground:  $(BIN)/codelm serve $(RUN)   then open http://127.0.0.1:8000/"
+
+# benchmark peers that pin their own dependencies (litgpt: huggingface-hub < 1.4), kept apart from the main venv
+BENCH_VENV ?= .venv-bench
+bench-env: $(BENCH_VENV)/bin/.installed
+$(BENCH_VENV)/bin/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check "$(TORCH)"
+	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check litgpt==0.5.13
+	touch $@
 
 test: setup
 	$(BIN)/python -m pytest
