@@ -49,6 +49,7 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupSignature
+from datatrove.pipeline.dedup.minhash import _mersenne_prime as _MERSENNE
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
@@ -241,6 +242,18 @@ class CodeMinhashSignature(MinhashDedupSignature):
 
     def get_shingles(self, text: str) -> np.ndarray:
         return code_shingles(text, self.config.n_grams, self._hash_func)
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        """datatrove's signature, computed 4096 shingles at a time: its one-shot version makes shingles x hashes
+        temporaries (a 1 MB file: ~300k shingles x 180 hashes x 8 bytes, several times over)."""
+        a, b = self.parameters
+        sig = np.full(self.num_hashes, np.iinfo(np.uint64).max, dtype=np.uint64)
+        for start in range(0, len(shingles), 4096):
+            phv = (shingles[start:start + 4096] * a + b) % _MERSENNE
+            if self.config.hash_config.precision == 32:
+                phv = np.bitwise_and(phv, self.config.hash_config.max)
+            np.minimum(sig, phv.min(axis=0), out=sig)
+        return [x.tolist() for x in np.split(sig.astype(self.config.hash_config.np_dtype), self.config.num_buckets)]
 
 
 class Cluster(PipelineStep):
