@@ -1,7 +1,7 @@
 """HumanEval-X (Zheng et al. 2023, "CodeGeeX"): HumanEval's 164 problems hand-translated to C++, Java, JavaScript, Go
 and Rust, each with its own tests.
 
-Data: `humaneval-x/humaneval_<language>.jsonl.gz` in the local data directory (see evals/data.py), plus Go's vendored
+Data: `humaneval-x/humaneval_<language>.jsonl.gz`, packaged with codelm (codelm/benchdata; see evals/data.py), plus Go's vendored
 test modules (`humaneval-x/go/go.mod`, `vendor.tar.gz`). Fields: task_id ("CPP/0", "Java/0", "JavaScript/0",
 "Go/0", "Rust/0"), prompt, declaration, canonical_solution (the body and the function's closing brace), test; Go adds
 import, test_setup. Apache-2.0.
