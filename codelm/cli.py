@@ -256,8 +256,13 @@ def cmd_infill(args) -> int:
         return 0
     sys.stdout.write(result.best.text)
     sys.stdout.flush()
-    met = f", met: {sum(result.met)}/{len(result.met)}" if cfg.mode == "mim" else ""
-    print(f"\n----- {cfg.mode}: {result.best.finish_reason}, sequential steps {result.steps}{met}", file=sys.stderr)
+    reasons = {"eot": "the model ended the middle", "stop": "a stop sequence", "met": "the two sides met",
+               "length": f"the --max-new-tokens limit ({cfg.max_new_tokens})"}
+    reason = reasons.get(result.best.finish_reason, result.best.finish_reason)
+    met = f"; the two sides met in {sum(result.met)} of {len(result.met)} samples" if cfg.mode == "mim" else ""
+    steps = result.steps[0] if len(result.steps) == 1 else result.steps
+    print(f"\n----- end of the infilled middle ({cfg.mode}): stopped by {reason}; {steps} sequential model passes"
+          f"{met}", file=sys.stderr)
     return 0
 
 

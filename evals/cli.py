@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.config import ArgumentParser, add_options_command, option
+from evals.models import MODEL_BACKENDS
 
 BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
 HUMANEVAL_X_LANGUAGES = ("cpp", "java", "js", "go", "rust")
@@ -35,6 +36,9 @@ def parse_ks(values: list[str] | None) -> list[int]:
                 raise argparse.ArgumentTypeError(f"-k takes positive integers, got {part!r}")
             ks.append(int(part))
     return sorted(set(ks))
+
+
+SANDBOXES = ("local", "docker")
 
 
 @dataclass
@@ -56,10 +60,21 @@ class EvalConfig:
     limit: int | None = option(None, "only the first N tasks")
     tasks: str | None = option(None, "only these task ids, comma-separated")
     seed: int = option(0, "base seed; each sample's seed derives from it")
-    data_dir: str | None = option(None, "directory holding mbpp/ and humaneval-infilling/ (default $CODELM_DATA_DIR, "
-                                        "then shared/data near the repo, then the hub)")
+    data_dir: str | None = option(None, "directory overriding the benchmark files it holds (mbpp/, "
+                                        "humaneval-infilling/, evalplus/); default $CODELM_DATA_DIR, then the copy "
+                                        "packaged with codelm")
     workers: int | None = option(None, "programs run at once (default: the sandbox's choice)")
-    backend: str = option("local", "sandbox backend", choices=("local", "docker"))
+    sandbox: str | None = option(None, "where programs run (default local)", choices=SANDBOXES)
+    backend: str = option("auto", "model backend: codelm (codelm checkpoints, Llama-architecture HF dirs), "
+                                  "transformers (any AutoModelForCausalLM), vllm (make vllm-env), endpoint (--endpoint "
+                                  "implies it); auto picks codelm for what it loads, else transformers. local|docker: "
+                                  "the old spelling of --sandbox (deprecated)", choices=MODEL_BACKENDS + SANDBOXES)
+    dtype: str = option("auto", "model weights: auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, "
+                                "float16")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    trust_remote_code: bool = option(False, "let transformers/vLLM run the code a model directory ships")
+    tensor_parallel_size: int = option(1, "vllm: GPUs per model")
+    gpu_memory_utilization: float = option(0.9, "vllm: share of GPU memory it may take")
     timeout: float | None = option(None, "CPU seconds per program (default 3; MBPP 10)")
     progress_every: float = option(10.0, "seconds between progress lines", hidden=True)
     plus: bool = option(False, "HumanEval+ / MBPP+ (evalplus): differential tests on many more inputs")
@@ -128,10 +143,29 @@ def run_compare_command(args) -> int:
     try:
         paths = compare(args.runs, args.output)
     except EvalInputError as e:
-        print(f"codelm eval: error: {e}", file=sys.stderr)
+        print(f"codelm: error: {e}", file=sys.stderr)
         return 2
     print(f"report: {paths['markdown']}, {paths['html']}", file=sys.stderr)
     return 0
+
+
+def resolve_backends(args) -> tuple[str, str]:
+    """(sandbox, model backend). `--backend local|docker` is the old spelling of --sandbox: it still works, with a
+    warning (the two value sets do not overlap). --endpoint implies the endpoint backend."""
+    from evals.data import EvalInputError
+
+    sandbox, backend = args.sandbox, args.backend
+    if backend in SANDBOXES:
+        print(f"codelm: warning: --backend {backend} is deprecated; the sandbox is chosen with --sandbox {backend} "
+              f"(--backend now names the model backend)", file=sys.stderr)
+        if sandbox not in (None, backend):
+            raise EvalInputError(f"--backend {backend} (deprecated, meaning --sandbox) contradicts --sandbox {sandbox}")
+        sandbox, backend = backend, "auto"
+    if args.endpoint and backend not in ("auto", "endpoint"):
+        raise EvalInputError(f"--endpoint serves the model; it cannot be combined with --backend {backend}")
+    if backend == "endpoint" and not args.endpoint:
+        raise EvalInputError("--backend endpoint needs --endpoint URL")
+    return sandbox or "local", "endpoint" if args.endpoint else backend
 
 
 def load_benchmark(args: EvalConfig):
@@ -173,7 +207,7 @@ def run_eval_command(args) -> int:
     try:
         return _run(resolve_config(EvalConfig, args, args.config))
     except (EvalInputError, UserError) as e:  # a bad sample file, or a missing/corrupt checkpoint
-        print(f"codelm eval: error: {e}", file=sys.stderr)
+        print(f"codelm: error: {e}", file=sys.stderr)
         return 2
 
 
@@ -210,7 +244,8 @@ def _run_one(args: EvalConfig) -> int:
     benchmark = load_benchmark(args)
     output = Path(args.output) if args.output else default_output(args, benchmark.name)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    common = dict(ks=ks, limit=args.limit, tasks=tasks, workers=args.workers, backend=args.backend,
+    sandbox, model_backend = resolve_backends(args)
+    common = dict(ks=ks, limit=args.limit, tasks=tasks, workers=args.workers, backend=sandbox,
                   cpu_s=args.timeout, progress_every=args.progress_every)
     if args.samples:
         summary = runner.evaluate_samples(benchmark, args.samples, output, **common)
@@ -222,7 +257,10 @@ def _run_one(args: EvalConfig) -> int:
             model = load_model(args.endpoint_model, endpoint=args.endpoint, concurrency=args.concurrency,
                                retries=args.retries, rate_limit=args.rate_limit, fim_template=args.fim_template)
         else:
-            model = load_model(args.model)
+            model = load_model(args.model, args.device, backend=model_backend, dtype=args.dtype,
+                               trust_remote_code=args.trust_remote_code,
+                               vllm_options={"tensor_parallel_size": args.tensor_parallel_size,
+                                             "gpu_memory_utilization": args.gpu_memory_utilization})
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,
                                         batch_size=args.batch_size, **common)
     save_config(args, output / "eval_config.json")

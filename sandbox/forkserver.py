@@ -84,11 +84,9 @@ class Server:
         return self._probe()
 
     def _kept_paths(self) -> list[str]:
-        """The interpreter's own trees stay visible even under a hidden directory (a venv inside the project)."""
-        keep = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-        keep.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-        keep.update(self.config.get("keep", []))
-        return sorted(keep)
+        """The interpreter's own trees (isolation.interpreter_paths) and the toolchains the caller names stay visible
+        even under a hidden directory (a venv inside the project)."""
+        return sorted(set(isolation.interpreter_paths()) | set(self.config.get("keep", [])))
 
     def _probe(self) -> dict:
         """Run one trivial program through the whole path; drop the user namespace if the host forbids that step."""

@@ -32,10 +32,12 @@ class Prompt:
 
 
 def completion_prompt(tokenizer, text: str, budget: int) -> Prompt:
+    """The BOS marker (none for a tokenizer without one: Qwen2.5-Coder, StarCoder), then the text's last tokens."""
     ids = tokenizer.encode(text)
-    room = max(budget - 1, 0)
+    head = [tokenizer.l2r_id] if tokenizer.l2r_id is not None else []
+    room = max(budget - len(head), 0)
     kept = ids[-room:] if room else []
-    return Prompt([tokenizer.l2r_id] + kept, len(kept) < len(ids))
+    return Prompt(head + kept, len(kept) < len(ids))
 
 
 def fim_prompt(tokenizer, prefix: str, suffix: str, budget: int, middle_start: str = "") -> Prompt:
