@@ -24,7 +24,7 @@ def documented_commands() -> list[list[str]]:
     lines = []
     readme = (ROOT / "README.md").read_text()
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
-        lines += block.replace("\\\n", " ").splitlines()  # a line continued with a backslash is one command
+        lines += block.replace("\\\n", " ").splitlines()  # a command continued on the next line is one command
     make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     lines += [line.replace("$(BIN)/", "") for line in make.splitlines() if line.strip().startswith("$(BIN)/codelm ")]
     commands = []
