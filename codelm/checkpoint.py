@@ -24,6 +24,7 @@ import torch
 from codelm import code_version
 from codelm.config import default_file_mode, replace_directory
 from codelm.errors import CheckpointError
+from codelm.fast_paths import apply_fast_paths
 from codelm.model import ModelConfig, Transformer
 
 FORMAT = "codelm-checkpoint/1"
@@ -236,7 +237,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
     tokenizer = build_tokenizer(config["tokenizer"], path)
     state = load_state_dict(path, config.get("files", {}).get(WEIGHTS, {}).get("bytes"))
-    model = Transformer(model_cfg)
+    model = apply_fast_paths(Transformer(model_cfg))
     if model_cfg.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed.weight"))
     load_matching_state(model, state, f"{path / WEIGHTS}", "its config")

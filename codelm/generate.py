@@ -235,19 +235,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tens
     return ids, real, positions
 
 
-def kv_caches(model) -> list[torch.nn.Module]:
-    """The model's per-layer KV cache modules (anything with `k` and `v` buffers set up by setup_cache)."""
-    return [m for m in model.modules() if hasattr(m, "k") and hasattr(m, "v") and isinstance(m.k, torch.Tensor)]
-
-
-def select_cache_rows(model, rows: torch.Tensor) -> None:
-    """Keep (or repeat) the given batch rows of every layer's KV cache: `repeat_interleave` indices expand a
-    prefilled cache to n samples per prompt; a subset drops finished rows."""
-    for cache in kv_caches(model):
-        cache.k = cache.k.index_select(0, rows)
-        cache.v = cache.v.index_select(0, rows)
-
-
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor, positions: torch.Tensor | None = None,
             key_padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,7 +265,7 @@ def verify_draft(model, last: int, draft: list[int], position: int, n_vocab: int
     accepted = 0
     while accepted < len(draft) and predicted[accepted] == draft[accepted]:
         accepted += 1
-    model.cache_length = start + 1 + accepted
+    model.truncate_cache(start + 1 + accepted)
     return logits, accepted
 
 
@@ -374,7 +361,7 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
         logits = prefill(model, ids.to(device), positions.to(device), key_padding[:, :T] if padded else None)
         if n > 1:  # one prefill for all samples: repeat every prompt's cache rows n times
             expand = torch.arange(B, device=device).repeat_interleave(n)
-            select_cache_rows(model, expand)
+            model.select_cache_rows(expand)
             logits, key_padding = logits[expand], key_padding[expand]
         if R == 1 and params.temperature <= 0 and params.lookup_draft > 0:
             passes[0] = _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, budget[0], streams,
@@ -399,7 +386,7 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
                 break
             if len(still) < len(alive):  # drop finished rows from the batch and the cache
                 keep = torch.tensor(still, device=device)
-                select_cache_rows(model, keep)
+                model.select_cache_rows(keep)
                 toks, next_pos, key_padding = toks[keep], next_pos[keep], key_padding[keep]
                 alive = [alive[b] for b in still]
             slot = model.cache_length

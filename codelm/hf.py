@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from codelm.errors import CheckpointError, ConfigError
+from codelm.fast_paths import apply_fast_paths
 from codelm.model import ModelConfig, Transformer
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_TOKENIZER = ("config.json", "model.safetensors", "model.safetensors.index.json",
@@ -557,7 +558,7 @@ def import_hf(path: str | os.PathLike):
             raise CheckpointError(f"{path}: unexpected tensor {name!r} for a Llama model") from None
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state.get("embed.weight")
-    model = Transformer(cfg)
+    model = apply_fast_paths(Transformer(cfg))
     load_matching_state(model, state, str(path), "config.json", codelm_to_hf_name)  # copies into fp32 params
     model.eval()
     caps = default_capabilities(tokenizer, cfg.context_length)

@@ -424,7 +424,7 @@ class ModelSides:
             self.next_pos[r] += 1 + k
             used = max(used, 1 + k)
         self.key_padding[:, start + used:] = False
-        self.model.cache_length = start + used  # reuse the slots no row kept
+        self.model.truncate_cache(start + used)  # reuse the slots no row kept
         return results
 
     def _next(self, r: int, logits: torch.Tensor, k: int, accepted: list[int],

@@ -38,6 +38,7 @@ from codelm.checkpoint import (default_capabilities, list_checkpoints, load_chec
 from codelm.config import atomic_write_text, option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
+from codelm.fast_paths import apply_fast_paths, cpu_has_bf16, keep_freed_memory_mapped
 from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,
                           preset_config)
 from codelm.objectives import LeftToRight, build_objectives, parse_mixture
@@ -168,38 +169,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def keep_freed_memory_mapped() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the OS. By default every block over
-    32 MB (the [tokens, vocab] logits and their gradient) is mmapped and unmapped again, so each step page-faults it back
-    in, zeroed by the kernel: 10-20% of a bf16 CPU step at the tiny/small presets (benchmarks/bench_train.py --ablate).
-    Serving all blocks from the never-trimmed heap lets each step reuse the last one's memory; resident memory stays at
-    its peak, as with a GPU's caching allocator. Process-wide and for good (--keep-freed-memory false before the first Trainer
-    to opt out); skipped when MALLOC_* variables already tune malloc, and off glibc."""
-    import ctypes
-    import os
-
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
-    mallopt(M_MMAP_MAX, 0)
-    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: PyTorch's CPU autocast then runs bf16 matmuls natively (2-4x fp32); elsewhere bf16
-    is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -343,7 +312,7 @@ class Trainer:
         self._setup_data_switch()
 
         torch.manual_seed(cfg.seed)
-        self.model = Transformer(self.model_cfg)
+        self.model = apply_fast_paths(Transformer(self.model_cfg))
         if init is not None:
             self.model.load_state_dict(init.model.state_dict())
             del init

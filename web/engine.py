@@ -28,7 +28,6 @@ from typing import Callable
 import torch
 
 from codelm.generate import SamplingParams, TextStream, mask_unused_vocab, prefill, sample_tokens
-from codelm.model import KVCache
 
 log = logging.getLogger("codelm.web")
 
@@ -157,8 +156,6 @@ class Engine:
         self._pending: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition()
         self._rows: list[Row] = []
-        self._caches: list[KVCache] = []
-        self._cache_len = 0
         self._stopping = False
         # counters read by /health, tests and the load benchmark
         self.generated_tokens = 0
@@ -224,6 +221,7 @@ class Engine:
     def _admit(self) -> None:
         """Prefill waiting jobs' rows while the batch has room; they join before the next decode step."""
         joined: list[tuple[Row, list]] = []
+        kept = None  # the live rows' keys/values, read before a prefill replaces the model's cache
         while self._pending and len(self._rows) + len(joined) < self.max_batch:
             with self._wake:
                 job = self._pending[0]
@@ -235,14 +233,16 @@ class Engine:
                 for i, _ in enumerate(job.rows):
                     job.sink(Event(i, "", [], "cancelled"))
                 continue
+            if kept is None:
+                kept = [(row, self._row_kv(j)) for j, row in enumerate(self._rows)]
             try:
                 joined += self._admit_job(job)
             except Exception:  # fail this request, keep serving the others
                 log.exception("admitting a request failed")
                 for i, _ in enumerate(job.rows):
                     job.sink(Event(i, "", [], "error"))
-        if joined:
-            self._rebuild([(row, self._row_kv(j)) for j, row in enumerate(self._rows)] + joined)
+        if kept is not None:  # the model's cache now holds a prefill's or an infill's rows: put the batch back
+            self._rebuild(kept + joined)
 
     def _admit_job(self, job: Job) -> list[tuple[Row, list]]:
         """Prefill a job's rows (or run its MIM infill whole); the rows still generating, with their keys/values."""
@@ -266,7 +266,7 @@ class Engine:
         self.model.setup_cache(1, ids.shape[1])
         try:
             logits = prefill(self.model, ids)[0]
-            kv = [(layer.attn.cache.k[0], layer.attn.cache.v[0]) for layer in self.model.layers]
+            kv = self.model.cache_rows(0, ids.shape[1])
         finally:
             self.model.clear_cache()
         row.prefill_ms = (time.perf_counter() - t) * 1000
@@ -280,19 +280,14 @@ class Engine:
 
     def _step(self) -> None:
         """One decode step: feed every active row its last sampled token, sample the next one."""
-        if self._cache_len + 1 > self._caches[0].k.shape[2]:
+        if self.model.cache_length + 1 > self.model.cache_capacity:
             self._rebuild([(row, self._row_kv(j)) for j, row in enumerate(self._rows)], headroom=64)
-        S = self._cache_len
+        S = self.model.cache_length
         tokens = torch.tensor([[row.next_token] for row in self._rows], device=self.device)
         positions = torch.tensor([[row.length] for row in self._rows], device=self.device)
         starts = torch.tensor([S - row.length for row in self._rows], device=self.device)
         key_padding = torch.arange(S + 1, device=self.device).unsqueeze(0) >= starts.unsqueeze(1)
-        self._install()
-        try:
-            logits = self.model(tokens, positions=positions, key_padding=key_padding)[:, -1]
-        finally:
-            self.model.clear_cache()
-        self._cache_len = S + 1
+        logits = self.model(tokens, positions=positions, key_padding=key_padding)[:, -1]
         self.steps += 1
         for j, row in enumerate(self._rows):
             row.length += 1
@@ -317,34 +312,19 @@ class Engine:
                 self.completed_rows += 1
         self._rebuild([(row, self._row_kv(j)) for row, j in live])
 
-    # --- the shared, right-aligned KV cache ---------------------------------------------------------------------------
+    # --- the shared, right-aligned KV cache (the model's; between steps it holds exactly self._rows) ----------------
     def _row_kv(self, j: int) -> list:
         """Row j's live keys/values per layer: the last `length` slots of its cache row."""
-        row, S = self._rows[j], self._cache_len
-        return [(c.k[j, :, S - row.length:S], c.v[j, :, S - row.length:S]) for c in self._caches]
+        return self.model.cache_rows(j, self._rows[j].length)
 
     def _rebuild(self, rows_kv: list[tuple[Row, list]], headroom: int = 32) -> None:
         """A fresh cache holding exactly these rows, right-aligned at the longest one, with room to grow."""
         self._rows = [row for row, _ in rows_kv]
         if not rows_kv:
-            self._caches, self._cache_len = [], 0
+            self.model.clear_cache()
             return
-        S = max(row.length for row in self._rows)
-        capacity = S + headroom
-        cfg = self.model.config
-        dtype = self.model.embed.weight.dtype
-        caches = [KVCache(len(rows_kv), cfg.n_kv_head, capacity, cfg.head_dim, dtype, self.device)
-                  for _ in range(cfg.n_layer)]
-        for j, (row, kv) in enumerate(rows_kv):
-            for cache, (k, v) in zip(caches, kv):
-                cache.k[j, :, S - row.length:S] = k
-                cache.v[j, :, S - row.length:S] = v
-        self._caches, self._cache_len = caches, S
-
-    def _install(self) -> None:
-        for layer, cache in zip(self.model.layers, self._caches):
-            layer.attn.cache = cache
-        self.model.cache_length = self._cache_len
+        capacity = max(row.length for row in self._rows) + headroom
+        self.model.install_cache_rows([kv for _, kv in rows_kv], capacity)
 
     # --- meet-in-the-middle -------------------------------------------------------------------------------------------
     def _run_mim(self, job: Job) -> None:
