@@ -11,7 +11,7 @@ Options from the seed papers, each one config field (defaults are the Llama bloc
     position="alibi"                                              ALiBi (Press et al. 2021; BTLM-3B-8K)
     n_kv_head=1 / n_head > n_kv_head > 1                          multi-query (MIM paper) / grouped-query attention
     mup=True                                                      µP (Yang et al. 2022, as in Cerebras-GPT and BTLM):
-        width multiplier m = d_model / mup_base_width; hidden weights init std/sqrt(m) and LR/m (mup_param_groups),
+        width multiplier m = d_model / mup_base_width; hidden weights init std/sqrt(m) and LR/m (optimizer_groups),
         embeddings x mup_embedding_mult, logits x mup_output_mult / m, attention scores q.k/d instead of /sqrt(d).
 The Llama block (with GQA/MQA, biases, tied or untied embeddings, µP folded in) exports to Hugging Face's Llama
 format with identical logits; the GPT-2 options and ALiBi do not (codelm/hf.py says why).
@@ -473,24 +473,24 @@ class Transformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# µP optimizer hook
+# Optimizer parameter groups
 # ----------------------------------------------------------------------------------------------------------------
-def mup_param_groups(model: Transformer, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups. Hidden matrices (everything 2-D inside the blocks) get lr / width_mult under µP
-    (Adam's update size does not shrink with fan-in, so the step must); embeddings, the output head, norms and biases
-    keep the base lr. Matrices decay, vectors do not (GPT-3/Llama). Each group carries `lr_scale`: a scheduler must set
+def optimizer_groups(model: Transformer, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups, the one place that decides which parameters decay and at what lr they learn.
+    Matrices decay, vectors (norm gains, biases) do not (GPT-3/Llama). Under µP, hidden matrices (everything 2-D
+    inside the blocks) get lr / width_mult (Adam's update size does not shrink with fan-in, so the step must), while
+    embeddings and the output head keep the base lr. Each group carries `lr_scale`: a scheduler must set
     `group["lr"] = lr_now * group["lr_scale"]`, not overwrite every group with the same lr.
-    Without µP (width_mult 1) this is the plain decay/no-decay split with lr_scale 1 everywhere."""
+    Without µP this is the plain two-group decay/no-decay split, parameters in model order (so optimizer states
+    saved by earlier runs still line up)."""
     m = model.config.width_mult
     hidden, other_matrices, vectors = [], [], []
-    seen: set[int] = set()
     for name, p in model.named_parameters():  # named_parameters yields a tied weight once
-        if not p.requires_grad or id(p) in seen:
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
         if p.dim() < 2:
             vectors.append(p)
-        elif name.startswith("layers."):
+        elif name.startswith("layers.") and model.config.mup:
             hidden.append(p)
         else:
             other_matrices.append(p)

@@ -39,7 +39,7 @@ from codelm.config import atomic_write_text, option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
 from codelm.fast_paths import apply_fast_paths, cpu_has_bf16, keep_freed_memory_mapped
-from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,
+from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, optimizer_groups,
                           preset_config)
 from codelm.objectives import LeftToRight, build_objectives, parse_mixture
 from codelm.schedules import (RECIPES, context_at, fit_batch, lr_multiplier, parse_context_schedule,
@@ -190,15 +190,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices only (not on norms' gains), as GPT-3/Llama do. The fused kernel updates all
     parameters in one pass per group: cheapest on CPU and GPU (benchmarks/bench_train.py)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     inner = getattr(model, "module", model)  # under DDP the Transformer is model.module
-    if getattr(getattr(inner, "config", None), "mup", False):
-        # µP (BTLM): hidden matrices learn at lr / width_mult; each group's lr_scale is applied by the scheduler
-        groups = mup_param_groups(inner, cfg.lr, cfg.weight_decay)
-    else:
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = optimizer_groups(inner, cfg.lr, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
     impl = {"auto": "fused", "fused": "fused", "foreach": "foreach", "for-loop": "for-loop"}.get(cfg.optimizer_impl)
     if impl is None:
         raise ConfigError(f"unknown --optimizer-impl {cfg.optimizer_impl!r}; choose fused, foreach, for-loop, auto")
