@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_runs_plot)
     runs.set_defaults(func=lambda a: (runs.print_help(), 2)[1])
 
-    _add_optional_commands(sub)
+    _add_room_commands(sub)
     return parser
 
 
@@ -348,17 +348,14 @@ def _add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
                         "the model agrees with (same output, fewer passes on repetitive code; 0 = off; default 4)")
 
 
-def _add_optional_commands(sub) -> None:
-    """Rooms that plug a command in (evals, web). Imported lazily; their module tops stay free of torch."""
-    for module, adder in (("evals.cli", "add_eval_parser"), ("web.cli", "add_serve_parser"),
-                          ("codelm.cli_extra", "add_commands")):
-        try:
-            mod = __import__(module, fromlist=[adder])
-        except ImportError as e:
-            if e.name and module.startswith(e.name):
-                continue  # that room is not built yet
-            raise
-        getattr(mod, adder)(sub)
+def _add_room_commands(sub) -> None:
+    """The other rooms' commands (evals, web). Imported here, not at the top: the rooms import codelm, and their
+    command modules keep torch out of their tops."""
+    from evals.cli import add_eval_parser
+    from web.cli import add_serve_parser
+
+    add_eval_parser(sub)
+    add_serve_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,11 +125,6 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams,
                         for b in range(probs.shape[0])])
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B], all rows from one generator (kept for callers of the first version)."""
-    return sample_tokens(logits, params, [generator] * logits.shape[0])
-
-
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probabilities (temperature 1) of `tokens` [B] under `logits` [B, V]."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.view(-1, 1)).squeeze(-1)

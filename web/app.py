@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from codelm.generate import SamplingParams
+from codelm.infill import mim_infill
 from web.engine import Engine, Event, Job, QueueFull, RowSpec
 from web.prompts import FIM_TEMPLATE, completion_prompt, fim_prompt, split_sentinel_prompt
 from web.schemas import CompletionRequest, InfillRequest
@@ -71,16 +72,11 @@ def default_model_id(ckpt, can_fim: bool) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Meet-in-the-middle, from codelm.infill when it is there
+# Meet-in-the-middle
 # ----------------------------------------------------------------------------------------------------------------
 def mim_infill_function(capabilities: dict):
     """An adapter `(model, tokenizer, prefix, suffix, params) -> (text, tokens decoded, details)` over
-    codelm.infill.mim_infill, or None when this build has no meet-in-the-middle decoding."""
-    try:
-        from codelm.infill import mim_infill
-    except ImportError:
-        return None
-
+    codelm.infill.mim_infill, which the engine runs between decode steps."""
     def run(model, tokenizer, prefix, suffix, params: SamplingParams):
         r = mim_infill(model, tokenizer, prefix, suffix, params, capabilities=capabilities)
         details = {"met": r.met, "steps": r.steps, "side": r.side, "mim_finish": r.finish_reason}
