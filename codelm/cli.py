@@ -24,6 +24,7 @@ from pathlib import Path
 
 from codelm.config import UNSET, add_dataclass_arguments, resolve_config, save_config
 from codelm.errors import UserError
+from codelm.terms import FIM, INFILL_MODES
 
 log = logging.getLogger("codelm")
 
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     evals_group.add_argument("--eval-infill-set", default="random-span-light",
                              choices=("single-line", "multi-line", "random-span", "random-span-light"))
     evals_group.add_argument("--eval-infill-limit", type=int, default=20, help="first N tasks (default 20)")
-    evals_group.add_argument("--eval-infill-mode", choices=("fim", "mim"), default="fim")
+    evals_group.add_argument("--eval-infill-mode", choices=INFILL_MODES, default=FIM)
     train.set_defaults(func=cmd_train)
 
     smp = sub.add_parser("sample", help="generate text from a checkpoint")
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--suffix-file", help="the text after the hole")
     inf.add_argument("--prefix", help="prefix text (instead of --prefix-file)")
     inf.add_argument("--suffix", help="suffix text (instead of --suffix-file)")
-    inf.add_argument("--mode", choices=("fim", "mim"), default="fim",
+    inf.add_argument("--mode", choices=INFILL_MODES, default=FIM,
                      help="fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding (default fim)")
     inf.add_argument("--fim-format", choices=("psm", "spm"), default="psm", help="FIM prompt order (default psm)")
     inf.add_argument("--json", action="store_true", help="print one JSON object (middle, samples, steps)")

@@ -296,8 +296,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        self.tie_weights()
         if cfg.position == "rope":
             cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -320,6 +319,24 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    # --- tied embeddings: the output head is the embedding matrix; state dicts on disk hold it once --------------
+    def tie_weights(self) -> None:
+        """Make the head share the embedding's parameter (again, after `load_state_dict(..., assign=True)`)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @staticmethod
+    def state_for_saving(cfg: ModelConfig, state: dict) -> dict:
+        """The state dict without the tied head's duplicate (safetensors refuses shared storage)."""
+        return {k: v for k, v in state.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+
+    @staticmethod
+    def state_for_loading(cfg: ModelConfig, state: dict) -> dict:
+        """A saved state dict with the tied head filled in from the embedding, as `load_state_dict` expects."""
+        if cfg.tie_embeddings and "embed.weight" in state:
+            state = {**state, "lm_head.weight": state["embed.weight"]}
+        return state
 
     # --- KV cache: the model owns it; callers set it up, trim it, reorder its rows or install rows they kept -----
     def setup_cache(self, batch: int, max_len: int | None = None, dtype=None) -> None:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from codelm.errors import ConfigError, DataError
+from codelm.prompts import fim_layout
 
 IGNORE = -100  # target id excluded from the loss (padding, prompts in completion-only fine-tuning)
 
@@ -162,7 +163,6 @@ class FillInTheMiddle:
         self.rate, self.spm_rate = fim_rate, fim_spm_rate
         self.split = FIM_SPLITS[fim_split]
         self.marker, self.eot, self.pad = tokenizer.l2r_id, tokenizer.eot_id, tokenizer.pad_id
-        self.pre, self.mid, self.suf = tokenizer.fim_prefix_id, tokenizer.fim_middle_id, tokenizer.fim_suffix_id
 
     def _text(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="surrogateescape")
@@ -171,10 +171,8 @@ class FillInTheMiddle:
         return self.tokenizer.encode_bytes(text.encode("utf-8", errors="surrogateescape"))
 
     def fim_format(self, prefix: str, middle: str, suffix: str, spm: bool) -> list[int]:
-        pre, mid, suf = self._encode(prefix), self._encode(middle), self._encode(suffix)
-        if spm:  # SPM variant 2 (FIM paper, section 3.1 and its appendix): the prefix runs straight into the middle
-            return [self.pre, self.suf] + suf + [self.mid] + pre + mid
-        return [self.pre] + pre + [self.suf] + suf + [self.mid] + mid
+        return fim_layout(self.tokenizer, self._encode(prefix), self._encode(suffix), "spm" if spm else "psm",
+                          self._encode(middle))
 
     def transform_window(self, window: np.ndarray, rng: np.random.Generator) -> list[int]:
         """One raw window -> its FIM token sequence (not yet trimmed to the window length)."""

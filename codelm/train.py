@@ -44,6 +44,7 @@ from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_
 from codelm.objectives import LeftToRight, build_objectives, parse_mixture
 from codelm.schedules import (RECIPES, context_at, fit_batch, lr_multiplier, parse_context_schedule,
                               parse_schedule, switch_step)
+from codelm.terms import FIM, FIM_FORMATS_KEY, MIM, can
 
 log = logging.getLogger("codelm.train")
 
@@ -295,7 +296,7 @@ class Trainer:
             self.tokenizer = init.tokenizer
             # fine-tuning (e.g. sft) keeps what the base model could already do: its infill modes stay usable
             self.inherited_capabilities = {k: v for k, v in (init.capabilities or {}).items()
-                                           if k in ("can_fim", "can_mim", "fim_formats") and v}
+                                           if k in (can(FIM), can(MIM), FIM_FORMATS_KEY) and v}
             self.inherited_capabilities["base_objectives"] = (init.capabilities or {}).get("objectives")
         else:
             self.model_cfg = self._model_config()
@@ -442,8 +443,7 @@ class Trainer:
         with torch.device("meta"):
             plain = Transformer(self.model_cfg)
         plain.load_state_dict(state, assign=True, strict=False)
-        if self.model_cfg.tie_embeddings:  # assign replaced embed.weight alone; re-tie the head to it
-            plain.lm_head.weight = plain.embed.weight
+        plain.tie_weights()  # assign replaced embed.weight alone
         return plain
 
     def _resume(self):

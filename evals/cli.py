@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from codelm.terms import FIM, INFILL_MODES
+
 BENCHMARKS = ("humaneval", "mbpp", "infilling")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
@@ -48,7 +50,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         if name == "infilling":
             sub.add_argument("--set", dest="infilling_set", choices=INFILLING_SETS, default="single-line",
                              help="which infilling benchmark (default single-line)")
-            sub.add_argument("--mode", choices=("fim", "mim"), default="fim",
+            sub.add_argument("--mode", choices=INFILL_MODES, default=FIM,
                              help="decoding: fill-in-the-middle prompt or meet-in-the-middle (default fim)")
         sub.set_defaults(func=run_eval_command)
     compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from codelm.generate import SamplingParams, TextStream, mask_unused_vocab, prefill, sample_tokens
+from codelm.terms import CANCELLED, EOT, ERROR, LENGTH, STOP
 
 log = logging.getLogger("codelm.web")
 
@@ -53,7 +54,7 @@ class Event:
     index: int
     text: str = ""
     tokens: list[dict] = field(default_factory=list)   # per token: text, logprob, top (only when logprobs asked)
-    finish_reason: str | None = None                     # "stop" | "length" | "cancelled" | "error"
+    finish_reason: str | None = None                     # a codelm.terms finish reason
     timings: dict | None = None
 
 
@@ -94,16 +95,16 @@ class Row:
         logits = mask_unused_vocab(logits.unsqueeze(0), self.tokenizer.n_vocab)
         token = int(sample_tokens(logits, self.params, [self.generator])[0])
         if token == self.tokenizer.eot_id:
-            self._end("stop", self.stream.finish())
+            self._end(EOT, self.stream.finish())
             return
         self.generated.append(token)
         self.next_token = token
         info = self._logprob_info(logits[0], token) if self.spec.logprobs is not None else None
         text = self.stream.push(token)
         if self.stream.stopped:
-            self._end("stop", text + self.stream.finish(), info)
+            self._end(STOP, text + self.stream.finish(), info)
         elif len(self.generated) >= self.budget:
-            self._end("length", text + self.stream.finish(), info)
+            self._end(LENGTH, text + self.stream.finish(), info)
         elif text or info:
             self.job.sink(Event(self.index, text, [info] if info else []))
 
@@ -126,7 +127,7 @@ class Row:
         self.next_token = None
         self.job.sink(Event(self.index, text, [info] if info else [], reason, self.timings()))
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = CANCELLED) -> None:
         if self.finish is None:
             self.finish = reason
             self.job.sink(Event(self.index, "", [], reason, self.timings()))
@@ -212,11 +213,11 @@ class Engine:
             except Exception:  # a bug must not kill the worker silently: fail the live rows, keep serving
                 log.exception("model worker step failed")
                 for row in self._rows:
-                    row.cancel("error")
+                    row.cancel(ERROR)
                 self._rows = []
                 self._rebuild([])
         for row in self._rows:
-            row.cancel("cancelled")
+            row.cancel(CANCELLED)
 
     def _admit(self) -> None:
         """Prefill waiting jobs' rows while the batch has room; they join before the next decode step."""
@@ -231,7 +232,7 @@ class Engine:
                 self._pending.popleft()
             if job.cancelled.is_set():
                 for i, _ in enumerate(job.rows):
-                    job.sink(Event(i, "", [], "cancelled"))
+                    job.sink(Event(i, "", [], CANCELLED))
                 continue
             if kept is None:
                 kept = [(row, self._row_kv(j)) for j, row in enumerate(self._rows)]
@@ -240,7 +241,7 @@ class Engine:
             except Exception:  # fail this request, keep serving the others
                 log.exception("admitting a request failed")
                 for i, _ in enumerate(job.rows):
-                    job.sink(Event(i, "", [], "error"))
+                    job.sink(Event(i, "", [], ERROR))
         if kept is not None:  # the model's cache now holds a prefill's or an infill's rows: put the batch back
             self._rebuild(kept + joined)
 
@@ -272,7 +273,7 @@ class Engine:
         row.prefill_ms = (time.perf_counter() - t) * 1000
         row.t0 = t
         if row.budget <= 0:
-            row.cancel("length")
+            row.cancel(LENGTH)
             return kv
         row.take(logits)
         self.generated_tokens += 1
@@ -306,7 +307,7 @@ class Engine:
         if len(live) == len(self._rows):
             return
         for row in self._rows:
-            if row.finish == "cancelled":
+            if row.finish == CANCELLED:
                 self.cancelled_rows += 1
             elif row.finish is not None:
                 self.completed_rows += 1
@@ -332,7 +333,7 @@ class Engine:
         prefix, suffix = job.mim
         for i, spec in enumerate(job.rows):
             if job.cancelled.is_set():
-                job.sink(Event(i, "", [], "cancelled"))
+                job.sink(Event(i, "", [], CANCELLED))
                 continue
             t = time.perf_counter()
             try:
@@ -340,7 +341,7 @@ class Engine:
                                                           spec.params)
             except Exception as e:
                 log.exception("meet-in-the-middle infill failed")
-                job.sink(Event(i, "", [], "error", {"error": f"{type(e).__name__}: {e}"}))
+                job.sink(Event(i, "", [], ERROR, {"error": f"{type(e).__name__}: {e}"}))
                 continue
             ms = (time.perf_counter() - t) * 1000
             self.generated_tokens += n_tokens
@@ -348,4 +349,4 @@ class Engine:
             timings = {"prompt_tokens": len(spec.prompt_ids), "prompt_ms": 0.0, "predicted_tokens": n_tokens,
                        "predicted_ms": round(ms, 3), "total_ms": round(ms, 3),
                        "predicted_per_second": round(n_tokens / max(ms, 1e-6) * 1000, 3), **details}
-            job.sink(Event(i, text, [], "stop", timings))
+            job.sink(Event(i, text, [], STOP, timings))
