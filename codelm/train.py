@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 import typing
 from dataclasses import asdict, dataclass
@@ -33,9 +34,11 @@ import numpy as np
 import torch
 
 from codelm import distributed
-from codelm.checkpoint import (default_capabilities, list_checkpoints, load_checkpoint, load_train_state,
-                               prune_checkpoints, save_checkpoint)
-from codelm.config import atomic_write_text, option, save_config
+from codelm.checkpoint import (default_capabilities, list_checkpoints, load_train_state, prune_checkpoints,
+                               save_checkpoint)
+from codelm.loader import load_checkpoint
+from codelm.atomic import atomic_write_text
+from codelm.config import option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
 from codelm.fast_paths import apply_fast_paths, cpu_has_bf16, keep_freed_memory_mapped
@@ -172,6 +175,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def pin_cpu_numerics() -> None:
+    """Same command, same numbers, whatever else the machine runs. Intel's conditions for run-to-run identical MKL
+    results: a fixed thread count (torch's is fixed at start), no dynamic adjustment of it (MKL_DYNAMIC and
+    OMP_DYNAMIC false: MKL otherwise may run a call on fewer threads than asked, which changes summation order) and
+    conditional numerical reproducibility (MKL_CBWR=AUTO: the processor's best code path, but no branch that depends
+    on the memory alignment of the operands, which differs from run to run). A kill-and-resume trial on a busy Intel
+    machine diverged at step 1 without them. A user's own settings win. MKL reads them at its first call: a
+    `codelm train` process sets them before its first matmul; a program that multiplied before building a Trainer
+    sets them itself."""
+    for var, value in (("MKL_DYNAMIC", "FALSE"), ("OMP_DYNAMIC", "FALSE"), ("MKL_CBWR", "AUTO")):
+        os.environ.setdefault(var, value)
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. `auto` is bf16 where the hardware has it: on this project's
     CPUs its loss curve matched fp32 within the spread of fp32 seeds (benchmarks/bench_train.py --check-bf16)."""
@@ -272,6 +288,7 @@ class Trainer:
                  explicit: set[str] | None = None):
         from codelm.tokenizer import get_tokenizer
 
+        pin_cpu_numerics()  # before this process's first matmul
         self.callbacks = callbacks or []
         self.dist = distributed.init_distributed(resolve_device(cfg.device).type)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
@@ -398,15 +415,15 @@ class Trainer:
         caps = default_capabilities(self.tokenizer, self.model_cfg.context_length, self.weights)
         caps.update({"trained_context": self.context, "data_manifest_hash": self.shards.manifest_hash,
                      "data_decontaminated": bool(self.shards.index.get("manifest", {}).get("decontaminated", False)),
-                     "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if "fim" in self.weights else None,
-                     "fim_split": self.cfg.fim_split if "fim" in self.weights else None,
-                     "mim_beta": self.cfg.mim_beta if "mim" in self.weights else None})
+                     "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if FIM in self.weights else None,
+                     "fim_split": self.cfg.fim_split if FIM in self.weights else None,
+                     "mim_beta": self.cfg.mim_beta if MIM in self.weights else None})
         if self.switch_shards is not None:
             caps["data_switch_manifest_hash"] = self.switch_shards.manifest_hash
         for key, value in self.inherited_capabilities.items():
-            if key == "fim_formats":
+            if key == FIM_FORMATS_KEY:
                 caps[key] = sorted(set(caps.get(key) or []) | set(value))
-            elif key.startswith("can_"):
+            elif key in (can(FIM), can(MIM)):
                 caps[key] = caps.get(key) or value
             else:
                 caps[key] = value
