@@ -79,7 +79,22 @@ def with_marker(marker: int, tokens: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # l2r
 # ----------------------------------------------------------------------------------------------------------------
-class LeftToRight:
+class NextTokenObjective:
+    """An objective whose loss is plain next-token cross-entropy on its batch (l2r, fim, sft); `name` keys its
+    metrics."""
+    name = ""
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
+        loss = next_token_loss(model(batch.x), batch.y)
+        return loss, {f"loss_{self.name}": loss.detach()}
+
+    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
+        """Summed nats and token counts per reported stream, for exact averaging over many batches."""
+        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
+        return {self.name: (float(nats), batch.n_tokens)}
+
+
+class LeftToRight(NextTokenObjective):
     name = "l2r"
 
     def __init__(self, tokenizer, **_):
@@ -88,15 +103,6 @@ class LeftToRight:
     def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
         w = torch.from_numpy(windows.astype(np.int64))
         return Batch(with_marker(self.marker, w), w, self.name)
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
-        return loss, {"loss_l2r": loss.detach()}
-
-    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        """Summed nats and token counts per reported stream, for exact averaging over many batches."""
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {self.name: (float(nats), batch.n_tokens)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def fim_split_lines(text: str, rng: np.random.Generator) -> tuple[str, str, str]
 FIM_SPLITS = {"char": fim_split_text, "line": fim_split_lines}
 
 
-class FillInTheMiddle:
+class FillInTheMiddle(NextTokenObjective):
     """Context-level FIM, applied per document segment as it appears in the window.
 
     Trade-offs, on purpose:
@@ -198,14 +204,6 @@ class FillInTheMiddle:
             x[b, 0] = self.marker
             x[b, 1:len(seq)] = seq[:-1]
         return Batch(x, y, self.name)
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
-        return loss, {"loss_fim": loss.detach()}
-
-    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {self.name: (float(nats), batch.n_tokens)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,7 +388,7 @@ def read_completion_examples(path: str | Path) -> list[tuple[str, str]]:
     return examples
 
 
-class CompletionOnly:
+class CompletionOnly(NextTokenObjective):
     """Fine-tuning on (prompt, completion) pairs with the loss masked to the completion and its end-of-text.
 
     The shard window only sets the batch size and the length budget; examples are drawn with the trainer's seeded
@@ -438,14 +436,6 @@ class CompletionOnly:
             x[b, :len(xs)] = torch.tensor(xs)
             y[b, :len(ys)] = torch.tensor(ys)
         return Batch(x, y, self.name)
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
-        return loss, {"loss_sft": loss.detach()}
-
-    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {self.name: (float(nats), batch.n_tokens)}
 
 
 OBJECTIVES = {"l2r": LeftToRight, "fim": FillInTheMiddle, "mim": MeetInTheMiddle, "sft": CompletionOnly}

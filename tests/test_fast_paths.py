@@ -97,7 +97,8 @@ def test_bf16_on_cpu_takes_the_explicit_path_and_fp32_or_long_contexts_do_not():
 def test_a_loaded_checkpoint_has_the_fast_paths_and_saves_as_the_plain_model(tmp_path, tokenizer):
     """Serving and evaluation load checkpoints: the loader applies the fast paths, and the swap keeps every
     parameter name, so what it saves again is the plain model's state dict."""
-    from codelm.checkpoint import load_checkpoint, save_checkpoint
+    from codelm.checkpoint import save_checkpoint
+    from codelm.loader import load_checkpoint
 
     torch.manual_seed(0)
     plain = Transformer(ModelConfig(vocab_size=16448, context_length=32, n_layer=1, n_head=2, d_model=32)).eval()
