@@ -30,6 +30,7 @@ from pathlib import Path
 from codelm.config import (UNSET, ArgumentParser, add_dataclass_arguments, add_options_command, option, resolve_config,
                            save_config)
 from codelm.errors import UserError
+from codelm.terms import FIM, INFILL_MODES
 
 log = logging.getLogger("codelm")
 
@@ -166,8 +167,8 @@ class InfillConfig(SamplingOptions):
     suffix_file: str = option("", "the text after the hole")
     prefix: str = option("", "prefix text (instead of --prefix-file)")
     suffix: str = option("", "suffix text (instead of --suffix-file)")
-    mode: str = option("fim", "fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding",
-                       choices=("fim", "mim"))
+    mode: str = option(FIM, "fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding",
+                       choices=INFILL_MODES)
     fim_format: str = option("psm", "FIM prompt order", choices=("psm", "spm"))
     json: bool = option(False, "print one JSON object (middle, samples, steps)")
     max_new_tokens: int = option(64, "tokens to generate")

@@ -34,10 +34,12 @@ from codelm.atomic import atomic_directory
 from codelm.checkpoint import (Checkpoint, default_capabilities, load_matching_state, load_native_checkpoint,
                                save_checkpoint)
 from codelm.errors import CheckpointError, ConfigError
+from codelm.fast_paths import apply_fast_paths
 from codelm.hf_tokenizer import (HF_CONFIG, HF_GENERATION_CONFIG, HF_INDEX, HF_TOKENIZER,  # noqa: F401
                                   HF_TOKENIZER_CONFIG, HF_WEIGHTS, HFTokenizer, _read_json_if, _require_tokenizers,
                                   bytes_to_unicode)
 from codelm.model import ModelConfig, Transformer
+from codelm.terms import FIM, can
 
 
 
@@ -354,13 +356,12 @@ def import_hf(path: str | os.PathLike):
             state[hf_to_codelm_name(name)] = tensor
         except KeyError:
             raise CheckpointError(f"{path}: unexpected tensor {name!r} for a Llama model") from None
-    if cfg.tie_embeddings:
-        state["lm_head.weight"] = state.get("embed.weight")
-    model = Transformer(cfg)
+    state = Transformer.state_for_loading(cfg, state)
+    model = apply_fast_paths(Transformer(cfg))
     load_matching_state(model, state, str(path), "config.json", codelm_to_hf_name)  # copies into fp32 params
     model.eval()
     caps = default_capabilities(tokenizer, cfg.context_length)
-    caps.update({"can_fim": False, "imported_from": "hf"})
+    caps.update({can(FIM): False, "imported_from": "hf"})
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, config=cfg, capabilities=caps,
                       meta={"imported_from": str(path.resolve()), "hf_config": hf})
 

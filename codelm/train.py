@@ -41,11 +41,13 @@ from codelm.atomic import atomic_write_text
 from codelm.config import option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
-from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,
+from codelm.fast_paths import apply_fast_paths, cpu_has_bf16, keep_freed_memory_mapped
+from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, optimizer_groups,
                           preset_config)
 from codelm.objectives import LeftToRight, build_objectives, parse_mixture
 from codelm.schedules import (RECIPES, context_at, fit_batch, lr_multiplier, parse_context_schedule,
                               parse_schedule, switch_step)
+from codelm.terms import FIM, FIM_FORMATS_KEY, MIM, can
 
 log = logging.getLogger("codelm.train")
 
@@ -187,38 +189,6 @@ def pin_cpu_numerics() -> None:
         os.environ.setdefault(var, value)
 
 
-def keep_freed_memory_mapped() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the OS. By default every block over
-    32 MB (the [tokens, vocab] logits and their gradient) is mmapped and unmapped again, so each step page-faults it back
-    in, zeroed by the kernel: 10-20% of a bf16 CPU step at the tiny/small presets (benchmarks/bench_train.py --ablate).
-    Serving all blocks from the never-trimmed heap lets each step reuse the last one's memory; resident memory stays at
-    its peak, as with a GPU's caching allocator. Process-wide and for good (--keep-freed-memory false before the first Trainer
-    to opt out); skipped when MALLOC_* variables already tune malloc, and off glibc."""
-    import ctypes
-    import os
-
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
-    mallopt(M_MMAP_MAX, 0)
-    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: PyTorch's CPU autocast then runs bf16 matmuls natively (2-4x fp32); elsewhere bf16
-    is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. `auto` is bf16 where the hardware has it: on this project's
     CPUs its loss curve matched fp32 within the spread of fp32 seeds (benchmarks/bench_train.py --check-bf16)."""
@@ -238,15 +208,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices only (not on norms' gains), as GPT-3/Llama do. The fused kernel updates all
     parameters in one pass per group: cheapest on CPU and GPU (benchmarks/bench_train.py)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     inner = getattr(model, "module", model)  # under DDP the Transformer is model.module
-    if getattr(getattr(inner, "config", None), "mup", False):
-        # µP (BTLM): hidden matrices learn at lr / width_mult; each group's lr_scale is applied by the scheduler
-        groups = mup_param_groups(inner, cfg.lr, cfg.weight_decay)
-    else:
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = optimizer_groups(inner, cfg.lr, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
     impl = {"auto": "fused", "fused": "fused", "foreach": "foreach", "for-loop": "for-loop"}.get(cfg.optimizer_impl)
     if impl is None:
         raise ConfigError(f"unknown --optimizer-impl {cfg.optimizer_impl!r}; choose fused, foreach, for-loop, auto")
@@ -364,7 +328,7 @@ class Trainer:
             self.tokenizer = init.tokenizer
             # fine-tuning (e.g. sft) keeps what the base model could already do: its infill modes stay usable
             self.inherited_capabilities = {k: v for k, v in (init.capabilities or {}).items()
-                                           if k in ("can_fim", "can_mim", "fim_formats") and v}
+                                           if k in (can(FIM), can(MIM), FIM_FORMATS_KEY) and v}
             self.inherited_capabilities["base_objectives"] = (init.capabilities or {}).get("objectives")
         else:
             self.model_cfg = self._model_config()
@@ -375,7 +339,7 @@ class Trainer:
         self._setup_data_switch()
 
         torch.manual_seed(cfg.seed)
-        self.model = Transformer(self.model_cfg)
+        self.model = apply_fast_paths(Transformer(self.model_cfg))
         if init is not None:
             self.model.load_state_dict(init.model.state_dict())
             del init
@@ -467,15 +431,15 @@ class Trainer:
         caps = default_capabilities(self.tokenizer, self.model_cfg.context_length, self.weights)
         caps.update({"trained_context": self.context, "data_manifest_hash": self.shards.manifest_hash,
                      "data_decontaminated": bool(self.shards.index.get("manifest", {}).get("decontaminated", False)),
-                     "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if "fim" in self.weights else None,
-                     "fim_split": self.cfg.fim_split if "fim" in self.weights else None,
-                     "mim_beta": self.cfg.mim_beta if "mim" in self.weights else None})
+                     "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if FIM in self.weights else None,
+                     "fim_split": self.cfg.fim_split if FIM in self.weights else None,
+                     "mim_beta": self.cfg.mim_beta if MIM in self.weights else None})
         if self.switch_shards is not None:
             caps["data_switch_manifest_hash"] = self.switch_shards.manifest_hash
         for key, value in self.inherited_capabilities.items():
-            if key == "fim_formats":
+            if key == FIM_FORMATS_KEY:
                 caps[key] = sorted(set(caps.get(key) or []) | set(value))
-            elif key.startswith("can_"):
+            elif key in (can(FIM), can(MIM)):
                 caps[key] = caps.get(key) or value
             else:
                 caps[key] = value
@@ -512,8 +476,7 @@ class Trainer:
         with torch.device("meta"):
             plain = Transformer(self.model_cfg)
         plain.load_state_dict(state, assign=True, strict=False)
-        if self.model_cfg.tie_embeddings:  # assign replaced embed.weight alone; re-tie the head to it
-            plain.lm_head.weight = plain.embed.weight
+        plain.tie_weights()  # assign replaced embed.weight alone
         return plain
 
     def _resume(self):
