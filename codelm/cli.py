@@ -8,6 +8,7 @@
     codelm infill CHECKPOINT --prefix-file A --suffix-file B [--mode fim|mim]
     codelm info [PRESET ...]          parameters and FLOPs/token of the presets
     codelm export --hf DIR CHECKPOINT Hugging Face Llama directory (transformers, vLLM)
+    codelm export --gguf FILE CHECKPOINT  one GGUF file (llama.cpp, Ollama, llama.vim / llama.vscode)
     codelm import-hf HF_DIR --out CKPT  a local HF Llama model as a checkpoint, keeping its tokenizer
     codelm eval ...                   (evals/, imported lazily)
 
@@ -227,9 +228,19 @@ def cmd_export(args) -> int:
     import torch
     from codelm.hf import export_hf
 
+    if args.gguf:
+        from codelm.gguf import export_gguf
+        out = export_gguf(args.checkpoint, args.gguf, dtype=_GGUF_DTYPES.get(args.dtype or "float32", args.dtype))
+        print(f"wrote {out} (GGUF, llama.cpp's llama architecture)")
+        return 0
+    if args.dtype in ("f32", "f16", "bf16", "q8_0"):
+        raise UserError(f"--dtype {args.dtype} is a GGUF type; with --hf use float32, bfloat16 or float16")
     out = export_hf(args.checkpoint, args.hf, dtype=getattr(torch, args.dtype) if args.dtype else None)
     print(f"wrote {out} (Hugging Face Llama format)")
     return 0
+
+
+_GGUF_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}  # --dtype's HF spellings work for GGUF too
 
 
 def cmd_import_hf(args) -> int:
@@ -310,11 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("presets", nargs="*", help="preset names (default: all)")
     info.set_defaults(func=cmd_info)
 
-    exp = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)")
+    exp = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama directory (transformers, vLLM) "
+                                        "or a GGUF file (llama.cpp, Ollama)")
     exp.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
-    exp.add_argument("--hf", required=True, metavar="DIR", help="output directory (new or empty)")
-    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                     help="weights' dtype (default: the checkpoint's)")
+    target = exp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--hf", metavar="DIR", help="output directory (new or empty)")
+    target.add_argument("--gguf", metavar="FILE", help="output GGUF file (written atomically)")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "f32", "f16", "bf16", "q8_0"],
+                     default=None, help="weights' dtype (--hf default: the checkpoint's; --gguf: f32; q8_0 is "
+                                        "GGUF only)")
     exp.set_defaults(func=cmd_export)
     imp = sub.add_parser("import-hf", help="a Hugging Face Llama-architecture directory -> a codelm checkpoint")
     imp.add_argument("hf_dir", help="local Hugging Face model directory (config.json, safetensors, tokenizer.json)")
