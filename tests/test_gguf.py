@@ -8,6 +8,7 @@ it; without it the llama.cpp tests skip with that reason and the export-only tes
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +219,9 @@ def test_llama_cpp_greedy_continuations_equal_codelm(tmp_path, llama_cpp, traine
         assert llama_cpp_greedy(llm, ids, 32, tok.eot_id) == ours, prompt
 
 
-def test_imported_hf_model_exports_with_its_own_pre_tokenizer(tmp_path, llama_cpp, source_files):
-    """An HF Llama directory with a GPT-2-style byte-level BPE (trained here), imported, then exported: the file
-    names llama.cpp's `gpt-2` pre-tokenizer and llama.cpp encodes as the model's own tokenizer does; logits match."""
+@pytest.fixture(scope="module")
+def imported_gpt2_style(tmp_path_factory, source_files):
+    """An HF Llama directory with a GPT-2-style byte-level BPE (trained here on stdlib files), imported as codelm."""
     tokenizers = pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
     from codelm.hf import import_hf
@@ -231,8 +232,7 @@ def test_imported_hf_model_exports_with_its_own_pre_tokenizer(tmp_path, llama_cp
     trainer = tokenizers.trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>"],
                                              initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(source_files[:10], trainer)
-    hf_dir = tmp_path / "hf"
-    hf_dir.mkdir()
+    hf_dir = tmp_path_factory.mktemp("hf-gpt2-style")
     bpe.save(str(hf_dir / "tokenizer.json"))
     (hf_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     torch.manual_seed(0)
@@ -240,10 +240,31 @@ def test_imported_hf_model_exports_with_its_own_pre_tokenizer(tmp_path, llama_cp
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                       bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
     transformers.LlamaForCausalLM(config).save_pretrained(hf_dir)
-    ckpt = import_hf(hf_dir)
-    out = export_gguf(ckpt, tmp_path / "m.gguf")
-    assert metadata(out)["tokenizer.ggml.pre"] == "gpt-2"
-    llm = open_gguf(llama_cpp, out)
+    return hf_dir, import_hf(hf_dir)
+
+
+def test_imported_hf_model_names_its_own_pre_tokenizer(tmp_path, imported_gpt2_style):
+    hf_dir, ckpt = imported_gpt2_style
+    meta = metadata(export_gguf(ckpt, tmp_path / "m.gguf"))
+    assert meta["tokenizer.ggml.pre"] == "gpt-2" and meta["tokenizer.ggml.bos_token_id"] == 0
+    assert "tokenizer.ggml.fim_pre_token_id" not in meta  # no FIM sentinels in this vocabulary
+    # a regex llama.cpp has no name for is refused in one line (llama.cpp would split differently, silently)
+    hf_dir = Path(shutil.copytree(hf_dir, tmp_path / "hf"))
+    spec = json.loads((hf_dir / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "[a-z]+|."}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (hf_dir / "tokenizer.json").write_text(json.dumps(spec))
+    from codelm.hf import import_hf
+    with pytest.raises(ConfigError, match="has no llama.cpp name"):
+        export_gguf(import_hf(hf_dir), tmp_path / "other.gguf")
+
+
+def test_imported_hf_model_tokenizes_and_computes_as_in_llama_cpp(tmp_path, llama_cpp, source_files,
+                                                                  imported_gpt2_style):
+    """Exported from the import: llama.cpp encodes as the model's own tokenizer does, and the logits match."""
+    _, ckpt = imported_gpt2_style
+    llm = open_gguf(llama_cpp, export_gguf(ckpt, tmp_path / "m.gguf"))
     for i, text in enumerate(source_files[10:30]):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == ckpt.tokenizer.encode(text), i
     ids = [0] + ckpt.tokenizer.encode("def f(x):\n    return x + 1\n")
