@@ -141,6 +141,7 @@ def run_llama_cpp(llm, tokenizer, prompts, new_tokens):
         out = []
         for p in prompts:
             row = []
+            llm.reset()  # the whole prompt is evaluated each time (generate() would reuse a cached prefix)
             for t in llm.generate([tokenizer.l2r_id] + p, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
                 row.append(t)
                 if len(row) == new_tokens:

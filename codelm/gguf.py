@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -260,7 +261,7 @@ def export_gguf(checkpoint, out_file: str | os.PathLike, dtype: str = "f32") -> 
             w.add_tensor(name, data, raw_dtype=raw)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_tensors_to_file(progress=sys.stderr.isatty())  # a bar with rate and ETA for big models
         w.close()
         os.replace(tmp, out)
     except BaseException:

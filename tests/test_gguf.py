@@ -197,6 +197,7 @@ def test_llama_cpp_reads_the_smaller_types(tmp_path, llama_cpp, dtype, tolerance
 
 def llama_cpp_greedy(llm, prompt: list[int], max_new: int, eot: int) -> list[int]:
     out = []
+    llm.reset()  # else generate() reuses the cached prefix of the previous prompt
     for t in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
         if t == eot or len(out) == max_new:
             break
