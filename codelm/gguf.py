@@ -30,12 +30,12 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from codelm.atomic import atomic_path
 from codelm.errors import ConfigError
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -198,8 +198,10 @@ def pre_tokenizer_name(pattern: str | None, tokenizer_name: str) -> str:
 def export_gguf(checkpoint, out_file: str | os.PathLike, dtype: str = "f32") -> Path:
     """Write a checkpoint (a path, or a loaded codelm.checkpoint.Checkpoint) as one GGUF file, atomically."""
     gguf = _require_gguf()
-    from codelm.checkpoint import Checkpoint, load_checkpoint
-    from codelm.hf import HFTokenizer, export_refusals
+    from codelm.checkpoint import Checkpoint
+    from codelm.loader import load_checkpoint
+    from codelm.hf import export_refusals
+    from codelm.hf_tokenizer import HFTokenizer
 
     if dtype not in GGUF_DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(GGUF_DTYPES)}")
@@ -212,60 +214,60 @@ def export_gguf(checkpoint, out_file: str | os.PathLike, dtype: str = "f32") -> 
     if out.is_dir():
         raise ConfigError(f"{out}: is a directory (give the .gguf file to write)")
     vocab = _hf_vocab if isinstance(tok, HFTokenizer) else _tiktoken_vocab
-    tokens, types, merges, pre = vocab(tok, cfg.vocab_size)
     tensors, _ = gguf_tensors(ckpt.model)
-
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(tmp), ARCH)
-    try:
-        w.add_name(Path(str(ckpt.path)).name or "codelm")
-        w.add_context_length(cfg.context_length)
-        w.add_embedding_length(cfg.d_model)
-        w.add_block_count(cfg.n_layer)
-        w.add_feed_forward_length(cfg.ffn_hidden)
-        w.add_head_count(cfg.n_head)
-        w.add_head_count_kv(cfg.n_kv_head)
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
-        w.add_rope_dimension_count(cfg.head_dim)
-        w.add_rope_freq_base(cfg.rope_theta)
-        w.add_layer_norm_rms_eps(cfg.norm_eps)
-        w.add_vocab_size(cfg.vocab_size)
-        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                         "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
-
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(pre)
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        keys = gguf.Keys.Tokenizer
-        if tok.l2r_id is not None:
-            w.add_bos_token_id(tok.l2r_id)
-        w.add_add_bos_token(tok.l2r_id is not None)
-        w.add_add_eos_token(False)
-        w.add_add_space_prefix(False)
-        w.add_eos_token_id(tok.eot_id)
-        w.add_eot_token_id(tok.eot_id)
-        if getattr(tok, "pad_id", None) is not None:
-            w.add_pad_token_id(tok.pad_id)
-        for key, i in ((keys.FIM_PRE_ID, tok.fim_prefix_id), (keys.FIM_SUF_ID, tok.fim_suffix_id),
-                       (keys.FIM_MID_ID, tok.fim_middle_id),
-                       (keys.FIM_PAD_ID, getattr(tok, "pad_id", None) if tok.fim_prefix_id is not None else None)):
-            if i is not None:
-                w.add_uint32(key, i)
-
-        for name, t in tensors.items():
-            data, raw = _encode_tensor(gguf, name, t, dtype)
-            w.add_tensor(name, data, raw_dtype=raw)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=sys.stderr.isatty())  # a bar with rate and ETA for big models
-        w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:  # a reader never sees half a file; a failed export leaves nothing behind
+        w = gguf.GGUFWriter(str(tmp), ARCH)
+        try:
+            _write(w, gguf, ckpt, vocab(tok, cfg.vocab_size), tensors, dtype)
+        finally:
+            w.close()
     return out
+
+
+def _write(w, gguf, ckpt, vocabulary, tensors: dict[str, torch.Tensor], dtype: str) -> None:
+    cfg, tok = ckpt.config, ckpt.tokenizer
+    tokens, types, merges, pre = vocabulary
+    w.add_name(Path(str(ckpt.path)).name or "codelm")
+    w.add_context_length(cfg.context_length)
+    w.add_embedding_length(cfg.d_model)
+    w.add_block_count(cfg.n_layer)
+    w.add_feed_forward_length(cfg.ffn_hidden)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_kv_head)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    if tok.l2r_id is not None:
+        w.add_bos_token_id(tok.l2r_id)
+    w.add_add_bos_token(tok.l2r_id is not None)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
+    w.add_eos_token_id(tok.eot_id)
+    w.add_eot_token_id(tok.eot_id)
+    pad = getattr(tok, "pad_id", None)
+    if pad is not None:
+        w.add_pad_token_id(pad)
+    keys = gguf.Keys.Tokenizer
+    for key, i in ((keys.FIM_PRE_ID, tok.fim_prefix_id), (keys.FIM_SUF_ID, tok.fim_suffix_id),
+                   (keys.FIM_MID_ID, tok.fim_middle_id),
+                   (keys.FIM_PAD_ID, pad if tok.fim_prefix_id is not None else None)):
+        if i is not None:
+            w.add_uint32(key, i)
+
+    for name, t in tensors.items():
+        data, raw = _encode_tensor(gguf, name, t, dtype)
+        w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=sys.stderr.isatty())  # a bar with rate and ETA for big models

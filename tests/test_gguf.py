@@ -19,7 +19,8 @@ gguf = pytest.importorskip("gguf", reason="the `gguf` package is not installed (
 
 from support import stdlib_texts  # noqa: E402
 
-from codelm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from codelm.checkpoint import save_checkpoint  # noqa: E402
+from codelm.loader import load_checkpoint  # noqa: E402
 from codelm.cli import main  # noqa: E402
 from codelm.errors import ConfigError  # noqa: E402
 from codelm.generate import SamplingParams, decode_batch  # noqa: E402

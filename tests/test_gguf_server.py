@@ -55,7 +55,7 @@ def find_llama_server() -> str | None:
 def fim_model(tmp_path_factory):
     """A micro model trained on FIM only (PSM and SPM, cuts at line starts) until it has memorised FUNCTIONS, and its
     f32 GGUF export."""
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.train import Trainer
 
     server = find_llama_server()
