@@ -162,6 +162,6 @@ def test_llama_server_infill_equals_codelm_infill_cli(fim_model, tmp_path, capsy
             assert reply["tokens_evaluated"] == len(fim_prompt_ids(tok, prefix + prompt, suffix, "psm",
                                                                    bos=tok.l2r_id, starts_document=False))
             assert main(["infill", str(run), "--mode", "fim", "--prefix", prefix + prompt, "--suffix", suffix,
-                         "--max-new-tokens", str(N_PREDICT), "--json"]) == 0
+                         "--max-new-tokens", str(N_PREDICT), "--json", "true"]) == 0
             ours = json.loads(capsys.readouterr().out)["middle"]
             assert reply["content"] == ours == middle, (prefix, prompt)
