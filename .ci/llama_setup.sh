@@ -7,8 +7,8 @@
 # The cache (default ~/.cache/codelm/llama, override with CODELM_LLAMA_CACHE) is keyed by version, machine and the
 # CPU's instruction-set flags: llama.cpp is compiled for the build machine's CPU (-march=native), so a cached build
 # is reused only where it runs. A warm run takes seconds; a cold one compiles llama.cpp twice (the wheel's shared
-# library, the static server) and prints the minutes each took: 66 min for the wheel and ~90 for the server on
-# 2 cores shared by seven agents (load average ~20); expect several times less on a quiet machine. The builds share
+# library, the static server) and prints the minutes each took: 66 min for the wheel and 79 for the server (built
+# side by side) on 2 cores shared by seven agents (load average ~20); far less on a quiet machine. The builds share
 # one time budget (CODELM_LLAMA_BUDGET_S, default 1800 s) so CI stays bounded; the server's build directory is kept
 # in the cache, so a build cut off by the budget continues on the next run. Idempotent; never fails the caller: on
 # any error it warns, exits 0, and the tests skip.
