@@ -15,14 +15,23 @@ Columns at batch 1: codelm as users get it (prompt-lookup drafts, the default), 
 (`lookup_draft=0`), HF's default greedy search and HF with its own prompt lookup (`prompt_lookup_num_tokens`, batch 1
 only in transformers). How much prompt lookup gains depends on how often the text repeats itself, so the tokens per
 pass are printed: random weights and small trained models repeat more than a strong model does.
+
+A llama.cpp column (llama-cpp-python on the model exported with `codelm export --gguf`, f32, the same threads) is
+added when llama-cpp-python is installed (.ci/llama_setup.sh builds it): greedy through its own sampler, one
+sequence (its `Llama` class decodes one sequence; batched decoding needs its low-level batch API, so batch 8 has no
+llama.cpp row). The CPU model, torch's BLAS and kernel level and llama.cpp's kernels are printed, because the ratios
+differ between machines.
 Needs the optional `hf` extra (`pip install transformers`).
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -108,6 +117,58 @@ def run_hf(hf, tokenizer, prompts, new_tokens, lookup_draft=0):
     return wall, cpu, [row[ids.shape[1]:].tolist() for row in out]
 
 
+def llama_cpp_model(model, tokenizer, threads: int, context: int, workdir: Path):
+    """llama-cpp-python on the model exported to GGUF (f32), or None (with the reason printed) when it is missing."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama.cpp: not benchmarked (llama-cpp-python is not installed; .ci/llama_setup.sh builds it)")
+        return None
+    from codelm.checkpoint import save_checkpoint
+    from codelm.gguf import export_gguf
+
+    path = export_gguf(save_checkpoint(workdir / "ckpt", model.float(), tokenizer), workdir / "model.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    kernels = " ".join(k.strip() for k in llama_cpp.llama_print_system_info().decode().split("|")
+                       if k.strip().endswith("= 1"))
+    print(f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), f32 GGUF, {threads} threads: {kernels}")
+    return llm
+
+
+def run_llama_cpp(llm, tokenizer, prompts, new_tokens):
+    """Greedy with llama.cpp's sampler (top-k 1), exactly new_tokens tokens (end-of-text ignored, as for HF)."""
+    def go():
+        out = []
+        for p in prompts:
+            row = []
+            llm.reset()  # the whole prompt is evaluated each time (generate() would reuse a cached prefix)
+            for t in llm.generate([tokenizer.l2r_id] + p, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+                row.append(t)
+                if len(row) == new_tokens:
+                    break
+            out.append(row)
+        return out
+    return timed(go)
+
+
+def describe_machine() -> str:
+    """The CPU model and the kernels torch runs on (BLAS library, ISA level)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    config = torch.__config__.show()
+    blas = next((part.split("=", 1)[1] for line in config.splitlines() for part in line.replace(",", " ").split()
+                 if part.startswith("BLAS_INFO=")), "unknown")
+    return (f"CPU: {cpu}; torch BLAS {blas}, kernels {torch.backends.cpu.get_cpu_capability()}, "
+            f"oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}")
+
+
 def load_model(args):
     """(model, tokenizer, label): a trained checkpoint, or a preset with random weights."""
     if args.checkpoint:
@@ -146,6 +207,12 @@ def main():
     torch.manual_seed(0)
     model, tokenizer, label = load_model(args)
     hf = to_hf_llama(model)
+    print(describe_machine())
+    workdir = tempfile.TemporaryDirectory(prefix="bench-gguf-")
+    llm = None
+    if args.dtype == "float32":  # the GGUF column is f32 (llama.cpp's bf16 CPU path is another comparison)
+        llm = llama_cpp_model(model, tokenizer, torch.get_num_threads(), model.config.context_length,
+                              Path(workdir.name))
     dtype = getattr(torch, args.dtype)
     model, hf = model.to(dtype), hf.to(dtype)
     passes = count_passes(model)
@@ -168,6 +235,8 @@ def main():
                                                             args.lookup_draft)
         if batch > 1 or not args.lookup_draft:  # codelm drafts for one row only: the two codelm rows are one
             del variants["codelm, one token/pass"]
+        if llm is not None and batch == 1:
+            variants["llama.cpp"] = lambda: run_llama_cpp(llm, tokenizer, prompts, args.new_tokens)
         runs = {name: [] for name in variants}
         tokens, per_pass = {}, {}
         for fn in variants.values():
@@ -191,6 +260,13 @@ def main():
             tpp = f"{per_pass[name]:8.2f}" if name in per_pass else f"{'':8s}"
             print(f"{batch:>5d} {name:<24s} {n / wall:>8.1f} {(n / wall) / (n_ref / hf_wall):>5.2f}x "
                   f"{(n / cpu) / (n_ref / hf_cpu):>9.2f}x {tpp}  {same}")
+        if "llama.cpp" in variants:
+            rate = {name: (sum(len(t) for t in tokens[name]) / statistics.median(t[0] for t in runs[name]),
+                           sum(len(t) for t in tokens[name]) / statistics.median(t[1] for t in runs[name]))
+                    for name in variants}
+            for name in [n for n in variants if n.startswith("codelm")]:
+                print(f"{batch:>5d} {name} / llama.cpp: {rate[name][0] / rate['llama.cpp'][0]:.2f}x "
+                      f"(CPU time {rate[name][1] / rate['llama.cpp'][1]:.2f}x)")
 
 
 if __name__ == "__main__":

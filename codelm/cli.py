@@ -8,6 +8,7 @@
     codelm infill CHECKPOINT --prefix-file A --suffix-file B [--mode fim|mim]
     codelm info [PRESET ...]          parameters and FLOPs/token of the presets
     codelm export --hf DIR CHECKPOINT Hugging Face Llama directory (transformers, vLLM)
+    codelm export --gguf FILE CHECKPOINT  one GGUF file (llama.cpp, Ollama, llama.vim / llama.vscode)
     codelm import-hf HF_DIR --out CKPT  a local HF Llama model as a checkpoint, keeping its tokenizer
     codelm eval ...                   (evals/, imported lazily)
     codelm serve CHECKPOINT           the infill API and playground (web/, imported lazily)
@@ -285,8 +286,9 @@ def cmd_info(args) -> int:
 class ExportConfig:
     checkpoint: str = option("", "checkpoint directory or run directory (its latest checkpoint)", positional=True)
     hf: str = option("", "output directory for the Hugging Face Llama format (new or empty)", metavar="DIR")
-    dtype: str | None = option(None, "weights' dtype (default: the checkpoint's)",
-                               choices=("float32", "bfloat16", "float16"))
+    gguf: str = option("", "output GGUF file for llama.cpp / Ollama (written atomically)", metavar="FILE")
+    dtype: str | None = option(None, "weights' dtype (--hf default: the checkpoint's; --gguf: f32; q8_0 is GGUF only)",
+                               choices=("float32", "bfloat16", "float16", "f32", "f16", "bf16", "q8_0"))
 
 
 @dataclass
@@ -298,15 +300,27 @@ class ImportHfConfig:
 
 def cmd_export(args) -> int:
     cfg = resolve_config(ExportConfig, args, args.config)
-    if not cfg.hf:
-        raise UserError("give --hf DIR, the directory to write")
+    if bool(cfg.hf) == bool(cfg.gguf):
+        raise UserError("give one of --hf DIR or --gguf FILE, the output to write")
+    if cfg.hf and cfg.dtype in _GGUF_DTYPES.values():
+        raise UserError(f"--dtype {cfg.dtype} is a GGUF type; with --hf use float32, bfloat16 or float16")
     import torch
     from codelm.hf import export_hf
     from codelm.loader import load_checkpoint
 
+    if cfg.gguf:
+        from codelm.gguf import export_gguf
+        out = export_gguf(load_checkpoint(_checkpoint(cfg)), cfg.gguf,
+                          dtype=_GGUF_DTYPES.get(cfg.dtype or "float32", cfg.dtype))
+        print(f"wrote {out} (GGUF, llama.cpp's llama architecture)")
+        return 0
     out = export_hf(load_checkpoint(_checkpoint(cfg)), cfg.hf, dtype=getattr(torch, cfg.dtype) if cfg.dtype else None)
     print(f"wrote {out} (Hugging Face Llama format)")
     return 0
+
+
+# --dtype's HF spellings work for GGUF too; q8_0 is GGUF only
+_GGUF_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "q8_0": "q8_0"}
 
 
 def cmd_import_hf(args) -> int:
@@ -391,8 +405,8 @@ COMMANDS = {
     "sample": ("generate text from a checkpoint", _options(SampleConfig, cmd_sample)),
     "infill": ("fill in the middle between a prefix and a suffix", _options(InfillConfig, cmd_infill)),
     "info": ("parameters and FLOPs/token of model presets", _configure_info),
-    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)",
-               _options(ExportConfig, cmd_export)),
+    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM) or a GGUF file "
+               "(llama.cpp, Ollama)", _options(ExportConfig, cmd_export)),
     "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint",
                   _options(ImportHfConfig, cmd_import_hf)),
     "runs": ("inspect training runs", _configure_runs),
