@@ -10,10 +10,11 @@
     codelm export --hf DIR CHECKPOINT Hugging Face Llama directory (transformers, vLLM)
     codelm import-hf HF_DIR --out CKPT  a local HF Llama model as a checkpoint, keeping its tokenizer
     codelm eval ...                   (evals/, imported lazily)
+    codelm serve CHECKPOINT           the infill API and playground (web/, imported lazily)
 
 A user mistake (missing file, bad value, unknown preset) prints one `codelm: error: ...` line and exits 2.
 
-Every command's options are a dataclass (codelm/config.py): a flag per field, `--config FILE` for a file of them.
+A command's options are a dataclass (codelm/config.py): a flag per field, `--config FILE` for a file of them.
 Only the command being run is built and imported: `codelm --help` and `codelm eval ... --samples` never import torch.
 """
 

@@ -24,7 +24,7 @@ def documented_commands() -> list[list[str]]:
     lines = []
     readme = (ROOT / "README.md").read_text()
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
-        lines += block.splitlines()
+        lines += block.replace("\\\n", " ").splitlines()  # a command continued on the next line is one command
     make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     lines += [line.replace("$(BIN)/", "") for line in make.splitlines() if line.strip().startswith("$(BIN)/codelm ")]
     commands = []
@@ -180,3 +180,24 @@ def test_help_and_scoring_samples_import_no_torch(tmp_path):
     loaded = modules_loaded_by(["eval", "humaneval", "--samples", "s.jsonl", "--limit", "1"], tmp_path)
     assert "evals" in loaded and not loaded & heavy
     assert json.loads((tmp_path / "s_humaneval_results" / "summary.json").read_text())["pass@1"] == 1.0
+
+
+def test_a_new_option_is_one_field_wherever_its_flags_are_shown():
+    """What another issue does to add an option: a field. Its flag, file key, bare bool form and --no- form follow,
+    in an argument group too."""
+    from dataclasses import dataclass
+
+    from codelm.config import ArgumentParser, add_dataclass_arguments, option
+
+    @dataclass
+    class Options:
+        model: str = option("", "a model", positional=True)
+        trust_remote_code: bool = option(False, "run the model's own code")
+        backend: str = option("auto", "which backend", choices=("auto", "codelm", "vllm"))
+
+    parser = ArgumentParser(prog="x")
+    add_dataclass_arguments(parser.add_argument_group("backends"), Options)
+    cfg = resolve_config(Options, parser.parse_args(["--trust-remote-code", "m", "--backend", "vllm"]))
+    assert (cfg.model, cfg.trust_remote_code, cfg.backend) == ("m", True, "vllm")
+    assert resolve_config(Options, parser.parse_args(["m", "--no-trust-remote-code"])).trust_remote_code is False
+    assert resolve_config(Options, parser.parse_args(["m"])).backend == "auto"

@@ -5,8 +5,8 @@ Four datatrove executor runs, each a list of pipeline steps, chained (a run star
     filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► candidates on disk
                        + exact-dedup keys, full MinHash signatures, and datatrove's per-bucket signature files
     buckets (B tasks)  datatrove's MinhashDedupBuckets: candidate near-duplicate pairs, merged from sorted files
-    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs verified on the full
-                       signature, union-find; which documents each task drops
+    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs joined by union-find;
+                       which documents each task drops
     shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize ─►
                        one token file per split per task
 
@@ -18,15 +18,18 @@ that order stays, so the kept set, the removal counts and the manifest do not de
 examples in the manifest are the first ones in that order. (datatrove's own cluster stage keeps the union-find root,
 which depends on how files were split into tasks; ours does not use it.) Near duplicates: shingles of code-aware
 tokens (words, numbers and each punctuation mark, case kept — datatrove's default normalization lowercases and
-drops punctuation and numbers, wrong for code), candidates from LSH bands, kept as duplicates only when the full
-signatures agree on at least `near_dedup_threshold` of their hashes (the banding alone admits lower pairs).
+drops punctuation and numbers, wrong for code); documents sharing an LSH band are duplicates, the bands sized so
+that the detection probability is one half at `near_dedup_threshold` (15 bands of 12 hashes for 0.8). No pairwise
+verification: which pairs datatrove reports within a band depends on the task split, their connected components do
+not, and a verification would make the result depend on the split again.
 
 Resumption: datatrove writes a completion marker per task after its last step; every file a task writes goes to a
 temp name first and is renamed when complete, so a rerun after kill -9 skips finished tasks, redoes the others from
 scratch and produces the same bytes. The working directory (default OUT.work) records the options that shape its
 contents; a working directory made with other options is refused. It is removed after a successful run.
-Disk cost of the working directory: the candidate texts (about the corpus size, uncompressed), 36 + 4·hashes bytes
-per document of keys and signatures, and as much again in datatrove's bucket files.
+Disk cost of the working directory: the candidate texts (about the corpus size, uncompressed), 36 bytes
+per document of keys, 4 bytes per hash per document of datatrove's signature files (180 hashes by default: 720
+bytes) and the duplicate pairs.
 """
 
 from __future__ import annotations
@@ -182,30 +185,27 @@ class CodeStage(PipelineStep):
                      {"stage": counter.to_json(), **extra})
 
 class WriteCandidates(PipelineStep):
-    """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted) and
-    full MinHash signatures; each file renamed into place when complete."""
+    """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted); each
+    file renamed into place when complete."""
     name, type = "candidates", "codelm"
 
-    def __init__(self, work: Path, signer):
+    def __init__(self, work: Path):
         super().__init__()
-        self.work, self.signer = work, signer
+        self.work = work
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         from codelm.data.dedup import exact_key
         folder = self.work / "candidates"
         folder.mkdir(parents=True, exist_ok=True)
         tmp_docs = folder / f".{rank:05d}.jsonl.tmp-{os.getpid()}"
-        tmp_sigs = folder / f".{rank:05d}.sigs.tmp-{os.getpid()}"
         keys = []
-        with open(tmp_docs, "w", encoding="utf-8") as fd, open(tmp_sigs, "wb") as fs:
+        with open(tmp_docs, "w", encoding="utf-8") as fd:
             for idx, doc in enumerate(data):
                 order = doc.metadata["order"]
                 fd.write(json.dumps({"id": doc.id, "text": doc.text, "order": order,
                                      "source": doc.metadata.get("source", ""),
                                      "edu_score": doc.metadata.get("edu_score")}) + "\n")
                 keys.append((exact_key(doc.text)[:16], order, idx, doc.metadata["n_bytes"]))
-                sig = self.signer.full_signature(doc.text)
-                fs.write(sig.tobytes())
                 yield doc
         arr = np.array(keys, dtype=KEY_DTYPE)
         arr.sort(order=["key", "order"])
@@ -213,7 +213,6 @@ class WriteCandidates(PipelineStep):
         with open(tmp_keys, "wb") as fk:
             np.save(fk, arr)
         tmp_keys.replace(folder / f"{rank:05d}.keys.npy")
-        tmp_sigs.replace(folder / f"{rank:05d}.sigs")
         tmp_docs.replace(folder / f"{rank:05d}.jsonl")
 
 
@@ -231,6 +230,7 @@ class CodeWordTokenizer(WordTokenizer):
         import re
         return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
 
+
 class CodeMinhashSignature(MinhashDedupSignature):
     """datatrove's signature stage with code-aware shingles: words, numbers and every punctuation mark are
     tokens, case kept (its default simplify_text lowercases and drops punctuation and numbers)."""
@@ -240,29 +240,19 @@ class CodeMinhashSignature(MinhashDedupSignature):
         super().__init__(output_folder=output_folder, config=config, language=CodeWordTokenizer())
 
     def get_shingles(self, text: str) -> np.ndarray:
-        if text is not getattr(self, "_last_text", None):  # the candidates writer just computed them
-            self._last_text, self._last = text, code_shingles(text, self.config.n_grams, self._hash_func)
-        return self._last
+        return code_shingles(text, self.config.n_grams, self._hash_func)
 
-    def full_signature(self, text: str) -> np.ndarray:
-        shingles = self.get_shingles(text)
-        if shingles.size == 0:
-            return np.full(self.num_hashes, self.config.hash_config.max, dtype=np.uint64).astype(
-                self.config.hash_config.np_dtype)
-        return np.concatenate([np.asarray(b, dtype=self.config.hash_config.np_dtype)
-                               for b in self.get_signature(shingles)])
 
 class Cluster(PipelineStep):
     """Exact and near duplicates across all tasks; writes, per filter task, which candidates to drop."""
     name, type = "cluster", "codelm"
 
-    def __init__(self, work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool):
+    def __init__(self, work: Path, n_tasks: int, exact: bool, near: bool):
         super().__init__()
-        self.work, self.n_tasks, self.config = work, n_tasks, config
-        self.threshold, self.exact, self.near = threshold, exact, near
+        self.work, self.n_tasks, self.exact, self.near = work, n_tasks, exact, near
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        cluster(self.work, self.n_tasks, self.config, self.threshold, self.exact, self.near)
+        cluster(self.work, self.n_tasks, self.exact, self.near)
         return iter(())
 
 class ReadCandidates(PipelineStep):
@@ -387,7 +377,7 @@ _TOKEN_HASHES: dict[str, int] = {}
 # --------------------------------------------------------------------------------------------------------------
 # the cluster step: exact and near duplicates across tasks
 # --------------------------------------------------------------------------------------------------------------
-def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool) -> None:
+def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
     t0 = time.perf_counter()
     folder = work / "candidates"
     _ID_CACHE.clear()
@@ -407,11 +397,10 @@ def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, nea
             if key == last:
                 drop[r][idx] = "duplicate"
             last = key
-    # near: candidate pairs from datatrove's bucket files, verified on the full signatures
+    # near: candidate pairs from datatrove's bucket files. Every document sharing a band with another is chained
+    # to it (in an order that depends on the task split), so the connected components do not depend on it
     parent: dict[tuple[int, int], tuple[int, int]] = {}
     if near:
-        sigs = [np.memmap(folder / f"{r:05d}.sigs", dtype=config.hash_config.np_dtype, mode="r").reshape(
-            -1, config.num_buckets * config.hashes_per_bucket) if len(keys[r]) else None for r in range(n_tasks)]
         order_of = [dict() for _ in range(n_tasks)]
         for r, arr in enumerate(keys):
             for k in arr:
@@ -428,10 +417,7 @@ def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, nea
         for dup_file in sorted((work / "minhash" / "buckets").glob("*.dups")):
             raw = np.fromfile(dup_file, dtype="<u4").reshape(-1, 4)
             for f1, d1, f2, d2 in raw.tolist():
-                a, b = (f1, d1), (f2, d2)
-                if np.mean(sigs[f1][d1] == sigs[f2][d2]) < threshold:
-                    continue
-                ra, rb = find(a), find(b)
+                ra, rb = find((f1, d1)), find((f2, d2))
                 if ra != rb:  # the root is the member first in source order: independent of the task split
                     if (order_of[rb[0]][rb[1]], rb) < (order_of[ra[0]][ra[1]], ra):
                         ra, rb = rb, ra
@@ -508,10 +494,16 @@ def _quiet_datatrove() -> None:
     base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
 
 
+HASHES_PER_BAND = 12
+
+
 def minhash_config(cfg):
+    """LSH bands for the threshold: b bands of r = 12 hashes make (1/b)^(1/r) the similarity at which a pair is
+    found half the time; b = (1/threshold)^r puts it at the threshold (0.8: 15 bands, 0.798)."""
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
-    return MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1,
+    bands = max(1, round((1 / cfg.near_dedup_threshold) ** HASHES_PER_BAND))
+    return MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=HASHES_PER_BAND, seed=1,
                          hash_config=HashConfig(precision=32, hash_fc="xxhash"))
 
 
@@ -544,11 +536,11 @@ def build_executors(cfg, work: Path, stages_before_dedup: list, decontam: bool):
     filter_steps = [ReadSources(cfg, work)]
     for make, name in stages_before_dedup:
         filter_steps.append(CodeStage(make, name, phase="filter", **common))
-    filter_steps.append(WriteCandidates(work, signer))
+    filter_steps.append(WriteCandidates(work))
     filter_steps.append(signer)
     bucket_steps = [MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
                                         output_folder=str(work / "minhash" / "buckets"), config=mh)]
-    cluster_steps = [Cluster(work, cfg.tasks, mh, cfg.near_dedup_threshold, cfg.exact_dedup, cfg.near_dedup)]
+    cluster_steps = [Cluster(work, cfg.tasks, cfg.exact_dedup, cfg.near_dedup)]
     shard_steps = [ReadCandidates(work)]
     if decontam:
         shard_steps.append(CodeStage(_load_decontaminator(work), "decontaminate", phase="shards", **common))

@@ -181,7 +181,7 @@ def test_slurm_dry_run_writes_chained_stage_scripts_that_run_as_array_tasks(runs
         assert "#SBATCH --mem=4G" in text and "mem-per-cpu" not in text and "#SBATCH --time=1:00:00" in text
         arrays[name] = int(re.search(r"#SBATCH --array=0-(\d+)", text).group(1)) + 1
         assert f"launch_pickled_pipeline {out}.work/logs/{name}/executor.pik" in text
-    assert arrays == {"filter": 3, "buckets": 14, "cluster": 1, "shards": 3}
+    assert arrays == {"filter": 3, "buckets": 15, "cluster": 1, "shards": 3}  # one bucket task per LSH band
     assemble = Path(jobs[-1][2]).read_text()
     assert "--executor local" in assemble and f"--out {out}" in assemble
     monkeypatch.setenv("SLURM_NODELIST", "node1")  # what Slurm sets in a job, and its `scontrol show hostnames`
