@@ -152,6 +152,12 @@ class SamplingOptions:
     lookup_draft: int = option(4, "greedy, one sample: draft up to this many tokens per pass from earlier text and "
                                   "keep what the model agrees with (same output, fewer passes on repetitive code; "
                                   "0 = off)")
+    backend: str = option("auto", "codelm (codelm checkpoints, Llama-architecture HF dirs) or transformers (any "
+                                  "AutoModelForCausalLM); auto picks codelm for what it loads",
+                          choices=("auto", "codelm", "transformers"))
+    dtype: str = option("auto", "transformers backend: auto, float32, bfloat16, float16")
+    device: str = option("auto", "transformers backend: auto, cpu, cuda, cuda:N")
+    trust_remote_code: bool = option(False, "transformers backend: run the code a model directory ships")
 
 
 @dataclass
@@ -208,6 +214,18 @@ def _checkpoint(cfg) -> str:
     return cfg.checkpoint
 
 
+def _transformers_lm(cfg):
+    """The transformers backend's model when --backend (or auto, for an architecture codelm cannot convert) picks
+    it; None for the codelm backend."""
+    from codelm.backends import auto_backend
+
+    path = _checkpoint(cfg)
+    if (cfg.backend if cfg.backend != "auto" else auto_backend(path)) != "transformers":
+        return None
+    from codelm.backends.transformers_lm import TransformersLM
+    return TransformersLM.load(path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+
+
 def cmd_sample(args) -> int:
     cfg = resolve_config(SampleConfig, args, args.config)
     prompt = _read_text(cfg.prompt_file, "--prompt-file") if cfg.prompt_file else cfg.prompt
@@ -217,6 +235,12 @@ def cmd_sample(args) -> int:
     from codelm.loader import load_checkpoint
     from codelm.generate import generate_batch
 
+    lm = _transformers_lm(cfg)
+    if lm is not None:
+        for i, c in enumerate(lm.complete([prompt], params, None if seeds is None else [seeds], cfg.n)[0]):
+            print(f"----- sample {i + 1}/{cfg.n} ({c.finish_reason}, mean logprob {c.mean_logprob:.3f})")
+            print(prompt + c.text)
+        return 0
     ckpt = load_checkpoint(_checkpoint(cfg))
     if cfg.n == 1:  # stream the one sample as it is generated
         sys.stdout.write(prompt)
@@ -246,12 +270,20 @@ def cmd_infill(args) -> int:
     suffix = _read_text(cfg.suffix_file, "--suffix-file") if cfg.suffix_file else cfg.suffix
     params, seeds = _sampling_params(cfg), _seeds(cfg)
     from codelm.loader import load_checkpoint
-    from codelm.infill import infill, require_mode
+    from codelm.infill import Infill, best_of, infill, require_mode
 
-    ckpt = load_checkpoint(_checkpoint(cfg))
-    require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format)
-    result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
-                    capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
+    lm = _transformers_lm(cfg)
+    if lm is not None:  # the family's FIM template (refused in one line for a model without FIM tokens)
+        if cfg.mode != "fim":
+            raise UserError("the transformers backend infills with --mode fim only (meet-in-the-middle needs a "
+                            "codelm model trained with the mim objective)")
+        samples = lm.infill([prefix], [suffix], params, None if seeds is None else [seeds], cfg.n, cfg.fim_format)[0]
+        result = Infill("fim", samples, best_of(samples), [c.passes for c in samples], [False] * len(samples))
+    else:
+        ckpt = load_checkpoint(_checkpoint(cfg))
+        require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format)
+        result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
+                        capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
     if cfg.json:
         print(json.dumps({"mode": cfg.mode, "middle": result.best.text, "finish_reason": result.best.finish_reason,
                           "samples": [c.text for c in result.samples], "steps": result.steps, "met": result.met}))
