@@ -71,8 +71,6 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     assert {"codelm.hf", "codelm.loader"} <= imports_of(source, {"codelm.loader"})
 
 
-# The data room's streaming pipeline and its stage definitions import each other (its own issue owns that room);
-# every other edge is checked, and the strict xfail below fails the day that cycle is gone, to retire this exemption.
 def test_no_import_cycle_among_codelm_modules():
     graph = import_graph("codelm")
     assert {"codelm.checkpoint", "codelm.hf", "codelm.loader", "codelm.cli"} <= set(graph)
