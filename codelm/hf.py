@@ -1,4 +1,4 @@
-"""Hugging Face interop: export a codelm checkpoint as a Llama-format directory, import a Llama-architecture model.
+"""Hugging Face interop: export a codelm checkpoint as a Llama-format directory, import Llama and Qwen2 models.
 
     codelm export --hf DIR CHECKPOINT    config.json, model.safetensors, generation_config.json,
                                          tokenizer.json, tokenizer_config.json, special_tokens_map.json
@@ -9,6 +9,13 @@ weights map name for name with no permutation; tests/test_hf.py proves logits ma
 µP models export too: the attention scale, embedding multiplier and logit multiplier are folded into the weights (a
 tied µP model is exported untied when the two multipliers differ). ALiBi, learned positions, LayerNorm and the GELU
 MLP have no Llama equivalent and are refused.
+
+Families imported (and exported back, tests/test_hf.py): Llama and Code Llama; DeepSeek-Coder 1.3b-33b (Llama with
+linear RoPE scaling, `rope_scaling`); Qwen2/Qwen2.5-Coder (model_type qwen2: biases on q/k/v only, `qkv_bias`;
+exported as qwen2, since Llama's attention_bias would also bias o_proj). Refused, by name: other RoPE types (Llama
+3.1's "llama3", YaRN, dynamic NTK: their frequency rules are not codelm's), Qwen2 with use_sliding_window on,
+StarCoder/StarCoder2 (gpt_bigcode / starcoder2: fused c_attn, LayerNorm + GELU with biases, not mapped),
+DeepSeek-Coder-V2 (MoE with multi-head latent attention), and any other model_type.
 
 codelm's tiktoken vocabularies become a byte-level BPE `tokenizer.json`: vocab = the ranks' bytes through GPT-2's
 byte-to-unicode table, merges recovered by splitting each token into two lower-ranked tokens (the standard
@@ -129,11 +136,19 @@ def llama_state_dict(model: Transformer) -> tuple[dict[str, torch.Tensor], bool]
 
 
 def llama_config(cfg: ModelConfig, tokenizer, tied: bool, dtype: torch.dtype) -> dict:
-    """config.json for transformers' LlamaForCausalLM. `rope_theta` is written both at the top level
+    """config.json for transformers' LlamaForCausalLM, or Qwen2ForCausalLM when only q/k/v have biases (Llama's
+    attention_bias would also put one on o_proj). The RoPE settings are written both at the top level
     (transformers 4.x) and in `rope_parameters` (5.x)."""
+    qwen2 = cfg.qkv_bias and not cfg.bias
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling != 1.0:
+        rope = {"rope_type": "linear", "factor": cfg.rope_scaling, "rope_theta": cfg.rope_theta}
+    family = ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "use_sliding_window": False,
+               "sliding_window": None, "max_window_layers": cfg.n_layer} if qwen2 else
+              {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": cfg.bias,
+               "mlp_bias": cfg.bias})
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        **family,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.ffn_hidden,
@@ -145,10 +160,8 @@ def llama_config(cfg: ModelConfig, tokenizer, tied: bool, dtype: torch.dtype) ->
         "max_position_embeddings": cfg.context_length,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
+        "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling != 1.0 else None,
+        "rope_parameters": rope,
         "attention_dropout": 0.0,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": tied,
@@ -473,40 +486,62 @@ def is_hf_model_dir(path: str | os.PathLike) -> bool:
     return isinstance(d, dict) and "model_type" in d and "format" not in d
 
 
+IMPORTABLE = ("llama", "qwen2")  # model_type values codelm computes exactly (Code Llama, DeepSeek-Coder, Qwen2.5-Coder)
+
+
+def rope_settings(hf: dict, where: str) -> tuple[float, float]:
+    """(rope_theta, linear scaling factor) from config.json, in either transformers' 4.x (`rope_scaling`) or 5.x
+    (`rope_parameters`) spelling. Only the default and linear rope types compute as codelm does."""
+    params = dict(hf.get("rope_parameters") or {})
+    params.update(hf.get("rope_scaling") or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise ConfigError(f"{where}: rope scaling {rope_type!r} is not supported (only none and 'linear')")
+    factor = float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0))), factor
+
+
 def model_config_from_hf(hf: dict, where: str, tokenizer_name: str = "hf") -> ModelConfig:
-    """A Llama config.json -> ModelConfig; anything codelm would compute differently is refused by name."""
+    """A Llama or Qwen2 config.json -> ModelConfig; anything codelm would compute differently is refused by name."""
     def need(key):
         if key not in hf:
             raise ConfigError(f"{where}: missing field {key!r}")
         return hf[key]
 
-    if hf.get("model_type") != "llama":
-        raise ConfigError(f"{where}: model_type {hf.get('model_type')!r} is not supported (only 'llama')")
-    rope = hf.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if hf.get("rope_scaling") or rope_type != "default":
-        raise ConfigError(f"{where}: rope scaling ({hf.get('rope_scaling') or rope_type!r}) is not supported")
+    model_type = hf.get("model_type")
+    if model_type not in IMPORTABLE:
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported (only {', '.join(IMPORTABLE)})")
+    rope_theta, rope_scaling = rope_settings(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu', SwiGLU)")
-    attention_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
-    if attention_bias != mlp_bias:
-        raise ConfigError(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
-                          f"(codelm's `bias` covers both)")
+    if model_type == "qwen2":  # Qwen2 always has q/k/v biases and nothing else; its sliding window is usually off
+        bias, qkv_bias = False, True
+        if hf.get("use_sliding_window"):
+            raise ConfigError(f"{where}: use_sliding_window=true is not supported (codelm attends to the whole "
+                              f"context)")
+        ignored = ("attn_logit_softcapping", "final_logit_softcapping")
+    else:
+        attention_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+        if attention_bias != mlp_bias:
+            raise ConfigError(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
+                              f"(codelm's `bias` covers both)")
+        bias, qkv_bias = attention_bias, False
+        ignored = ("sliding_window", "attn_logit_softcapping", "final_logit_softcapping")
     d_model, n_head = need("hidden_size"), need("num_attention_heads")
     if hf.get("head_dim") not in (None, d_model // n_head) or d_model % n_head:
         raise ConfigError(f"{where}: head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads is not "
                           f"supported")
-    for key in ("sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
+    for key in ignored:
         if hf.get(key):
             raise ConfigError(f"{where}: {key}={hf[key]} is not supported")
     try:
         return ModelConfig(
             vocab_size=need("vocab_size"), context_length=need("max_position_embeddings"),
             n_layer=need("num_hidden_layers"), n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
-            d_model=d_model, ffn_hidden=need("intermediate_size"),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            d_model=d_model, ffn_hidden=need("intermediate_size"), rope_theta=rope_theta, rope_scaling=rope_scaling,
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=float(hf.get("initializer_range", 0.02)), tokenizer=tokenizer_name, bias=attention_bias)
+            init_std=float(hf.get("initializer_range", 0.02)), tokenizer=tokenizer_name, bias=bias,
+            qkv_bias=qkv_bias)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -554,7 +589,7 @@ def import_hf(path: str | os.PathLike):
         try:
             state[hf_to_codelm_name(name)] = tensor
         except KeyError:
-            raise CheckpointError(f"{path}: unexpected tensor {name!r} for a Llama model") from None
+            raise CheckpointError(f"{path}: unexpected tensor {name!r} for a {hf.get('model_type')} model") from None
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state.get("embed.weight")
     model = Transformer(cfg)
