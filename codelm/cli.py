@@ -8,7 +8,8 @@
     codelm infill CHECKPOINT --prefix-file A --suffix-file B [--mode fim|mim]
     codelm info [PRESET ...]          parameters and FLOPs/token of the presets
     codelm export --hf DIR CHECKPOINT Hugging Face Llama directory (transformers, vLLM)
-    codelm import-hf HF_DIR --out CKPT  a local HF Llama model as a checkpoint, keeping its tokenizer
+    codelm import-hf HF_DIR --out CKPT  a local HF Llama/Qwen2 model as a checkpoint, keeping its tokenizer
+                    [--add-tokens fim,mim]  ... with the tokens FIM/MIM training needs
     codelm eval ...                   (evals/, imported lazily)
 
 A user mistake (missing file, bad value, unknown preset) prints one `codelm: error: ...` line and exits 2.
@@ -233,10 +234,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
-    from codelm.hf import import_hf_to_checkpoint
+    from codelm.checkpoint import load_checkpoint
+    from codelm.hf import import_hf_to_checkpoint, parse_add_tokens
 
-    out = import_hf_to_checkpoint(args.hf_dir, args.out)
-    print(f"wrote {out} (codelm checkpoint with the model's own tokenizer)")
+    out = import_hf_to_checkpoint(args.hf_dir, args.out, parse_add_tokens(args.add_tokens))
+    caps = load_checkpoint(out).capabilities
+    added = ", ".join(f"{k}={v}" for k, v in caps.get("added_tokens", {}).items())
+    reused = ", ".join(f"{k}: {v}" for k, v in caps.get("reused_tokens", {}).items())
+    print(f"wrote {out} (codelm checkpoint with the model's own tokenizer"
+          + (f"; added {added}" if added else "") + (f"; reused {reused}" if reused else "") + ")")
     return 0
 
 
@@ -316,9 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="weights' dtype (default: the checkpoint's)")
     exp.set_defaults(func=cmd_export)
-    imp = sub.add_parser("import-hf", help="a Hugging Face Llama-architecture directory -> a codelm checkpoint")
+    imp = sub.add_parser("import-hf", help="a Hugging Face Llama/Qwen2 directory -> a codelm checkpoint")
     imp.add_argument("hf_dir", help="local Hugging Face model directory (config.json, safetensors, tokenizer.json)")
     imp.add_argument("--out", required=True, help="checkpoint directory to write")
+    imp.add_argument("--add-tokens", default="", metavar="fim,mim",
+                     help="add the tokens these objectives need (the family's own FIM tokens are reused; MIM adds "
+                          "<|r2l|>); new embedding/output rows = the mean of existing rows")
     imp.set_defaults(func=cmd_import_hf)
 
     runs = sub.add_parser("runs", help="inspect training runs")

@@ -29,9 +29,8 @@ touches the network: directories are local paths only. `transformers` is never n
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
+import dataclasses
 import math
 import os
 import re
@@ -43,18 +42,10 @@ import torch
 
 from codelm.errors import CheckpointError, ConfigError
 from codelm.model import ModelConfig, Transformer
+from codelm.tokenizer import (HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER, HF_TOKENIZER_CONFIG,  # noqa: F401
+                              HFTokenizer, _require_tokenizers, bytes_to_unicode, read_json_if)
 
-HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_TOKENIZER = ("config.json", "model.safetensors", "model.safetensors.index.json",
-                                                 "tokenizer.json")
-HF_TOKENIZER_CONFIG, HF_GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
-
-
-def _require_tokenizers():
-    try:
-        import tokenizers
-    except ImportError:
-        raise ConfigError("Hugging Face interop needs the `tokenizers` package: pip install 'codelm[hf]'") from None
-    return tokenizers
+HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,9 +156,7 @@ def llama_config(cfg: ModelConfig, tokenizer, tied: bool, dtype: torch.dtype) ->
         "attention_dropout": 0.0,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": tied,
-        "bos_token_id": tokenizer.l2r_id,
-        "eos_token_id": tokenizer.eot_id,
-        "pad_token_id": getattr(tokenizer, "pad_id", None),
+        **_bos_eos_pad(tokenizer),
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
@@ -196,8 +185,7 @@ def export_hf(checkpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None 
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         tok = ckpt.tokenizer
         _write_json(tmp / HF_CONFIG, llama_config(cfg, tok, tied, dtype))
-        _write_json(tmp / HF_GENERATION_CONFIG, {"bos_token_id": tok.l2r_id, "eos_token_id": tok.eot_id,
-                                                 "pad_token_id": getattr(tok, "pad_id", None)})
+        _write_json(tmp / HF_GENERATION_CONFIG, _bos_eos_pad(tok))
         write_hf_tokenizer(tok, tmp, cfg.context_length)
         if out.exists():
             out.rmdir()
@@ -208,6 +196,14 @@ def export_hf(checkpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None 
     return out
 
 
+def _bos_eos_pad(tok) -> dict:
+    """The model's own BOS/EOS/PAD ids: an imported model's (which may have no BOS or pad), else codelm's
+    <|l2r|>, <|endoftext|>, <|pad|>."""
+    if isinstance(tok, HFTokenizer):
+        return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.own_pad_id}
+    return {"bos_token_id": tok.l2r_id, "eos_token_id": tok.eot_id, "pad_token_id": getattr(tok, "pad_id", None)}
+
+
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
@@ -215,20 +211,6 @@ def _write_json(path: Path, obj) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # tiktoken -> tokenizer.json
 # ----------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (byte-level BPE vocabularies are spelled in it)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def _spell(token: bytes) -> str:
     table = bytes_to_unicode()
     return "".join(table[b] for b in token)
@@ -287,8 +269,9 @@ def write_hf_tokenizer(tok, out: Path, context_length: int) -> None:
     else:
         tiktoken_to_hf(tok).save(str(out / HF_TOKENIZER))
     names = {i: name for name, i in tok.specials.items()}
-    special_map = {"bos_token": names.get(tok.l2r_id), "eos_token": names.get(tok.eot_id),
-                   "pad_token": names.get(getattr(tok, "pad_id", None))}
+    ids = _bos_eos_pad(tok)
+    special_map = {"bos_token": names.get(ids["bos_token_id"]), "eos_token": names.get(ids["eos_token_id"]),
+                   "pad_token": names.get(ids["pad_token_id"])}
     special_map = {k: v for k, v in special_map.items() if v is not None}
     extra = [name for name in tok.specials if name not in special_map.values()]
     _write_json(out / "special_tokens_map.json", {**special_map, "additional_special_tokens": extra})
@@ -298,177 +281,10 @@ def write_hf_tokenizer(tok, out: Path, context_length: int) -> None:
         "additional_special_tokens": extra,
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
-        # codelm never lets a special token's string in ordinary text become the special token
-        "split_special_tokens": True,
+        # codelm never lets a special token's string in ordinary text become the special token; an imported
+        # model keeps Hugging Face's default, so its FIM/MIM tokens (added or its own) are typed as one id each
+        "split_special_tokens": not isinstance(tok, HFTokenizer),
     })
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HFTokenizer: a tokenizers.Tokenizer with codelm's tokenizer interface
-# ----------------------------------------------------------------------------------------------------------------
-# FIM sentinel spellings of common code models (StarCoder/SantaCoder and Qwen/DeepSeek-style)
-_FIM_SPELLINGS = [("<fim_prefix>", "<fim_middle>", "<fim_suffix>"),
-                  ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>")]
-
-
-class HFTokenizer:
-    """codelm's tokenizer interface (encode, decode, decode_bytes, eot_id, l2r_id, hash, describe, check_same, ...)
-    over a Hugging Face fast tokenizer. `l2r_id` is the model's BOS token (None if it has none), `eot_id` its EOS;
-    `r2l_id` is None (an imported model reads left to right only); FIM ids are set when the vocabulary has
-    StarCoder- or Qwen-style sentinels, else None. As in codelm, special-token strings in text encode as text."""
-
-    kind = "hf"
-
-    def __init__(self, tokenizer_json: str, *, name: str, bos_id: int | None, eos_id: int | None,
-                 pad_id: int | None = None):
-        tokenizers = _require_tokenizers()
-        self._json = tokenizer_json
-        self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
-        self._tok.encode_special_tokens = True
-        self.name = name
-        self.hash = hashlib.sha256(json.dumps(json.loads(tokenizer_json), sort_keys=True).encode()).hexdigest()
-        added = self._tok.get_added_tokens_decoder()
-        self.specials = {t.content: i for i, t in sorted(added.items()) if t.special}
-        self.n_vocab = max([self._tok.get_vocab_size(with_added_tokens=True) - 1, *added]) + 1
-        if eos_id is None:
-            raise ConfigError(f"tokenizer {name!r}: no end-of-sequence token (eos_token) is defined")
-        self.eot_id, self.l2r_id, self.pad_id, self.r2l_id = eos_id, bos_id, pad_id, None
-        self.fim_prefix_id = self.fim_middle_id = self.fim_suffix_id = None
-        for spelling in _FIM_SPELLINGS:
-            ids = [self._tok.token_to_id(s) for s in spelling]
-            if all(i is not None for i in ids):
-                self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id = ids
-                break
-        self._bytes = self._token_bytes_table()
-
-    # --- construction -------------------------------------------------------------------------------------------
-    @classmethod
-    def from_dir(cls, path: str | os.PathLike, name: str | None = None) -> "HFTokenizer":
-        """A Hugging Face model directory's tokenizer: tokenizer.json, with BOS/EOS/PAD from tokenizer_config.json
-        (falling back to config.json / generation_config.json ids)."""
-        path = Path(path)
-        tj = path / HF_TOKENIZER
-        if not tj.is_file():
-            raise CheckpointError(f"{tj}: missing (only fast tokenizers saved as tokenizer.json are supported)")
-        text = tj.read_text(encoding="utf-8")
-        probe = _require_tokenizers().Tokenizer.from_str(text)
-        tcfg = _read_json_if(path / HF_TOKENIZER_CONFIG)
-        ids = {}
-        for key in ("bos", "eos", "pad"):
-            token = tcfg.get(f"{key}_token")
-            token = token.get("content") if isinstance(token, dict) else token
-            ids[key] = probe.token_to_id(token) if token else None
-            if ids[key] is None:
-                for extra in (HF_GENERATION_CONFIG, HF_CONFIG):
-                    value = _read_json_if(path / extra).get(f"{key}_token_id")
-                    value = value[0] if isinstance(value, list) and value else value
-                    if isinstance(value, int):
-                        ids[key] = value
-                        break
-        return cls(text, name=name or f"hf:{path.resolve().name}", bos_id=ids["bos"], eos_id=ids["eos"],
-                   pad_id=ids["pad"])
-
-    @classmethod
-    def from_checkpoint(cls, path: Path, desc: dict) -> "HFTokenizer":
-        """The tokenizer stored inside a codelm checkpoint (its tokenizer.json), verified against the config."""
-        tj = Path(path) / HF_TOKENIZER
-        if not tj.is_file():
-            raise CheckpointError(f"{tj}: missing (this checkpoint's tokenizer is a Hugging Face tokenizer)")
-        tok = cls(tj.read_text(encoding="utf-8"), name=desc.get("name", "hf"), bos_id=desc.get("bos_id"),
-                  eos_id=desc.get("eos_id"), pad_id=desc.get("pad_id"))
-        tok.check_same(desc, f"{tj}")
-        return tok
-
-    def to_json(self) -> str:
-        return self._json
-
-    def save_files(self, directory: Path) -> None:
-        """Files a checkpoint needs to rebuild this tokenizer (save_checkpoint calls this)."""
-        (Path(directory) / HF_TOKENIZER).write_text(self._json, encoding="utf-8")
-
-    # --- encoding -----------------------------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def encode_bytes(self, data: bytes) -> list[int]:
-        """Invalid UTF-8 is replaced (HF tokenizers take text, not bytes)."""
-        return self.encode(data.decode("utf-8", errors="replace"))
-
-    def decode(self, ids, errors: str = "replace") -> str:
-        """The tokens' text, special tokens dropped. Continuation semantics, as generation needs: a SentencePiece-style
-        '▁word' decodes to ' word' even as the first token (HF's decode would strip that space)."""
-        return self.decode_bytes(ids).decode("utf-8", errors=errors)
-
-    def decode_with_specials(self, ids) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False)
-
-    def decode_bytes(self, ids) -> bytes:
-        """Concatenated token bytes (specials and unknown ids dropped), so a streamed multi-byte character can be
-        completed by the next token, as with tiktoken."""
-        table = self._bytes
-        return b"".join(table[i] for i in ids if 0 <= i < len(table))
-
-    def token_bytes(self, i: int) -> bytes:
-        return self._bytes[i]
-
-    def is_special(self, i: int) -> bool:
-        return i in self._special_ids
-
-    @functools.cached_property
-    def _special_ids(self) -> frozenset[int]:
-        return frozenset(self.specials.values())
-
-    def _token_bytes_table(self) -> list[bytes]:
-        """Each id's bytes: byte-level BPE vocabularies are spelled through GPT-2's table; SentencePiece-style ones
-        use '▁' for space and <0xNN> byte-fallback tokens. Special tokens map to b''."""
-        spec = json.loads(self._json)
-        decoder = json.dumps(spec.get("decoder") or {})
-        inverse = {c: b for b, c in bytes_to_unicode().items()}
-        byte_level = '"ByteLevel"' in decoder
-        table = [b""] * self.n_vocab
-        for token, i in self._tok.get_vocab(with_added_tokens=False).items():
-            if i >= self.n_vocab:
-                continue
-            if byte_level and all(c in inverse for c in token):
-                table[i] = bytes(inverse[c] for c in token)
-            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
-                table[i] = bytes([int(token[3:5], 16)])
-            else:
-                table[i] = token.replace("\u2581", " ").encode("utf-8")
-        for i, added in self._tok.get_added_tokens_decoder().items():  # added tokens are stored as plain text
-            if i < self.n_vocab:
-                table[i] = b"" if added.special else added.content.encode("utf-8")
-        return table
-
-    # --- identity -----------------------------------------------------------------------------------------------
-    def describe(self) -> dict:
-        return {"kind": "hf", "name": self.name, "hash": self.hash, "n_vocab": self.n_vocab,
-                "specials": self.specials, "bos_id": self.l2r_id, "eos_id": self.eot_id, "pad_id": self.pad_id}
-
-    def check_same(self, other, what: str) -> None:
-        from codelm.errors import TokenizerMismatch
-
-        other_hash = other.get("hash") if isinstance(other, dict) else getattr(other, "hash", None)
-        other_name = other.get("name") if isinstance(other, dict) else getattr(other, "name", None)
-        if other_hash != self.hash:
-            raise TokenizerMismatch(f"{what} was made with tokenizer {other_name!r} ({str(other_hash)[:12]}), "
-                                    f"not {self.name!r} ({self.hash[:12]})")
-
-    def __repr__(self) -> str:
-        return f"HFTokenizer({self.name!r}, n_vocab={self.n_vocab}, hash={self.hash[:12]})"
-
-
-def _read_json_if(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
-    return value if isinstance(value, dict) else {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -553,7 +369,7 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / HF_WEIGHTS).is_file():
         files = [path / HF_WEIGHTS]
     elif (path / HF_INDEX).is_file():
-        index = _read_json_if(path / HF_INDEX).get("weight_map", {})
+        index = read_json_if(path / HF_INDEX).get("weight_map", {})
         files = [path / f for f in sorted(set(index.values()))]
     else:
         raise CheckpointError(f"{path}: no {HF_WEIGHTS} or {HF_INDEX} (only safetensors weights are supported)")
@@ -568,14 +384,74 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def import_hf(path: str | os.PathLike):
-    """A Llama-architecture HF directory -> a loaded codelm Checkpoint (eval mode, fp32) with an HFTokenizer."""
+ADDABLE_TOKENS = ("fim", "mim")
+
+
+def parse_add_tokens(spec: str | None) -> tuple[str, ...]:
+    """`--add-tokens fim,mim` -> ("fim", "mim"); unknown names are refused."""
+    kinds = tuple(k.strip() for k in (spec or "").split(",") if k.strip())
+    for k in kinds:
+        if k not in ADDABLE_TOKENS:
+            raise ConfigError(f"--add-tokens: unknown {k!r}; choose from {', '.join(ADDABLE_TOKENS)}")
+    return kinds
+
+
+def add_objective_tokens(model: Transformer, tokenizer: HFTokenizer, kinds: tuple[str, ...]):
+    """The tokens FIM and MIM need, for an imported model: the family's own FIM sentinels are reused when its
+    vocabulary has them (StarCoder, Qwen2.5-Coder, DeepSeek-Coder, Code Llama spellings), else codelm's
+    <|fim_prefix|> <|fim_middle|> <|fim_suffix|> are added; MIM gets <|r2l|> for its backward direction (its forward
+    direction keeps the model's own BOS). New ids take the embedding's padding rows first (rows past the tokenizer's
+    vocabulary), then the matrices grow to the next multiple of 64. Every new row (embedding and, untied, output) is
+    the mean of the existing vocabulary's rows, the common choice: the model then sees a new token as an average
+    token, and the output head gives it an average logit (a little probability mass moves to it; see the tests).
+    Returns (model, tokenizer, record for the capabilities)."""
+    from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, R2L, padded_vocab_size
+
+    record = {"added_tokens": {}, "reused_tokens": {}, "new_rows_init": "mean of existing rows"}
+    wanted = []
+    if "fim" in kinds:
+        if tokenizer.fim_prefix_id is not None:
+            record["reused_tokens"]["fim"] = tokenizer.fim_family
+        else:
+            wanted += [FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
+    if "mim" in kinds:
+        if tokenizer.r2l_id is not None:
+            record["reused_tokens"]["mim"] = R2L
+        else:
+            wanted.append(R2L)
+    if not wanted:
+        return model, tokenizer, record
+    new_tok = tokenizer.with_added_tokens(wanted)
+    cfg = model.config
+    old_n = tokenizer.n_vocab
+    rows = cfg.vocab_size if new_tok.n_vocab <= cfg.vocab_size else padded_vocab_size(new_tok.n_vocab)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for key in ("embed.weight",) + (() if cfg.tie_embeddings else ("lm_head.weight",)):
+        old = state[key]
+        mean = old[:old_n].mean(0)
+        grown = torch.cat([old, mean.expand(rows - old.shape[0], -1)]) if rows > old.shape[0] else old
+        grown[old_n:new_tok.n_vocab] = mean  # padding rows reused by the new tokens
+        state[key] = grown.contiguous()
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    new_model = Transformer(dataclasses.replace(cfg, vocab_size=rows))
+    new_model.load_state_dict(state)
+    new_model.eval()
+    record["added_tokens"] = {name: new_tok.specials[name] for name in wanted}
+    record["padding_rows_reused"] = max(0, min(new_tok.n_vocab, cfg.vocab_size) - old_n)
+    record["vocab_rows"] = [cfg.vocab_size, rows]
+    return new_model, new_tok, record
+
+
+def import_hf(path: str | os.PathLike, add_tokens: tuple[str, ...] = ()):
+    """A Llama or Qwen2 HF directory -> a loaded codelm Checkpoint (eval mode, fp32) with an HFTokenizer; with
+    `add_tokens` ("fim", "mim"), the tokens those objectives need (add_objective_tokens)."""
     from codelm.checkpoint import Checkpoint, default_capabilities, load_matching_state
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such Hugging Face model directory")
-    hf = _read_json_if(path / HF_CONFIG)
+    hf = read_json_if(path / HF_CONFIG)
     if not hf:
         raise CheckpointError(f"{path / HF_CONFIG}: missing or not a JSON object")
     tokenizer = HFTokenizer.from_dir(path)
@@ -595,16 +471,22 @@ def import_hf(path: str | os.PathLike):
     model = Transformer(cfg)
     load_matching_state(model, state, str(path), "config.json", codelm_to_hf_name)  # copies into fp32 params
     model.eval()
+    added = {}
+    if add_tokens:
+        model, tokenizer, added = add_objective_tokens(model, tokenizer, add_tokens)
+        cfg = model.config
     caps = default_capabilities(tokenizer, cfg.context_length)
-    caps.update({"can_fim": False, "imported_from": "hf"})
+    # an imported model reads left to right; FIM/MIM become capabilities once trained with them
+    caps.update({"can_fim": False, "can_mim": False, "fim_formats": [], "imported_from": "hf", **added})
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, config=cfg, capabilities=caps,
                       meta={"imported_from": str(path.resolve()), "hf_config": hf})
 
 
-def import_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """`codelm import-hf`: write a codelm checkpoint (weights, config, tokenizer.json) for an HF Llama directory."""
+def import_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike,
+                            add_tokens: tuple[str, ...] = ()) -> Path:
+    """`codelm import-hf`: write a codelm checkpoint (weights, config, tokenizer.json) for an HF directory."""
     from codelm.checkpoint import save_checkpoint
 
-    ckpt = import_hf(hf_dir)
+    ckpt = import_hf(hf_dir, add_tokens)
     return save_checkpoint(out, ckpt.model, ckpt.tokenizer, capabilities=ckpt.capabilities,
                            meta={"imported_from": ckpt.meta["imported_from"]})
