@@ -4,6 +4,7 @@ same run (the machine may be shared: ratios, not absolute numbers, are what carr
     python benchmarks/bench_train.py                      # tiny, small and the nanoGPT-sized model, fp32 and bf16
     python benchmarks/bench_train.py --models nanogpt --ablate   # what each trainer choice buys (bf16)
     python benchmarks/bench_train.py --check-bf16 300     # bf16 vs 3 fp32 seeds: is bf16-by-default safe?
+    python benchmarks/bench_train.py --mim --models tiny,small  # a MIM step against an l2r step: time and memory
 
 The configurations compared in one table train in turn, one step each, round after round (A, B, C, then B, C, A,
 ...), and each keeps its best step: a neighbour's burst of work on a shared machine then slows every variant alike
@@ -22,6 +23,7 @@ import argparse
 import contextlib
 import json
 import logging
+import resource
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,15 @@ PROCESSES = {
     "+ explicit CPU attention (default)": {},
     "+ compile": {"compile": True},
 }
+# --mim: per window, a MIM step reads every window twice; the goal is at most 2.2x an l2r step's time, and peak
+# memory within 1.15x of l2r over the same number of sequences (MIM's B windows run 2B sequences). Batch 16 (tiny).
+MIM = {
+    "l2r, B windows": {"objective": "l2r"},
+    "l2r, 2B windows (= MIM's sequences)": {"objective": "l2r", "batch_scale": 2},
+    "mim beta 0": {"objective": "mim", "mim_beta": 0.0},
+    "mim beta 0.1 (fused loss, default)": {"objective": "mim", "mim_beta": 0.1},
+    "mim beta 0.1, direct formula (before)": {"objective": "mim", "mim_beta": 0.1, "mim_direct": True},
+}
 OPTIONS = {  # the default, then the default with one trainer choice changed
     "default (fused AdamW)": {},
     "optimizer for-loop": {"optimizer_impl": "for-loop"},
@@ -89,13 +100,28 @@ def attention_kernel(explicit: bool):
         codelm.model.EXPLICIT_ATTENTION_MAX_T = default
 
 
+def direct_mim_loss(self, model, batch):
+    """The MIM loss as autograd through the formula (the trainer's before the fused loss), for --mim."""
+    from codelm.objectives import IGNORE, next_token_loss, total_variation
+    fwd, bwd, y_fwd, y_bwd = self.directions(model, batch)
+    tv = total_variation(fwd, bwd, y_fwd != IGNORE)
+    return next_token_loss(fwd, y_fwd) + next_token_loss(bwd, y_bwd.flip(1)) + self.beta * tv, {}
+
+
 def make_trainer(name: str, precision: str, root: Path, opts: dict) -> Trainer:
     preset, model, batch = MODELS[name]
+    opts = dict(opts)
+    batch = opts.pop("batch_size", batch) * opts.pop("batch_scale", 1)
+    direct = opts.pop("mim_direct", False)
     cfg_model = preset_config(preset, **model)
     cfg = TrainConfig(data=str(random_shards(root, cfg_model.tokenizer)), out=str(root / f"run-{name}"),
                       preset=preset, model=dict(model), batch_size=batch, steps=1000, warmup_steps=10,
                       precision=precision, eval_every=0, save_every=0, seed=0, **opts)
-    return Trainer(cfg)
+    trainer = Trainer(cfg)
+    if direct:
+        mim = trainer.objectives["mim"]
+        mim.loss = direct_mim_loss.__get__(mim)
+    return trainer
 
 
 def race(name: str, variants: dict[str, tuple[str, dict]], root: Path, steps: int) -> list[dict]:
@@ -124,10 +150,11 @@ def race(name: str, variants: dict[str, tuple[str, dict]], root: Path, steps: in
                 best[label] = min(best[label], time.perf_counter() - t0)
     rows = []
     for label, (trainer, _, first_step) in runners.items():
-        tokens = trainer.cfg.batch_size * trainer.cfg.grad_accum * trainer.context
+        tokens = trainer.cfg.batch_size * trainer.cfg.grad_accum * trainer.context  # window tokens (MIM: read twice)
         rows.append({"model": name, "precision": variants[label][0], "variant": label, "tok_s": tokens / best[label],
                      "first_step_s": first_step,
-                     "flops_per_token": flops_per_token(trainer.model_cfg, trainer.context)["train"]})
+                     "flops_per_token": flops_per_token(trainer.model_cfg, trainer.context)["train"]
+                     * (2 if trainer.cfg.objective == "mim" else 1)})  # MIM reads every window twice
     return rows
 
 
@@ -152,6 +179,7 @@ def solo(spec: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="bench_train-"))
     row = race(spec["model"], {spec["label"]: ("bf16", spec["options"])}, root, spec["steps"])[0]
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(row))
 
 
@@ -195,6 +223,9 @@ def main():
     p.add_argument("--ablate", action="store_true", help="bf16: each speed-up in turn (ratio over the row above; "
                                                         "in one process, then one process each), and other trainer "
                                                         "options (ratio over the default)")
+    p.add_argument("--mim", action="store_true", help="bf16: MIM steps against l2r steps, per window, with peak "
+                                                      "resident memory (one process per variant, alternating)")
+    p.add_argument("--batch", type=int, default=0, help="batch size (windows) for --mim (default: 16 tiny, 4 small)")
     p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="run the bf16-vs-fp32 check")
     p.add_argument("--data", default="data/stdlib", help="shards for --check-bf16")
     p.add_argument("--solo", help=argparse.SUPPRESS)  # internal: one --ablate process
@@ -209,6 +240,11 @@ def main():
           f"GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     rows = []
     for name in args.models.split(","):
+        if args.mim:  # ratio: over l2r with the same windows
+            batch = args.batch or {"tiny": 16}.get(name, MODELS[name][2])
+            variants = {k: dict(v, batch_size=batch) for k, v in MIM.items()}
+            rows += with_ratios(race_processes(name, variants, args.steps), False)
+            continue
         if args.ablate:  # ratio: over the row above (ladders), over the default (options)
             # the options first: a process that has compiled (the ladder's last row) runs eager steps less evenly
             options = with_ratios(race(name, {k: ("bf16", o) for k, o in OPTIONS.items()}, root, args.steps), False)
@@ -222,6 +258,9 @@ def main():
     print(f"matmul peak at the end: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
           f"(MFU below is against the higher probe)")
     print_table(rows, peak)
+    if args.mim:
+        print("ratio = tokens/s over l2r's at B windows (a MIM window is read in both directions); peak resident "
+              "memory per process: " + ", ".join(f"{r['variant']} {r['peak_rss_mb']:,.0f} MB" for r in rows))
     if any(r["first_step_s"] > 5 for r in rows):
         print("first (compiling) steps: " + ", ".join(f"{r['model']} {r['variant']} {r['first_step_s']:.0f} s"
                                                        for r in rows if r["first_step_s"] > 5))

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from codelm.errors import ConfigError, DataError
 
@@ -214,40 +213,107 @@ class FillInTheMiddle:
 # ----------------------------------------------------------------------------------------------------------------
 # mim
 # ----------------------------------------------------------------------------------------------------------------
-TV_CHUNK_ELEMENTS = 1 << 24  # per chunk of rows when the logits are large: 64 MB of float32 per temporary
+MIM_CHUNK_ELEMENTS = 1 << 21  # rows per chunk x vocabulary: 8 MB of float32 per temporary
 
 
-def _tv_rows(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """[N, V] x [N, V] -> [N]: 1/2 sum_z |p_a(z) - p_b(z)| per row."""
-    p_a = torch.softmax(logits_a.float(), dim=-1)
-    p_b = torch.softmax(logits_b.float(), dim=-1)
-    return 0.5 * (p_a - p_b).abs().sum(-1)
+def total_variation(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over positions of 1/2 sum_z |p_a(z) - p_b(z)| (MIM paper section 3, the agreement regularizer), by the
+    direct formula: for analysis, and the reference that the fused training loss below is tested against.
+    logits [..., V]; mask [...] bool (positions to include)."""
+    V, dtype = logits_a.shape[-1], torch.promote_types(logits_a.dtype, torch.float32)
+    p_a = torch.softmax(logits_a.reshape(-1, V).to(dtype), dim=-1)
+    p_b = torch.softmax(logits_b.reshape(-1, V).to(dtype), dim=-1)
+    rows = 0.5 * (p_a - p_b).abs().sum(-1)
+    weight = torch.ones_like(rows) if mask is None else mask.reshape(-1).to(rows)
+    return (rows * weight).sum() / weight.sum().clamp(min=1)
 
 
-def _tv_sum(logits_a, logits_b, weight):
-    return (_tv_rows(logits_a, logits_b) * weight).sum()
+def _softmax_rows(logits: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, log-sum-exp) of [c, V] rows, computed in `dtype` (float32, or float64 for checks)."""
+    lse = torch.logsumexp(logits.to(dtype), dim=-1, keepdim=True)
+    return torch.sub(logits, lse).exp_(), lse
 
 
-def total_variation(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor | None = None,
-                    chunk_above: int = 1 << 27) -> torch.Tensor:
-    """Mean over positions of 1/2 sum_z |p_a(z) - p_b(z)| (MIM paper section 3, the agreement regularizer).
+def _nll_grad_(p: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, scale: float):
+    """Turns the softmax rows `p` into scale * (p - onehot(y)) in place, zero on rows whose target is IGNORE;
+    returns the summed NLL of the other rows."""
+    valid = y != IGNORE
+    yv = torch.where(valid, y, 0).unsqueeze(1)
+    p.mul_(valid.unsqueeze(1).to(p.dtype) * scale)
+    p.scatter_add_(1, yv, (valid.to(p.dtype) * -scale).unsqueeze(1))
+    return ((lse.squeeze(1) - logits.gather(1, yv).squeeze(1).to(p.dtype)) * valid).sum()
 
-    logits [B, T, V]; mask [B, T] bool (positions to include). Unchunked, autograd keeps two softmaxes and their
-    difference: 3 more [B, T, V] float32 tensors, negligible at CPU sizes (16k vocabulary) but, with the full 100k
-    vocabulary at context 2048, several GB on top of the logits. Above `chunk_above` elements the rows are done in
-    chunks under activation checkpointing, so only one chunk's temporaries live at a time (recomputed in backward:
-    a little more compute, same value and gradients)."""
-    V = logits_a.shape[-1]
-    a, b = logits_a.reshape(-1, V), logits_b.reshape(-1, V)
-    weight = torch.ones(a.shape[0], device=a.device) if mask is None else mask.reshape(-1).float()
-    count = weight.sum().clamp(min=1)
-    if a.numel() <= chunk_above:
-        return _tv_sum(a, b, weight) / count
-    rows = max(1, TV_CHUNK_ELEMENTS // V)
-    total = sum(torch.utils.checkpoint.checkpoint(_tv_sum, a[i:i + rows], b[i:i + rows], weight[i:i + rows],
-                                                  use_reentrant=False)
-                for i in range(0, a.shape[0], rows))
-    return total / count
+
+class _MimLoss(torch.autograd.Function):
+    """NLL_fwd + NLL_bwd + beta * TV over aligned row pairs of one [2B, T, V] logits tensor, with the value and the
+    gradient computed together, one chunk of rows at a time.
+
+    Autograd through the direct formula keeps two log-softmaxes for the cross-entropies and, for TV, two softmaxes,
+    their difference and its sign: six [2B*T, V] float32 tensors beside the logits, each read again in backward.
+    Here each chunk computes both softmaxes once and writes its gradient at once, using TV's closed form: with
+    s = sign(p_a - p_b) for the aligned rows a (forward) and b (backward),
+        d TV_row / d a_j = 1/2 p_a_j (s_j - sum_z s_z p_a_z),    d TV_row / d b_j = 1/2 p_b_j (sum_z s_z p_b_z - s_j)
+    (|x| is not differentiable at 0; sign 0 there, autograd's choice too). Only the gradient, the size of the
+    logits, outlives the chunk; backward scales it by the incoming gradient (in place: no second backward)."""
+
+    @staticmethod
+    def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool):
+        B2, T, V = logits.shape
+        flat = logits.reshape(-1, V)
+        n_fwd_rows = n_forward * T
+        # forward row b*T + i and the backward row that predicts the same token: (n_forward + b)*T + T-1-i
+        i = torch.arange(n_fwd_rows, device=logits.device)
+        bwd_rows = (n_forward + i // T) * T + (T - 1 - i % T)
+        y_fwd, y_bwd = y[:n_forward].reshape(-1), y.reshape(-1)[bwd_rows]
+        n_f = max(int((y_fwd != IGNORE).sum()), 1)
+        n_b = max(int((y_bwd != IGNORE).sum()), 1)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        grad = torch.zeros(flat.shape, dtype=dtype, device=flat.device)
+        nll_f = nll_b = tv = torch.zeros((), dtype=dtype, device=flat.device)
+        rows = max(1, MIM_CHUNK_ELEMENTS // V)
+        for s0 in range(0, n_fwd_rows, rows):
+            s1 = min(s0 + rows, n_fwd_rows)
+            br = bwd_rows[s0:s1]
+            a, b = flat[s0:s1], flat.index_select(0, br)
+            p_a, lse_a = _softmax_rows(a, dtype)
+            p_b, lse_b = _softmax_rows(b, dtype)
+            if beta > 0:
+                w = (y_fwd[s0:s1] != IGNORE).to(p_a.dtype).unsqueeze(1)  # TV on positions with a target
+                d = p_a - p_b
+                sign = torch.sign(d)
+                tv = tv + (torch.linalg.vecdot(d, sign) * w.squeeze(1)).sum()
+                w = w * (0.5 * beta / n_f)
+                g_a = torch.sub(sign, torch.linalg.vecdot(sign, p_a).unsqueeze(1), out=d).mul_(p_a).mul_(w)
+                g_b = None if stop_grad else (torch.linalg.vecdot(sign, p_b).unsqueeze(1) - sign).mul_(p_b).mul_(w)
+            nll_f = nll_f + _nll_grad_(p_a, a, lse_a, y_fwd[s0:s1], 1.0 / n_f)
+            nll_b = nll_b + _nll_grad_(p_b, b, lse_b, y_bwd[s0:s1], 1.0 / n_b)
+            if beta > 0:
+                p_a.add_(g_a)
+                if g_b is not None:
+                    p_b.add_(g_b)
+            grad[s0:s1] = p_a
+            grad.index_copy_(0, br, p_b)
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype, ctx.logits_shape, ctx.done = logits.dtype, logits.shape, False
+        metrics = torch.stack([nll_f / n_f, nll_b / n_b, 0.5 * tv / n_f])
+        ctx.mark_non_differentiable(metrics)
+        return metrics[0] + metrics[1] + beta * metrics[2], metrics
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_metrics):
+        if ctx.done:
+            raise RuntimeError("the fused MIM loss scales its stored gradient in place: one backward per forward")
+        ctx.done = True
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_loss).to(ctx.logits_dtype).view(ctx.logits_shape), None, None, None, None
+
+
+def mim_loss(logits: torch.Tensor, y: torch.Tensor, n_forward: int, beta: float = 0.1, stop_grad: bool = False):
+    """(loss, [nll_fwd, nll_bwd, tv]) for a MIM batch: logits [2B, T, V] of the forward rows then the backward rows
+    (as `MeetInTheMiddle.make_batch` lays them out), targets y [2B, T]. TV averages over positions whose forward
+    target is not IGNORE. `stop_grad` keeps the TV gradient out of the backward rows."""
+    loss, metrics = _MimLoss.apply(logits, y, n_forward, float(beta), bool(stop_grad))
+    return loss, metrics
 
 
 class MeetInTheMiddle:
@@ -279,16 +345,11 @@ class MeetInTheMiddle:
         return logits[:n], logits[n:].flip(1), batch.y[:n], batch.y[n:]
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        fwd, bwd_aligned, y_fwd, y_bwd = self.directions(model, batch)
-        nll_fwd = next_token_loss(fwd, y_fwd)
-        nll_bwd = next_token_loss(bwd_aligned, y_bwd.flip(1))
-        loss = nll_fwd + nll_bwd
-        metrics = {"loss_mim_fwd": nll_fwd.detach(), "loss_mim_bwd": nll_bwd.detach()}
+        loss, (nll_fwd, nll_bwd, tv) = mim_loss(model(batch.x), batch.y, batch.extra["n_forward"], self.beta,
+                                                 self.stop_grad)
+        metrics = {"loss_mim_fwd": nll_fwd, "loss_mim_bwd": nll_bwd}
         if self.beta > 0:
-            other = bwd_aligned.detach() if self.stop_grad else bwd_aligned
-            tv = total_variation(fwd, other, y_fwd != IGNORE)
-            loss = loss + self.beta * tv
-            metrics["mim_tv"] = tv.detach()
+            metrics["mim_tv"] = tv
         return loss, metrics
 
     def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:

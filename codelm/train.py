@@ -369,6 +369,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
         self.step = 0
         self.tokens_seen = 0
+        self.model_tokens = 0  # tokens the model read (a MIM window twice), for MFU; not part of the saved state
         self.train_seconds = 0.0
         self.train_split = self.shards.split("train")
         self.val_split = self.shards.split("val")
@@ -591,6 +592,7 @@ class Trainer:
             for k, v in {f"loss_{name}": loss.detach(), **metrics}.items():
                 own.setdefault(name, {})[k] = own.get(name, {}).get(k, 0.0) + float(v)
             self.tokens_seen += windows.size * d.world
+            self.model_tokens += batch.x.numel() * d.world  # what the model read: a MIM window counts twice
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if cfg.grad_clip > 0:
@@ -610,16 +612,21 @@ class Trainer:
         return totals
 
     # --- validation ------------------------------------------------------------------------------------------------
+    def val_context(self) -> int:
+        """The validation window: the context, or what a small validation split holds (a run that trained for hours
+        must not stop at its final validation because the split is short; fit() warns at the start instead)."""
+        return min(self.context, len(self.val_split.tokens) - 1)
+
     @torch.no_grad()
     def validate(self) -> dict:
         """Every objective's loss on the same fixed validation windows, in nats/token and bits/byte. Every rank
         computes the same numbers (FSDP's forward is collective; the windows are few)."""
         self.model.eval()
-        T = self.context
         tokens = self.val_split.tokens
+        T = self.val_context()
+        if T < 2:
+            return {}
         n_windows = max(1, min(self.cfg.eval_tokens // T, (len(tokens) - 1) // T))
-        if len(tokens) <= T:
-            raise ConfigError(f"the validation split has {len(tokens)} tokens, fewer than one window of {T}")
         starts = np.linspace(0, len(tokens) - T - 1, n_windows).astype(np.int64)
         sums: dict[str, list[float]] = {}
         rng = np.random.default_rng([self.cfg.seed, 424242])  # fixed FIM splits etc. at every validation
@@ -654,6 +661,11 @@ class Trainer:
                          "tokenizer": self.tokenizer.describe(), "data_manifest_hash": self.shards.manifest_hash,
                          "world": self.dist.world, "parallel": self.dist.mode}, self.run_dir / "config.json")
         self._open_tensorboard()
+        if self.val_context() < self.context:
+            n = len(self.val_split.tokens)
+            log.warning("the validation split has %d tokens, fewer than one window of %d: %s", n, self.context,
+                        f"validating on windows of {self.val_context()}" if self.val_context() >= 2
+                        else "no validation losses")
         self.peak_flops = cfg.peak_flops or measure_peak_flops(self.device, self.autocast_dtype)
         log.info("model: %.2fM parameters, %.1f MFLOPs/token (train), context %d, objective %s, device %s x %d (%s), "
                  "%s, peak %.0f GFLOP/s per process", count_parameters(self.model) / 1e6,
@@ -662,26 +674,28 @@ class Trainer:
                  self.peak_flops / 1e9)
         last_val: dict = {}
         self._last_losses: dict[str, float] = {}
-        window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+        window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
         while self.step < last_step:
             t0 = time.perf_counter()
-            tokens_before = self.tokens_seen
+            tokens_before, read_before = self.tokens_seen, self.model_tokens
             metrics = self.train_step()
             self._last_losses.update({k[5:]: v for k, v in metrics.items() if k.startswith("loss_")})
             self.train_seconds += time.perf_counter() - t0
             window_tokens += self.tokens_seen - tokens_before
+            window_read += self.model_tokens - read_before
             window_steps += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log_progress(metrics, window_tokens, time.perf_counter() - window_t0, window_steps)
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+                self._log_progress(metrics, window_tokens, time.perf_counter() - window_t0, window_steps,
+                                   window_read / max(window_tokens, 1))
+                window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 last_val = self._evaluate()
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0  # keep eval out of tokens/s
+                window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0  # eval: not in tok/s
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+                window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
+        path = self.save()  # first: nothing that runs after the last step (evaluation, callbacks) can lose the run
         last_val = self._evaluate()
-        path = self.save()
         summary = {"step": self.step, "tokens": self.tokens_seen, "checkpoint": str(path), **last_val}
         if self.dist.is_main:
             self._write_plots()
@@ -691,11 +705,12 @@ class Trainer:
             self._tb.close()
         return summary
 
-    def _log_progress(self, metrics: dict, tokens: int, elapsed: float, steps: int) -> None:
+    def _log_progress(self, metrics: dict, tokens: int, elapsed: float, steps: int, read: float = 1.0) -> None:
+        """`read`: tokens the model processed per window token in this stretch (2 for MIM's two directions)."""
         metrics = distributed.all_reduce_mean(metrics, self.dist.world)  # every rank saw its own slice
         metrics["context"] = int(metrics["context"])
         tok_s = tokens / max(elapsed, 1e-9)
-        mfu = self.mfu(tok_s, self.step - 1)
+        mfu = self.mfu(tok_s * read, self.step - 1)
         eta = (self.cfg.steps - self.step) * elapsed / max(1, steps)
         self.log_metrics({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1),
                           "mfu": round(mfu, 4), **metrics})

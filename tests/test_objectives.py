@@ -12,7 +12,7 @@ import torch
 from codelm.errors import ConfigError, DataError
 from codelm.objectives import (IGNORE, Batch, CompletionOnly, FillInTheMiddle, LeftToRight, MeetInTheMiddle,
                                build_objectives, fim_split_text, parse_mixture, read_completion_examples,
-                               split_segments, total_variation)
+                               split_segments, total_variation, mim_loss, IGNORE, next_token_loss)
 from support import micro_train_config
 
 
@@ -270,18 +270,32 @@ def test_total_variation_matches_a_direct_computation():
     assert float(total_variation(a, a)) == 0.0
 
 
-def test_chunked_total_variation_has_the_same_value_and_gradients(monkeypatch):
-    """Large vocabularies take the chunked, checkpointed path; it must be the same function."""
+@pytest.mark.parametrize("stop_grad", [False, True])
+def test_fused_mim_loss_equals_the_direct_formula_in_float64(monkeypatch, stop_grad):
+    """The fused loss (closed-form TV gradient, chunks of rows) is the same function as autograd through
+    NLL_fwd + NLL_bwd + beta * TV written directly: value and gradient, with ignored targets, several chunks and a
+    short last one."""
     torch.manual_seed(3)
-    a, b = torch.randn(3, 6, 9, requires_grad=True), torch.randn(3, 6, 9, requires_grad=True)
-    mask = torch.rand(3, 6) > 0.3
-    whole = total_variation(a, b, mask)
-    grads = torch.autograd.grad(whole, (a, b))
-    monkeypatch.setattr("codelm.objectives.TV_CHUNK_ELEMENTS", 4 * 9)  # 4 rows a chunk: 5 chunks, the last short
-    chunked = total_variation(a, b, mask, chunk_above=0)
-    chunked_grads = torch.autograd.grad(chunked, (a, b))
-    assert torch.allclose(whole, chunked)
-    assert all(torch.allclose(g, h, atol=1e-7) for g, h in zip(grads, chunked_grads))
+    B, T, V, beta = 3, 5, 9, 0.3
+    logits = torch.randn(2 * B, T, V, dtype=torch.float64)
+    logits[0, 2] = logits[B, T - 1 - 2]  # one aligned pair with identical distributions: TV's kink at 0
+    y = torch.randint(0, V, (2 * B, T))
+    y[0, 1] = y[B + 1, 0] = y[2 * B - 1, 3] = IGNORE
+    direct_in = logits.clone().requires_grad_(True)
+    fwd, bwd = direct_in[:B], direct_in[B:].flip(1)
+    y_f, y_b = y[:B], y[B:].flip(1)
+    other = bwd.detach() if stop_grad else bwd
+    direct = (next_token_loss(fwd, y_f) + next_token_loss(bwd, y_b)
+              + beta * total_variation(fwd, other, y_f != IGNORE))
+    direct.backward()
+    monkeypatch.setattr("codelm.objectives.MIM_CHUNK_ELEMENTS", 4 * V)  # 4 rows a chunk: 4 chunks, the last short
+    fused_in = logits.clone().requires_grad_(True)
+    fused, metrics = mim_loss(fused_in, y, B, beta, stop_grad)
+    (2.5 * fused).backward()
+    assert torch.allclose(fused, direct, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(fused_in.grad, 2.5 * direct_in.grad, rtol=1e-10, atol=1e-12)
+    tv = total_variation(fwd.detach(), bwd.detach(), y_f != IGNORE)
+    assert math.isclose(float(metrics[2]), float(tv), rel_tol=1e-12)
 
 
 def test_mim_loss_is_both_nlls_plus_beta_tv_against_explicit_indices(tokenizer):
@@ -465,6 +479,19 @@ def test_a_mim_fim_mixture_trains_reports_each_stream_and_records_both_capabilit
     text = generate(ckpt.model, ckpt.tokenizer, "def add(a, b):", SamplingParams(max_new_tokens=8, seed=0),
                     capabilities=caps)
     assert isinstance(text, str)
+
+
+@pytest.mark.parametrize("objective, read", [("l2r", 1), ("mim", 2), ("mim:0.5,l2r:0.5", None)])
+def test_mfu_counts_every_direction_the_model_reads(small_shards, tmp_path, objective, read):
+    """A MIM window is read twice (both directions); MFU counts what the model processed, not window tokens."""
+    from codelm.train import Trainer
+    trainer = Trainer(micro_train_config(small_shards, tmp_path / "run", objective=objective, grad_accum=2))
+    for _ in range(3):
+        trainer.train_step()
+    if read is None:  # a mixture: between the two
+        assert trainer.tokens_seen < trainer.model_tokens < 2 * trainer.tokens_seen
+    else:
+        assert trainer.model_tokens == read * trainer.tokens_seen
 
 
 @pytest.mark.slow

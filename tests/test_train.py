@@ -108,3 +108,30 @@ def test_bf16_on_cpu_takes_the_explicit_path_and_fp32_or_long_contexts_do_not():
     assert use_explicit_attention(q)
     assert not use_explicit_attention(q.float())  # fp32: SDPA is as fast, and exact
     assert not use_explicit_attention(torch.zeros(1, 2, 4096, 8, dtype=torch.bfloat16))  # long: flash wins
+
+
+def test_a_short_validation_split_shortens_the_validation_window_instead_of_losing_the_run(tmp_path, tokenizer,
+                                                                                          caplog):
+    """Tried by a user on a small corpus: all steps ran, then the final validation stopped the run with no
+    checkpoint. Now the validation window shrinks to what the split holds, with a warning at the start."""
+    from support import make_shards, stdlib_texts
+    data = make_shards(tmp_path / "shards", stdlib_texts(12), tokenizer, val_texts=["x = 1\nprint(x)\n"])
+    n_val = len(tokenizer.encode("x = 1\nprint(x)\n")) + 1
+    assert n_val < 64
+    cfg = micro_train_config(data, tmp_path / "run", steps=4, context_length=64, log_every=2)
+    with caplog.at_level("WARNING"):
+        summary = Trainer(cfg).fit()
+    assert f"fewer than one window of 64: validating on windows of {n_val - 1}" in caplog.text
+    assert np.isfinite(summary["val_l2r"])
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000004"]
+
+
+def test_the_final_checkpoint_is_written_before_the_final_evaluation(small_shards, tmp_path):
+    """Whatever fails after the last step (here an evaluation callback), the trained model is on disk."""
+    def failing_callback(trainer, step):
+        raise RuntimeError("the benchmark went away")
+
+    cfg = micro_train_config(small_shards, tmp_path / "run", steps=3)
+    with pytest.raises(RuntimeError, match="went away"):
+        Trainer(cfg, callbacks=[failing_callback]).fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000003"]
