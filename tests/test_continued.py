@@ -230,3 +230,16 @@ def test_mismatched_shards_and_missing_lr_are_refused_in_one_line(imported, shar
     assert len(err) == 1 and "--recipe continued" in err[0] and "--lr" in err[0], err
     # shard indexes record the tokenizer's identity
     assert ShardSet(shards).tokenizer_desc["hash"] == load_checkpoint(imported).tokenizer.hash
+
+
+def test_hf_tokenizer_spec_reads_a_model_directory_or_refuses_in_one_line(llama_dir, tmp_path):
+    from codelm.errors import ConfigError
+
+    tok = get_tokenizer(f"hf:{llama_dir}")
+    assert tok.roles() == {"eot": 1, "l2r": 0, "r2l": None, "fim_prefix": None, "fim_middle": None,
+                           "fim_suffix": None, "pad": 2}
+    texts = ["def f(x):\n    return x + 1\n", "", "naïve = '<s>'  # specials in text stay text"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert 0 not in tok.encode(texts[2]) and tok.decode(tok.encode(texts[2])) == texts[2]
+    with pytest.raises(ConfigError, match="no such directory"):
+        get_tokenizer(f"hf:{tmp_path / 'missing'}")
