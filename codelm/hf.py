@@ -23,7 +23,7 @@ tiktoken -> HF conversion, as transformers' TikTokenConverter does), the cl100k 
 codelm's special tokens at codelm's ids. `<|l2r|>` is the BOS token, added by the post-processor as codelm adds it.
 `split_special_tokens` is on, so (as in codelm) a special token's *string* in ordinary text is encoded as text.
 
-Imported models keep their tokenizer through `HFTokenizer`, an adapter with codelm's tokenizer interface. Nothing here
+Imported models keep their tokenizer through `HFTokenizer` (codelm/tokenizer.py, `hf:DIR`). Nothing here
 touches the network: directories are local paths only. `transformers` is never needed; `tokenizers` is (the `hf` extra).
 """
 

@@ -11,7 +11,8 @@ model with its own tokenizer, continue its pretraining on your corpus with a rep
 2. continued pretraining for a fraction of the pretraining tokens on the *own* corpus mixed with a replay share of
    general data, `--recipe continued` (no warmup, cosine to 1/100), two objectives x two seeds, equal windows:
    `mim:0.5,fim:0.5` (MIM's backward direction and FIM's sentinels are new) and `l2r` (the control);
-3. before/after: forward (left-to-right) bits/byte on held-out own-corpus code, and infilling exact match of single
+3. before/after, on held-out own-corpus code: forward (left-to-right) bits/byte; the infilling losses (FIM
+   sequences with line-start cuts, MIM's backward direction) in bits/byte; and infilling exact match of single
    held-out lines (greedy, one line, whitespace-stripped) by FIM (PSM) and by MIM (meet in the middle).
 
 Corpora: the general corpus is stdlib modules outside a few packages; the own corpus is modules of those packages
@@ -46,7 +47,7 @@ from codelm.cli import main as codelm  # noqa: E402
 from codelm.data.shards import write_shards  # noqa: E402
 from codelm.generate import SamplingParams  # noqa: E402
 from codelm.infill import infill  # noqa: E402
-from codelm.objectives import LeftToRight  # noqa: E402
+from codelm.objectives import FillInTheMiddle, LeftToRight, MeetInTheMiddle  # noqa: E402
 from codelm.tokenizer import get_tokenizer  # noqa: E402
 from codelm.train import Trainer, TrainConfig  # noqa: E402
 
@@ -55,6 +56,7 @@ OWN_PACKAGES = ("email", "http", "xml", "json", "urllib", "asyncio", "multiproce
 MODEL = dict(n_layer=3, n_head=4, d_model=96, context_length=96)
 BPE_VOCAB = 2000  # ids with specials; the model pads to 2048 rows, so the added tokens reuse padding rows
 OBJECTIVES = ("mim:0.5,fim:0.5", "l2r")
+METRICS = ("forward_bpb", "fim_bpb", "backward_bpb", "fim_exact", "mim_exact")
 
 
 def corpora(max_docs: int) -> tuple[list[str], list[str], list[str]]:
@@ -100,14 +102,20 @@ def shards(out: Path, tokenizer, train: list[str], val: list[str]) -> Path:
     return write_shards(out, splits, nbytes, tokenizer, {"source": "experiments/continued_mim.py"})
 
 
-def forward_bpb(trainer: Trainer) -> float:
-    """Left-to-right bits/byte on the trainer's fixed validation windows (the model's own BOS + raw window)."""
+def validation_bpb(trainer: Trainer) -> dict:
+    """Bits/byte on the trainer's fixed validation windows (held-out code), for every model alike: left to right
+    (the model's own BOS + raw window); FIM (every document cut at two line starts, PSM or SPM: the loss of whole
+    FIM sequences); MIM's backward direction. The last two are infilling losses that move long before exact matches
+    appear."""
     saved = trainer.objectives
-    trainer.objectives = {"l2r": LeftToRight(trainer.tokenizer)}
+    tok = trainer.tokenizer
+    trainer.objectives = {"l2r": LeftToRight(tok), "fim": FillInTheMiddle(tok, fim_rate=1.0, fim_split="line"),
+                          "mim": MeetInTheMiddle(tok)}
     try:
-        return trainer.validate()["val_l2r_bpb"]
+        val = trainer.validate()
     finally:
         trainer.objectives = saved
+    return {"forward_bpb": val["val_l2r_bpb"], "fim_bpb": val["val_fim_bpb"], "backward_bpb": val["val_mim_bwd_bpb"]}
 
 
 def line_holes(texts: list[str], n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -136,7 +144,7 @@ def infill_exact(ckpt, holes, mode: str) -> float:
 
 def evaluate(ckpt_path: Path, trainer: Trainer, holes) -> dict:
     ckpt = load_checkpoint(ckpt_path)
-    return {"forward_bpb": forward_bpb(trainer), "fim_exact": infill_exact(ckpt, holes, "fim"),
+    return {**validation_bpb(trainer), "fim_exact": infill_exact(ckpt, holes, "fim"),
             "mim_exact": infill_exact(ckpt, holes, "mim")}
 
 
@@ -152,8 +160,8 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "continued_mim"))
     p.add_argument("--work", default="", help="scratch directory (default: OUT/work, deleted at the end)")
     p.add_argument("--max-docs", type=int, default=160)
-    p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--continue-steps", type=int, default=80, help="continued steps (a fraction of pretraining)")
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--continue-steps", type=int, default=200, help="continued steps (a fraction of pretraining)")
     p.add_argument("--replay", type=float, default=0.25, help="share of general (pretraining) data in the mix")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3, help="pretraining peak; continued runs use it / 3")
@@ -234,7 +242,7 @@ def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
     for objective in OBJECTIVES:
         runs = [r for r in results["runs"] if r["objective"] == objective]
         out[objective] = {m: (float(np.mean([r[m] for r in runs])), float(np.ptp([r[m] for r in runs])) / 2)
-                          for m in ("forward_bpb", "fim_exact", "mim_exact")}
+                          for m in METRICS}
     return out
 
 
@@ -245,16 +253,18 @@ def write_table(results: dict, path: Path) -> None:
              f" pretraining tokens), replay share {results['replay_share_bytes']:.0%} of bytes, "
              f"{results['holes']} held-out line holes; mean of {len(results['runs']) // len(OBJECTIVES)} seeds "
              f"(± half their spread).", "",
-             "| model | forward bits/byte (held-out code) | FIM exact match | MIM exact match |", "|---|---|---|---|",
-             f"| before (imported, tokens added) | {b['forward_bpb']:.4f} | {b['fim_exact']:.1%} | "
-             f"{b['mim_exact']:.1%} |"]
+             "| model | forward bits/byte | FIM bits/byte | backward bits/byte | FIM exact match | MIM exact match |",
+             "|---|---|---|---|---|---|",
+             f"| before (imported, tokens added) | {b['forward_bpb']:.4f} | {b['fim_bpb']:.4f} | "
+             f"{b['backward_bpb']:.4f} | {b['fim_exact']:.1%} | {b['mim_exact']:.1%} |"]
     for objective, m in summarize(results).items():
-        lines.append(f"| continued `{objective}` | {m['forward_bpb'][0]:.4f} ± {m['forward_bpb'][1]:.4f} | "
-                     f"{m['fim_exact'][0]:.1%} ± {m['fim_exact'][1]:.1%} | "
-                     f"{m['mim_exact'][0]:.1%} ± {m['mim_exact'][1]:.1%} |")
-    lines += ["", "| run | forward bits/byte | FIM exact | MIM exact | wall s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['forward_bpb']:.4f} | {r['fim_exact']:.1%} | {r['mim_exact']:.1%} | "
-              f"{r['wall_s']} |" for r in results["runs"]]
+        lines.append(f"| continued `{objective}` | " + " | ".join(
+            f"{m[k][0]:.4f} ± {m[k][1]:.4f}" if k.endswith("bpb") else f"{m[k][0]:.1%} ± {m[k][1]:.1%}"
+            for k in METRICS) + " |")
+    lines += ["", "| run | forward bpb | FIM bpb | backward bpb | FIM exact | MIM exact | wall s |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['forward_bpb']:.4f} | {r['fim_bpb']:.4f} | {r['backward_bpb']:.4f} | "
+              f"{r['fim_exact']:.1%} | {r['mim_exact']:.1%} | {r['wall_s']} |" for r in results["runs"]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -263,10 +273,11 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.8))
     b = results["before"]
-    for ax, metric, label in zip(axes, ("forward_bpb", "fim_exact", "mim_exact"),
-                                 ("forward bits/byte (lower is better)", "FIM exact match", "MIM exact match")):
+    labels = ("forward bits/byte", "FIM bits/byte", "backward (r2l) bits/byte", "FIM exact match",
+              "MIM exact match")
+    for ax, metric, label in zip(axes, METRICS, labels):
         names = ["before"] + list(OBJECTIVES)
         for k, objective in enumerate(OBJECTIVES, start=1):
             vals = [r[metric] for r in results["runs"] if r["objective"] == objective]
@@ -275,7 +286,7 @@ def plot(results: dict, path: Path) -> None:
         ax.bar(0, b[metric], color="tab:gray", alpha=0.6)
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title(label, fontsize=9)
-        if metric == "forward_bpb":
+        if metric.endswith("_bpb"):
             lo = min([b[metric]] + [r[metric] for r in results["runs"]])
             ax.set_ylim(lo * 0.97, None)
         ax.grid(alpha=0.3, axis="y")

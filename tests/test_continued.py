@@ -127,6 +127,12 @@ def test_import_adds_the_tokens_in_padding_rows_as_the_mean_of_existing_rows(lla
         torch.testing.assert_close(new[N_BPE + 4:], old[N_BPE + 4:], rtol=0, atol=0)  # unused padding rows kept
     # shards made from the imported checkpoint already match it
     assert get_tokenizer(f"hf:{imported}").hash == tok.hash
+    # the mean rows take a little probability mass: the old model's loss moves by well under 1% (3e-4 nats here)
+    ids = torch.randint(3, N_BPE, (2, 40))
+    x = torch.cat([torch.zeros(2, 1, dtype=torch.long), ids[:, :-1]], 1)
+    with torch.no_grad():
+        old_loss, new_loss = (F.cross_entropy(m.model(x).flatten(0, 1), ids.flatten()) for m in (before, ckpt))
+    assert 0 < abs(float(new_loss - old_loss)) < 0.01 * float(old_loss)
 
 
 def test_a_model_that_has_fim_tokens_keeps_their_ids_and_only_gains_r2l(tmp_path, corpus):
