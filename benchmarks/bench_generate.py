@@ -110,7 +110,7 @@ def run_hf(hf, tokenizer, prompts, new_tokens, lookup_draft=0):
 def load_model(args):
     """(model, tokenizer, label): a trained checkpoint, or a preset with random weights."""
     if args.checkpoint:
-        from codelm.checkpoint import load_checkpoint
+        from codelm.loader import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint)
         if ckpt.config.context_length < args.prompt_len + args.new_tokens + 1:
             raise SystemExit(f"{args.checkpoint}: context {ckpt.config.context_length} is shorter than --prompt-len "

@@ -89,7 +89,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
 
     tasks = load_tasks(Path(args.data))
     if args.problems:

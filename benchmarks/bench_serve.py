@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
-    from codelm.checkpoint import load_checkpoint, save_checkpoint
+    from codelm.checkpoint import save_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.tokenizer import get_tokenizer
     from web.app import ServeConfig, create_app
     from web_support import live_server, random_model

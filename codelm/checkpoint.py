@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from codelm import code_version
-from codelm.config import default_file_mode, replace_directory
+from codelm.atomic import atomic_directory
 from codelm.errors import CheckpointError
 from codelm.model import ModelConfig, Transformer
 
@@ -61,19 +61,6 @@ def default_capabilities(tokenizer, context_length: int, objectives: dict[str, f
 # ----------------------------------------------------------------------------------------------------------------
 # Saving
 # ----------------------------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def _unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """state_dict without the tied duplicate (safetensors refuses shared storage)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -88,10 +75,7 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, tokenizer, *, c
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(path) as tmp:
         save_file(_unique_tensors(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         if hasattr(tokenizer, "save_files"):  # an imported model's HF tokenizer travels as tokenizer.json
             tokenizer.save_files(tmp)
@@ -111,15 +95,6 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, tokenizer, *, c
             if (tmp / name).exists():
                 config["files"][name] = {"bytes": (tmp / name).stat().st_size}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            os.chmod(f, default_file_mode())  # safetensors writes 0600; a served/mounted checkpoint must be readable
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        replace_directory(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -145,9 +120,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or run directory: {path}")
     if is_checkpoint_dir(path):
-        return path
-    from codelm.hf import is_hf_model_dir
-    if is_hf_model_dir(path):  # a Hugging Face model directory (load_checkpoint imports it)
         return path
     if (path / CONFIG).is_file() and not (path / WEIGHTS).exists() and (path / "checkpoints").is_dir() is False:
         raise CheckpointError(f"{path / WEIGHTS}: missing (the checkpoint is incomplete)")
@@ -197,7 +169,7 @@ def build_tokenizer(desc: dict, path: Path | None = None):
     from codelm.tokenizer import get_tokenizer
 
     if desc.get("kind") == "hf":  # an imported model's own tokenizer, stored as tokenizer.json beside the weights
-        from codelm.hf import HFTokenizer
+        from codelm.hf_tokenizer import HFTokenizer
         return HFTokenizer.from_checkpoint(path, desc)
     tok = get_tokenizer(desc["name"])
     tok.check_same(desc, "this checkpoint")
@@ -221,14 +193,10 @@ def load_matching_state(model: torch.nn.Module, state: dict, where: str, config_
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None) -> Checkpoint:
-    """Load a checkpoint (or a run's latest) into an eval-mode model on `device`, with clear errors."""
+def load_native_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=None) -> Checkpoint:
+    """Load a codelm checkpoint (or a run's latest) into an eval-mode model on `device`, with clear errors.
+    Commands call codelm.loader.load_checkpoint, which also takes a Hugging Face directory."""
     path = resolve_checkpoint(path)
-    from codelm.hf import import_hf, is_hf_model_dir
-    if is_hf_model_dir(path):  # a Hugging Face Llama directory works wherever a checkpoint does
-        ckpt = import_hf(path)
-        ckpt.model.to(device=device, dtype=dtype)
-        return ckpt
     config = read_checkpoint_config(path)
     try:
         model_cfg = ModelConfig.from_dict(config["model"])

@@ -13,6 +13,9 @@
     codelm eval ...                   (evals/, imported lazily)
 
 A user mistake (missing file, bad value, unknown preset) prints one `codelm: error: ...` line and exits 2.
+
+Every command's options are a dataclass (codelm/config.py): a flag per field, `--config FILE` for a file of them.
+Only the command being run is built and imported: `codelm --help` and `codelm eval ... --samples` never import torch.
 """
 
 from __future__ import annotations
@@ -21,19 +24,13 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import UNSET, add_dataclass_arguments, resolve_config, save_config
+from codelm.config import UNSET, ArgumentParser, add_dataclass_arguments, option, resolve_config, save_config
 from codelm.errors import UserError
 
 log = logging.getLogger("codelm")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit code 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -132,43 +129,88 @@ def cmd_runs_plot(args) -> int:
     return 0
 
 
+@dataclass
+class SamplingOptions:
+    """Decoding options shared by `sample` and `infill`."""
+    max_new_tokens: int = option(128, "tokens to generate")
+    temperature: float = option(0.0, "0 = greedy")
+    top_k: int = option(0, "keep the k most likely tokens (0 = off)")
+    top_p: float = option(1.0, "nucleus sampling mass (1 = off)")
+    stop: list[str] = option([], "stop string, backslash escapes understood (repeatable)", repeat=True,
+                             metavar="TEXT")
+    n: int = option(1, "number of samples (one prefill, decoded as one batch)")
+    seed: int | None = option(None, "random seed (sample j uses seed + j)")
+    seeds: str = option("", "one seed per sample, comma-separated (instead of --seed)")
+    lookup_draft: int = option(4, "greedy, one sample: draft up to this many tokens per pass from earlier text and "
+                                  "keep what the model agrees with (same output, fewer passes on repetitive code; "
+                                  "0 = off)")
+
+
+@dataclass
+class SampleConfig(SamplingOptions):
+    checkpoint: str = option("", "checkpoint directory or run directory (its latest checkpoint)", positional=True)
+    prompt: str | None = option(None, "prompt text")
+    prompt_file: str = option("", "read the prompt from this file")
+
+
+@dataclass
+class InfillConfig(SamplingOptions):
+    checkpoint: str = option("", "checkpoint directory or run directory (its latest checkpoint)", positional=True)
+    prefix_file: str = option("", "the text before the hole")
+    suffix_file: str = option("", "the text after the hole")
+    prefix: str = option("", "prefix text (instead of --prefix-file)")
+    suffix: str = option("", "suffix text (instead of --suffix-file)")
+    mode: str = option("fim", "fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding",
+                       choices=("fim", "mim"))
+    fim_format: str = option("psm", "FIM prompt order", choices=("psm", "spm"))
+    json: bool = option(False, "print one JSON object (middle, samples, steps)")
+    max_new_tokens: int = option(64, "tokens to generate")
+
+
 def _stop_strings(values: list[str] | None) -> list[str]:
     """--stop values with backslash escapes understood (a shell makes typing a real newline awkward)."""
     import codecs
     return [codecs.decode(v, "unicode_escape") for v in values or []]
 
 
-def _sampling_params(args):
+def _sampling_params(cfg: SamplingOptions):
     from codelm.generate import SamplingParams
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, stop=_stop_strings(args.stop), seed=args.seed,
-                          lookup_draft=args.lookup_draft)
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, stop=_stop_strings(cfg.stop), seed=cfg.seed,
+                          lookup_draft=cfg.lookup_draft)
 
 
-def _seeds(args) -> list[int] | None:
-    if args.seeds:
+def _seeds(cfg: SamplingOptions) -> list[int] | None:
+    if cfg.n < 1:
+        raise UserError(f"--n must be >= 1, got {cfg.n}")
+    if cfg.seeds:
         try:
-            seeds = [int(s) for s in args.seeds.split(",")]
+            seeds = [int(s) for s in cfg.seeds.split(",")]
         except ValueError:
-            raise UserError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
-        if len(seeds) != args.n:
-            raise UserError(f"--seeds has {len(seeds)} values for --n {args.n}")
+            raise UserError(f"--seeds {cfg.seeds!r}: expected comma-separated integers") from None
+        if len(seeds) != cfg.n:
+            raise UserError(f"--seeds has {len(seeds)} values for --n {cfg.n}")
         return seeds
-    return None if args.seed is None else [args.seed + j for j in range(args.n)]
+    return None if cfg.seed is None else [cfg.seed + j for j in range(cfg.n)]
+
+
+def _checkpoint(cfg) -> str:
+    if not cfg.checkpoint:
+        raise UserError("give a CHECKPOINT (a checkpoint or run directory)")
+    return cfg.checkpoint
 
 
 def cmd_sample(args) -> int:
-    from codelm.checkpoint import load_checkpoint
-    from codelm.generate import generate_batch
-
-    prompt = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
+    cfg = resolve_config(SampleConfig, args, args.config)
+    prompt = _read_text(cfg.prompt_file, "--prompt-file") if cfg.prompt_file else cfg.prompt
     if prompt is None:
         raise UserError("give --prompt TEXT or --prompt-file FILE")
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    ckpt = load_checkpoint(args.checkpoint)
-    params, seeds = _sampling_params(args), _seeds(args)
-    if args.n == 1:  # stream the one sample as it is generated
+    params, seeds = _sampling_params(cfg), _seeds(cfg)
+    from codelm.loader import load_checkpoint
+    from codelm.generate import generate_batch
+
+    ckpt = load_checkpoint(_checkpoint(cfg))
+    if cfg.n == 1:  # stream the one sample as it is generated
         sys.stdout.write(prompt)
         generate_batch(ckpt.model, ckpt.tokenizer, [prompt], params, None if seeds is None else [seeds], 1,
                        on_token=lambda e: (sys.stdout.write(e.text), sys.stdout.flush()),
@@ -176,37 +218,40 @@ def cmd_sample(args) -> int:
         sys.stdout.write("\n")
         return 0
     samples = generate_batch(ckpt.model, ckpt.tokenizer, [prompt], params, None if seeds is None else [seeds],
-                             args.n, capabilities=ckpt.capabilities)[0]
+                             cfg.n, capabilities=ckpt.capabilities)[0]
     for i, c in enumerate(samples):
-        print(f"----- sample {i + 1}/{args.n} ({c.finish_reason}, mean logprob {c.mean_logprob:.3f})")
+        print(f"----- sample {i + 1}/{cfg.n} ({c.finish_reason}, mean logprob {c.mean_logprob:.3f})")
         print(prompt + c.text)
     return 0
 
 
+def _read_text(path, what) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise UserError(f"{what} {path}: {e.strerror or e}") from None
+
+
 def cmd_infill(args) -> int:
-    from codelm.checkpoint import load_checkpoint
+    cfg = resolve_config(InfillConfig, args, args.config)
+    prefix = _read_text(cfg.prefix_file, "--prefix-file") if cfg.prefix_file else cfg.prefix
+    suffix = _read_text(cfg.suffix_file, "--suffix-file") if cfg.suffix_file else cfg.suffix
+    params, seeds = _sampling_params(cfg), _seeds(cfg)
+    from codelm.loader import load_checkpoint
     from codelm.infill import infill, require_mode
 
-    def read(path, what):
-        try:
-            return Path(path).read_text()
-        except OSError as e:
-            raise UserError(f"{what} {path}: {e.strerror or e}") from None
-
-    prefix = read(args.prefix_file, "--prefix-file") if args.prefix_file else (args.prefix or "")
-    suffix = read(args.suffix_file, "--suffix-file") if args.suffix_file else (args.suffix or "")
-    ckpt = load_checkpoint(args.checkpoint)
-    require_mode(ckpt.capabilities, args.mode, args.fim_format)
-    result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, args.mode, _sampling_params(args), n=args.n,
-                    seeds=_seeds(args), capabilities=ckpt.capabilities, fim_format=args.fim_format)
-    if args.json:
-        print(json.dumps({"mode": args.mode, "middle": result.best.text, "finish_reason": result.best.finish_reason,
+    ckpt = load_checkpoint(_checkpoint(cfg))
+    require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format)
+    result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
+                    capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
+    if cfg.json:
+        print(json.dumps({"mode": cfg.mode, "middle": result.best.text, "finish_reason": result.best.finish_reason,
                           "samples": [c.text for c in result.samples], "steps": result.steps, "met": result.met}))
         return 0
     sys.stdout.write(result.best.text)
     sys.stdout.flush()
-    met = f", met: {sum(result.met)}/{len(result.met)}" if args.mode == "mim" else ""
-    print(f"\n----- {args.mode}: {result.best.finish_reason}, sequential steps {result.steps}{met}", file=sys.stderr)
+    met = f", met: {sum(result.met)}/{len(result.met)}" if cfg.mode == "mim" else ""
+    print(f"\n----- {cfg.mode}: {result.best.finish_reason}, sequential steps {result.steps}{met}", file=sys.stderr)
     return 0
 
 
@@ -234,7 +279,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.hf import import_hf_to_checkpoint, parse_add_tokens
 
     out = import_hf_to_checkpoint(args.hf_dir, args.out, parse_add_tokens(args.add_tokens))
@@ -247,35 +292,36 @@ def cmd_import_hf(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the parser
+# the parser: one function per command, called only for the command being run
 # ----------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def _config_flag(p) -> None:
+    p.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
+
+
+def _configure_data(data) -> None:
+    from codelm.data.exercises import ExercisesConfig
     from codelm.data.prepare import DataConfig
-    from codelm.model import ModelConfig
-    from codelm.train import TrainConfig
 
-    parser = ArgumentParser(prog="codelm", description="Train and evaluate code language models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
-
-    data = sub.add_parser("data", help="prepare and inspect token shards")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=ArgumentParser)
     prep = data_sub.add_parser("prepare", help="sources -> filtered, deduplicated, tokenized shards")
-    prep.add_argument("--config", help="TOML/JSON/YAML file with these options")
+    _config_flag(prep)
     add_dataclass_arguments(prep, DataConfig)
-    prep.set_defaults(func=cmd_data_prepare)
+    prep.set_defaults(func=cmd_data_prepare, options=DataConfig)
     stats = data_sub.add_parser("stats", help="print a shard directory's manifest as a table")
     stats.add_argument("dir", help="shard directory")
     stats.add_argument("--no-plot", action="store_true", help="skip writing DIR/stats.png")
     stats.set_defaults(func=cmd_data_stats)
-    from codelm.data.exercises import ExercisesConfig
     exe = data_sub.add_parser("exercises", help="(signature + docstring -> body) pairs as JSONL (phi-1 style)")
-    exe.add_argument("--config", help="TOML/JSON/YAML file with these options")
+    _config_flag(exe)
     add_dataclass_arguments(exe, ExercisesConfig)
-    exe.set_defaults(func=cmd_data_exercises)
+    exe.set_defaults(func=cmd_data_exercises, options=ExercisesConfig)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
-    train = sub.add_parser("train", help="train a model (l2r, fim, mim or a mixture)")
+
+def _configure_train(train) -> None:
+    from codelm.model import ModelConfig
+    from codelm.train import TrainConfig
+
     train.add_argument("--config", help="TOML/JSON/YAML file with these options ([model] table for the model)")
     add_dataclass_arguments(train, TrainConfig)
     model_group = train.add_argument_group("model overrides (on top of --preset)")
@@ -290,39 +336,35 @@ def build_parser() -> argparse.ArgumentParser:
                              choices=("single-line", "multi-line", "random-span", "random-span-light"))
     evals_group.add_argument("--eval-infill-limit", type=int, default=20, help="first N tasks (default 20)")
     evals_group.add_argument("--eval-infill-mode", choices=("fim", "mim"), default="fim")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, options=TrainConfig)
 
-    smp = sub.add_parser("sample", help="generate text from a checkpoint")
-    smp.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
-    smp.add_argument("--prompt", help="prompt text")
-    smp.add_argument("--prompt-file", help="read the prompt from this file")
-    _add_sampling_arguments(smp)
-    smp.set_defaults(func=cmd_sample)
 
-    inf = sub.add_parser("infill", help="fill in the middle between a prefix and a suffix")
-    inf.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
-    inf.add_argument("--prefix-file", help="the text before the hole")
-    inf.add_argument("--suffix-file", help="the text after the hole")
-    inf.add_argument("--prefix", help="prefix text (instead of --prefix-file)")
-    inf.add_argument("--suffix", help="suffix text (instead of --suffix-file)")
-    inf.add_argument("--mode", choices=("fim", "mim"), default="fim",
-                     help="fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding (default fim)")
-    inf.add_argument("--fim-format", choices=("psm", "spm"), default="psm", help="FIM prompt order (default psm)")
-    inf.add_argument("--json", action="store_true", help="print one JSON object (middle, samples, steps)")
-    _add_sampling_arguments(inf, max_new_tokens=64)
-    inf.set_defaults(func=cmd_infill)
+def _configure_sample(smp) -> None:
+    _config_flag(smp)
+    add_dataclass_arguments(smp, SampleConfig)
+    smp.set_defaults(func=cmd_sample, options=SampleConfig)
 
-    info = sub.add_parser("info", help="parameters and FLOPs/token of model presets")
+
+def _configure_infill(inf) -> None:
+    _config_flag(inf)
+    add_dataclass_arguments(inf, InfillConfig)
+    inf.set_defaults(func=cmd_infill, options=InfillConfig)
+
+
+def _configure_info(info) -> None:
     info.add_argument("presets", nargs="*", help="preset names (default: all)")
     info.set_defaults(func=cmd_info)
 
-    exp = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)")
+
+def _configure_export(exp) -> None:
     exp.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
     exp.add_argument("--hf", required=True, metavar="DIR", help="output directory (new or empty)")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="weights' dtype (default: the checkpoint's)")
     exp.set_defaults(func=cmd_export)
-    imp = sub.add_parser("import-hf", help="a Hugging Face Llama/Qwen2 directory -> a codelm checkpoint")
+
+
+def _configure_import_hf(imp) -> None:
     imp.add_argument("hf_dir", help="local Hugging Face model directory (config.json, safetensors, tokenizer.json)")
     imp.add_argument("--out", required=True, help="checkpoint directory to write")
     imp.add_argument("--add-tokens", default="", metavar="fim,mim",
@@ -330,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "<|r2l|>); new embedding/output rows = the mean of existing rows")
     imp.set_defaults(func=cmd_import_hf)
 
-    runs = sub.add_parser("runs", help="inspect training runs")
+
+def _configure_runs(runs) -> None:
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", parser_class=ArgumentParser)
     plot = runs_sub.add_parser("plot", help="overlay the loss curves of one or more runs in a PNG")
     plot.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl)")
@@ -338,40 +381,53 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_runs_plot)
     runs.set_defaults(func=lambda a: (runs.print_help(), 2)[1])
 
-    _add_optional_commands(sub)
+
+def _configure_eval(p) -> None:
+    from evals.cli import configure_eval_parser  # the evals room plugs its command in (no torch at its top)
+    configure_eval_parser(p)
+
+
+def _configure_serve(p) -> None:
+    from web.cli import configure_serve_parser  # the web room likewise (no torch or FastAPI at its top)
+    configure_serve_parser(p)
+
+
+# name -> (one-line help, the function adding its arguments); the order is --help's
+COMMANDS = {
+    "data": ("prepare and inspect token shards", _configure_data),
+    "train": ("train a model (l2r, fim, mim or a mixture)", _configure_train),
+    "sample": ("generate text from a checkpoint", _configure_sample),
+    "infill": ("fill in the middle between a prefix and a suffix", _configure_infill),
+    "info": ("parameters and FLOPs/token of model presets", _configure_info),
+    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)", _configure_export),
+    "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint", _configure_import_hf),
+    "runs": ("inspect training runs", _configure_runs),
+    "eval": ("evaluate a model or score samples on a code benchmark", _configure_eval),
+    "serve": ("serve the infill API and the browser playground", _configure_serve),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (`command` given) only that command's arguments: what `main` builds, so that a
+    command imports only what it needs. An unknown `command` builds none (argparse then names the mistake)."""
+    parser = ArgumentParser(prog="codelm", description="Train and evaluate code language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name, (help_text, configure) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if command is None or command == name:
+            configure(p)
     return parser
 
 
-def _add_sampling_arguments(p, max_new_tokens: int = 128) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
-                   help=f"tokens to generate (default {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--stop", action="append", help="stop string, backslash escapes understood (repeatable)")
-    p.add_argument("--n", type=int, default=1, help="number of samples (one prefill, decoded as one batch)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (sample j uses seed + j)")
-    p.add_argument("--seeds", help="one seed per sample, comma-separated (instead of --seed)")
-    p.add_argument("--lookup-draft", type=int, default=4,
-                   help="greedy, one sample: draft up to this many tokens per pass from earlier text and keep what "
-                        "the model agrees with (same output, fewer passes on repetitive code; 0 = off; default 4)")
-
-
-def _add_optional_commands(sub) -> None:
-    """Rooms that plug a command in (evals, web). Imported lazily; their module tops stay free of torch."""
-    for module, adder in (("evals.cli", "add_eval_parser"), ("web.cli", "add_serve_parser"),
-                          ("codelm.cli_extra", "add_commands")):
-        try:
-            mod = __import__(module, fromlist=[adder])
-        except ImportError as e:
-            if e.name and module.startswith(e.name):
-                continue  # that room is not built yet
-            raise
-        getattr(mod, adder)(sub)
+def _command_name(argv: list[str]) -> str:
+    """The subcommand in argv: the first word that is not a flag (the top level has only flags without values)."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_name(argv))
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     if not getattr(args, "func", None):

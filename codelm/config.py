@@ -1,10 +1,14 @@
-"""One config system for data, train and eval: dataclasses, a file (TOML/JSON/YAML) and `--key value` overrides.
+"""One config system for every command: dataclasses, a file (TOML/JSON/YAML) and `--key value` overrides.
 
-Each command's options are a dataclass whose fields carry their help text (`field(metadata={"help": ...})`).
-`add_dataclass_arguments` turns the fields into argparse flags (so `--help` lists them all), and
-`resolve_config` layers them: dataclass defaults < config file < command-line flags. Nested dataclass fields are
-reached with dots (`--model.n_layer 4`, or a `[model]` table in the file). The resolved config is saved next to every
-output (`save_config`) so a run can always be reproduced from its directory.
+Each command's options are a dataclass (`data prepare`, `train`, `sample`, `infill`, `eval`, `serve`, ...) whose
+fields carry their help text and command-line shape (`option(default, help, flag=..., choices=..., ...)`), so each
+default lives in one place. `add_dataclass_arguments` turns the fields into argparse flags (so `--help` lists them
+all), and `resolve_config` layers them: dataclass defaults < config file (`--config FILE`) < command-line flags.
+Nested dataclass fields are reached with dots (`--model.n_layer 4`, or a `[model]` table in the file). The resolved
+config is saved next to every output (`save_config`) so a run can always be reproduced from its directory.
+
+A new option is one new field: its flag, help line, config-file key and saved value all follow from it.
+This module stays free of torch: building the command line imports it.
 """
 
 from __future__ import annotations
@@ -14,24 +18,36 @@ import dataclasses
 import difflib
 import json
 import os
-import shutil
-import tempfile
-import time
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from codelm.atomic import atomic_write_text
 from codelm.errors import ConfigError
 
 UNSET = _UNSET = object()  # marks a flag the user did not give
 
 
-def option(default, help: str, **kw):
-    """A dataclass field with help text for the command line."""
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+              "off": False}
+
+
+def option(default, help: str, *, flag: str | None = None, choices=None, positional: bool = False,
+           repeat: bool = False, metavar: str | None = None, hidden: bool = False, cli: bool = True):
+    """A dataclass field with its command-line shape.
+
+    flag: the flag when it is not `--field-name` (`-k`, `--set`); choices: the allowed values (checked for config
+    files too); positional: an argument without a flag (CHECKPOINT); repeat: a list field given by repeating the flag
+    (`--stop A --stop B`); hidden: accepted but not listed in --help; cli=False: config file only.
+    A bool field is `--name` (true), `--name false`, or `--no-name`.
+    """
+    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "positional": positional,
+            "repeat": repeat, "metavar": metavar, "hidden": hidden, "cli": cli}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _base_type(tp):
@@ -52,12 +68,7 @@ def coerce(value: Any, tp, name: str):
         if tp is bool:
             if isinstance(value, bool):
                 return value
-            s = str(value).lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
+            return BOOL_WORDS[str(value).lower()]
         if tp is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -72,7 +83,7 @@ def coerce(value: Any, tp, name: str):
             return list(value)
         if typing.get_origin(tp) is dict or tp is dict:
             return json.loads(value) if isinstance(value, str) else dict(value)
-    except (TypeError, ValueError, json.JSONDecodeError):
+    except (TypeError, ValueError, KeyError, json.JSONDecodeError):
         pass
     else:
         return value
@@ -89,22 +100,91 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
     return out
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    """One flag per field (`--lr`, `--model.n_layer`); defaults are _UNSET so we know what the user gave."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit code 2 (no usage dump), and a bool option's value may be
+    left out (`--resume` means `--resume true`)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        bools = getattr(self, "bool_flags", None)
+        args = list(sys.argv[1:] if args is None else args)
+        if bools:
+            args = _explicit_bools(args, bools)
+        return super().parse_known_args(args, namespace)
+
+
+class _Append(argparse.Action):
+    """`--stop A --stop B` -> [A, B], starting from an empty list rather than the UNSET default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest, UNSET)
+        setattr(namespace, self.dest, (list(items) if items is not UNSET else []) + [values])
+
+
+def _explicit_bools(args: list[str], bools: set[str]) -> list[str]:
+    """`--plus MODEL` -> `--plus true MODEL`: argparse alone would take MODEL as the flag's value."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(arg)
+        if arg in bools and (i + 1 == len(args) or args[i + 1].lower() not in BOOL_WORDS):
+            out.append("true")
+    return out
+
+
+def field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", exclude=()) -> None:
+    """One argument per field (`--lr`, `--model.n_layer`, a positional CHECKPOINT); defaults are UNSET so we know
+    what the user gave. Fields named in `exclude` are left out (options of another variant of the command)."""
     for name, f in _fields(cls).items():
         key = prefix + name
         if dataclasses.is_dataclass(f.type):
-            add_dataclass_arguments(parser, f.type, key + ".")
+            add_dataclass_arguments(parser, f.type, key + ".", exclude)
             continue
-        if f.metadata.get("cli") is False:
+        meta = f.metadata
+        if meta.get("cli") is False or name in exclude:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        metavar = _base_type(f.type).__name__.upper() if isinstance(_base_type(f.type), type) else "VALUE"
-        parser.add_argument("--" + key.replace("_", "-"), dest=key, default=_UNSET, metavar=metavar,
-                            help=f"{f.metadata.get('help', '')} (default: {default})")
-        if "_" in key:  # --fim_rate works too (the spelling of config files), without cluttering --help
-            parser.add_argument("--" + key, dest=key, default=_UNSET, help=argparse.SUPPRESS)
+        default = field_default(f)
+        base = _base_type(f.type)
+        help_text = argparse.SUPPRESS if meta.get("hidden") else meta.get("help", "")
+        if meta.get("positional"):
+            parser.add_argument(key, nargs="?", default=UNSET, metavar=meta.get("metavar") or key.upper(),
+                                help=help_text)
+            continue
+        flag = meta.get("flag") or "--" + key.replace("_", "-")
+        kw = dict(dest=key, default=UNSET)
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+            kw["metavar"] = meta.get("metavar") or "{" + ",".join(map(str, meta["choices"])) + "}"
+        else:
+            kw["metavar"] = meta.get("metavar") or (base.__name__.upper() if isinstance(base, type) else "VALUE")
+        if meta.get("repeat"):
+            kw["action"] = _Append
+        if help_text is not argparse.SUPPRESS and meta.get("help") is not None:
+            shown = str(default).lower() if base is bool else (
+                ",".join(map(str, default)) if isinstance(default, list) else default)
+            help_text = f"{help_text} (default: {shown})" if default not in (None, "", [], {}) or base is bool \
+                else help_text
+        parser.add_argument(flag, help=help_text, **kw)
+        if base is bool:  # `--resume` alone means true (see ArgumentParser), `--no-resume` means false
+            if not hasattr(parser, "bool_flags"):
+                parser.bool_flags = set()
+            parser.bool_flags.add(flag)
+            if flag.startswith("--"):
+                parser.add_argument("--no-" + flag[2:], dest=key, action="store_const", const=False, default=UNSET,
+                                    help=argparse.SUPPRESS)
+        if "_" in key and not meta.get("flag"):  # --fim_rate works too (config files' spelling), hidden from --help
+            parser.add_argument("--" + key, help=argparse.SUPPRESS, **{**kw, "metavar": None})
+            if base is bool:
+                parser.bool_flags.add("--" + key)
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -155,6 +235,9 @@ def build(cls, values: dict[str, Any], where: str = "option", prefix: str = ""):
             nested.setdefault(head, {}).update(_flatten(value))
         else:
             kwargs[head] = coerce(value, fields[head].type, prefix + head)
+            choices = fields[head].metadata.get("choices")
+            if choices and kwargs[head] is not None and kwargs[head] not in choices:
+                raise ConfigError(f"bad value for {prefix + head}: {value!r} is not one of {', '.join(choices)}")
     for head, sub in nested.items():
         kwargs[head] = build(fields[head].type, sub, where, prefix + head + ".")
     try:
@@ -169,6 +252,11 @@ def resolve_config(cls, args: argparse.Namespace | None = None, config_file: str
     values: dict[str, Any] = {}
     if config_file:
         values.update(_flatten(read_config_file(config_file)))
+        for key in values:
+            if not _is_field_key(cls, key.replace("-", "_")):
+                hint = difflib.get_close_matches(key, list(_fields(cls)), n=1)
+                raise ConfigError(f"{config_file}: unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint
+                                                                             else ""))
     if args is not None:
         values.update({k: v for k, v in vars(args).items() if v is not _UNSET and _is_field_key(cls, k)})
     values.update(overrides or {})
@@ -188,42 +276,6 @@ def _is_field_key(cls, key: str) -> bool:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same directory + fsync + rename: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; a written file should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_file_mode() -> int:
-    """What open() would give a new file under the current umask (temp files and some writers use 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def replace_directory(tmp: Path, dest: Path) -> None:
-    """Swap a fully written (and fsync'd) temp directory in for `dest`. Readers see the old or the new directory:
-    an existing `dest` is first renamed aside, then removed once the new one is in place."""
-    if dest.exists():
-        old = dest.parent / f".old-{dest.name}-{os.getpid()}-{time.monotonic_ns()}"
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 def save_config(obj_or_dict, path: str | os.PathLike) -> None:

@@ -23,29 +23,29 @@ tiktoken -> HF conversion, as transformers' TikTokenConverter does), the cl100k 
 codelm's special tokens at codelm's ids. `<|l2r|>` is the BOS token, added by the post-processor as codelm adds it.
 `split_special_tokens` is on, so (as in codelm) a special token's *string* in ordinary text is encoded as text.
 
-Imported models keep their tokenizer through `HFTokenizer` (codelm/tokenizer.py, `hf:DIR`). Nothing here
+Imported models keep their tokenizer through `HFTokenizer` (codelm/hf_tokenizer.py, `hf:DIR`). Nothing here
 touches the network: directories are local paths only. `transformers` is never needed; `tokenizers` is (the `hf` extra).
 """
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import math
 import os
 import re
-import shutil
-import time
 from pathlib import Path
 
 import torch
 
+from codelm.atomic import atomic_directory
+from codelm.checkpoint import (Checkpoint, default_capabilities, load_matching_state, load_native_checkpoint,
+                               save_checkpoint)
 from codelm.errors import CheckpointError, ConfigError
+from codelm.hf_tokenizer import (HF_CONFIG, HF_GENERATION_CONFIG, HF_INDEX, HF_TOKENIZER,  # noqa: F401
+                                  HF_TOKENIZER_CONFIG, HF_WEIGHTS, HFTokenizer, _require_tokenizers,
+                                  bytes_to_unicode, read_json_if)
 from codelm.model import ModelConfig, Transformer
-from codelm.tokenizer import (HF_CONFIG, HF_GENERATION_CONFIG, HF_TOKENIZER, HF_TOKENIZER_CONFIG,  # noqa: F401
-                              HFTokenizer, _require_tokenizers, bytes_to_unicode, read_json_if)
-
-HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,9 +165,8 @@ def llama_config(cfg: ModelConfig, tokenizer, tied: bool, dtype: torch.dtype) ->
 def export_hf(checkpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Write a checkpoint (a path, or a loaded codelm.checkpoint.Checkpoint) as a Llama-format directory."""
     from safetensors.torch import save_file
-    from codelm.checkpoint import Checkpoint, load_checkpoint
 
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_native_checkpoint(checkpoint)
     cfg = ckpt.config
     refusals = export_refusals(cfg)
     if refusals:
@@ -179,20 +178,12 @@ def export_hf(checkpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None 
     state, tied = llama_state_dict(ckpt.model)
     state = {k: v.to(dtype) for k, v in state.items()}
 
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         tok = ckpt.tokenizer
         _write_json(tmp / HF_CONFIG, llama_config(cfg, tok, tied, dtype))
         _write_json(tmp / HF_GENERATION_CONFIG, _bos_eos_pad(tok))
         write_hf_tokenizer(tok, tmp, cfg.context_length)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -446,8 +437,6 @@ def add_objective_tokens(model: Transformer, tokenizer: HFTokenizer, kinds: tupl
 def import_hf(path: str | os.PathLike, add_tokens: tuple[str, ...] = ()):
     """A Llama or Qwen2 HF directory -> a loaded codelm Checkpoint (eval mode, fp32) with an HFTokenizer; with
     `add_tokens` ("fim", "mim"), the tokens those objectives need (add_objective_tokens)."""
-    from codelm.checkpoint import Checkpoint, default_capabilities, load_matching_state
-
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such Hugging Face model directory")
@@ -485,8 +474,6 @@ def import_hf(path: str | os.PathLike, add_tokens: tuple[str, ...] = ()):
 def import_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike,
                             add_tokens: tuple[str, ...] = ()) -> Path:
     """`codelm import-hf`: write a codelm checkpoint (weights, config, tokenizer.json) for an HF directory."""
-    from codelm.checkpoint import save_checkpoint
-
     ckpt = import_hf(hf_dir, add_tokens)
     return save_checkpoint(out, ckpt.model, ckpt.tokenizer, capabilities=ckpt.capabilities,
                            meta={"imported_from": ckpt.meta["imported_from"]})

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from codelm.atomic import atomic_path
 from codelm.errors import UserError
 
 
@@ -52,9 +53,7 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_path(out) as tmp:  # readers never see half a PNG
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, out)  # readers never see half a PNG
     return out

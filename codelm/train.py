@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 import typing
 from dataclasses import asdict, dataclass
@@ -33,9 +34,11 @@ import numpy as np
 import torch
 
 from codelm import distributed
-from codelm.checkpoint import (default_capabilities, list_checkpoints, load_checkpoint, load_train_state,
-                               prune_checkpoints, save_checkpoint)
-from codelm.config import atomic_write_text, option, save_config
+from codelm.checkpoint import (default_capabilities, list_checkpoints, load_train_state, prune_checkpoints,
+                               save_checkpoint)
+from codelm.loader import load_checkpoint
+from codelm.atomic import atomic_write_text
+from codelm.config import option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
 from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,
@@ -168,6 +171,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def pin_cpu_numerics() -> None:
+    """Same command, same numbers, whatever else the machine runs. Intel's conditions for run-to-run identical MKL
+    results: a fixed thread count (torch's is fixed at start), no dynamic adjustment of it (MKL_DYNAMIC and
+    OMP_DYNAMIC false: MKL otherwise may run a call on fewer threads than asked, which changes summation order) and
+    conditional numerical reproducibility (MKL_CBWR=AUTO: the processor's best code path, but no branch that depends
+    on the memory alignment of the operands, which differs from run to run). A kill-and-resume trial on a busy Intel
+    machine diverged at step 1 without them. A user's own settings win. MKL reads them at its first call: a
+    `codelm train` process sets them before its first matmul; a program that multiplied before building a Trainer
+    sets them itself."""
+    for var, value in (("MKL_DYNAMIC", "FALSE"), ("OMP_DYNAMIC", "FALSE"), ("MKL_CBWR", "AUTO")):
+        os.environ.setdefault(var, value)
 
 
 def keep_freed_memory_mapped() -> None:
@@ -308,6 +324,7 @@ class Trainer:
                  explicit: set[str] | None = None):
         from codelm.tokenizer import get_tokenizer
 
+        pin_cpu_numerics()  # before this process's first matmul
         self.callbacks = callbacks or []
         self.dist = distributed.init_distributed(resolve_device(cfg.device).type)
         self.device = resolve_device(cfg.device, self.dist.local_rank)

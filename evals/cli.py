@@ -4,7 +4,9 @@
   codelm eval mbpp MODEL [--mbpp-format bigcode|3shot] [-k 1] [--limit 50]
   codelm eval infilling MODEL --set single-line --mode fim|mim [--n 10 -k 1,10]
 
-codelm/cli.py calls add_eval_parser(subparsers) lazily; `python -m evals.cli eval ...` does the same standalone.
+The options are one dataclass, EvalConfig (defaults here and nowhere else; `--config FILE` for a file of them); the
+resolved options are saved as eval_config.json in the output directory.
+codelm/cli.py calls configure_eval_parser lazily; `python -m evals.cli eval ...` does the same standalone.
 Imports stay light here (no torch, no sandbox) so that `--help` is instant; the work is imported in run_eval_command.
 Exit codes: 0 done, 1 some samples could not be scored (sandbox infrastructure errors), 2 bad input.
 """
@@ -12,7 +14,10 @@ Exit codes: 0 done, 1 some samples could not be scored (sandbox infrastructure e
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from codelm.config import ArgumentParser, add_dataclass_arguments, option
 
 BENCHMARKS = ("humaneval", "mbpp", "infilling")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
@@ -29,33 +34,73 @@ def parse_ks(values: list[str] | None) -> list[int]:
     return sorted(set(ks))
 
 
+@dataclass
+class EvalConfig:
+    """`codelm eval BENCHMARK` options. A field used by one benchmark only is listed in ONLY_FOR."""
+    benchmark: str = option("humaneval", "which benchmark", choices=BENCHMARKS, cli=False)  # the subcommand
+    model: str | None = option(None, "checkpoint, run directory or Hugging Face model dir", positional=True,
+                               metavar="MODEL")
+    samples: str | None = option(None, "score completions from a JSONL file (task_id, completion) instead of "
+                                       "generating", metavar="FILE")
+    output: str | None = option(None, "results directory; an existing one is resumed", metavar="DIR")
+    k: list[str] = option(["1"], "report pass@K; repeat or give a comma list", flag="-k", repeat=True, metavar="K")
+    n: int | None = option(None, "samples per task (default: 1 with -k 1 alone, else the largest k)")
+    temperature: float | None = option(None, "default 0 (greedy) for n=1, else 0.2 for pass@1 only, 0.8 for "
+                                             "pass@10/100 (Codex paper)")
+    top_p: float | None = option(None, "nucleus sampling (default 0.95 when sampling)")
+    max_new_tokens: int = option(512, "per completion")
+    batch_size: int = option(8, "prompts per model call")
+    limit: int | None = option(None, "only the first N tasks")
+    tasks: str | None = option(None, "only these task ids, comma-separated")
+    seed: int = option(0, "base seed; each sample's seed derives from it")
+    data_dir: str | None = option(None, "directory holding mbpp/ and humaneval-infilling/ (default $CODELM_DATA_DIR, "
+                                        "then shared/data near the repo, then the hub)")
+    workers: int | None = option(None, "programs run at once (default: the sandbox's choice)")
+    backend: str = option("local", "sandbox backend", choices=("local", "docker"))
+    timeout: float | None = option(None, "CPU seconds per program (default 3; MBPP 10)")
+    progress_every: float = option(10.0, "seconds between progress lines", hidden=True)
+    plus: bool = option(False, "HumanEval+ / MBPP+ (evalplus): differential tests on many more inputs")
+    mbpp_format: str = option("bigcode", "prompt: bigcode's docstring with one test or the paper's 3-shot "
+                                         "[BEGIN]/[DONE]", choices=("bigcode", "3shot"))
+    infilling_set: str = option("single-line", "which infilling benchmark", flag="--set", choices=INFILLING_SETS)
+    mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle", choices=("fim", "mim"))
+    # a model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, codelm serve)
+    endpoint: str | None = option(None, "OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (instead of MODEL)",
+                                  metavar="URL")
+    endpoint_model: str | None = option(None, "the model name the endpoint expects", flag="--model", metavar="NAME")
+    concurrency: int = option(4, "endpoint: requests in flight")
+    rate_limit: float | None = option(None, "endpoint: at most this many requests per second")
+    retries: int = option(6, "endpoint: retries on 429/5xx with backoff")
+    fim_template: str | None = option(None, "endpoint: raw FIM prompt with {prefix} and {suffix} instead of the "
+                                            "suffix field")
+
+
+ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),
+            "mode": ("infilling",)}
+BENCHMARK_HELP = {"humaneval": "HumanEval, 164 problems (Chen et al. 2021)",
+                  "mbpp": "MBPP test split, tasks 11-510 (Austin et al. 2021)",
+                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)"}
+
+
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("eval", help="evaluate a model or score samples on a code benchmark",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for name, help_text in [("humaneval", "HumanEval, 164 problems (Chen et al. 2021)"),
-                            ("mbpp", "MBPP test split, tasks 11-510 (Austin et al. 2021)"),
-                            ("infilling", "HumanEval-infilling (Bavarian et al. 2022)")]:
-        sub = benchmarks.add_parser(name, help=help_text, description=help_text)
-        _add_common_args(sub)
-        if name in ("humaneval", "mbpp"):
-            sub.add_argument("--plus", action="store_true",
-                             help="HumanEval+ / MBPP+ (evalplus): differential tests on many more inputs")
-        if name == "mbpp":
-            sub.add_argument("--mbpp-format", choices=("bigcode", "3shot"), default="bigcode",
-                             help="prompt: bigcode's docstring with one test (default) "
-                                  "or the paper's 3-shot [BEGIN]/[DONE]")
-        if name == "infilling":
-            sub.add_argument("--set", dest="infilling_set", choices=INFILLING_SETS, default="single-line",
-                             help="which infilling benchmark (default single-line)")
-            sub.add_argument("--mode", choices=("fim", "mim"), default="fim",
-                             help="decoding: fill-in-the-middle prompt or meet-in-the-middle (default fim)")
-        sub.set_defaults(func=run_eval_command)
+    parser = subparsers.add_parser("eval", help="evaluate a model or score samples on a code benchmark")
+    configure_eval_parser(parser)
+    return parser
+
+
+def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK",
+                                       parser_class=ArgumentParser)
+    for name in BENCHMARKS:
+        sub = benchmarks.add_parser(name, help=BENCHMARK_HELP[name], description=BENCHMARK_HELP[name])
+        sub.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
+        add_dataclass_arguments(sub, EvalConfig, exclude={f for f, only in ONLY_FOR.items() if name not in only})
+        sub.set_defaults(func=run_eval_command, options=EvalConfig)
     compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")
     compare.add_argument("runs", nargs="+", metavar="DIR", help="directories written by `codelm eval`")
     compare.add_argument("--output", metavar="DIR", default="runs/eval/compare", help="where the report goes")
     compare.set_defaults(func=run_compare_command)
-    return parser
 
 
 def run_compare_command(args) -> int:
@@ -71,39 +116,8 @@ def run_compare_command(args) -> int:
     return 0
 
 
-def _add_common_args(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint, run directory or Hugging Face model dir")
-    sub.add_argument("--samples", metavar="FILE", help="score completions from a JSONL file (task_id, completion) "
-                                                       "instead of generating")
-    sub.add_argument("--output", metavar="DIR", help="results directory; an existing one is resumed")
-    sub.add_argument("-k", action="append", metavar="K", help="report pass@K; repeat or give a comma list (default 1)")
-    sub.add_argument("--n", type=int, help="samples per task (default: 1 with -k 1 alone, else the largest k)")
-    sub.add_argument("--temperature", type=float, help="default 0 (greedy) for n=1, else 0.2 for pass@1 only, "
-                                                       "0.8 for pass@10/100 (Codex paper)")
-    sub.add_argument("--top-p", type=float, help="nucleus sampling (default 0.95 when sampling)")
-    sub.add_argument("--max-new-tokens", type=int, default=512, help="per completion (default 512)")
-    sub.add_argument("--batch-size", type=int, default=8, help="prompts per model call (default 8)")
-    sub.add_argument("--limit", type=int, help="only the first N tasks")
-    sub.add_argument("--tasks", help="only these task ids, comma-separated")
-    sub.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed derives from it (default 0)")
-    sub.add_argument("--data-dir", help="directory holding mbpp/ and humaneval-infilling/ "
-                                        "(default $CODELM_DATA_DIR, then shared/data near the repo, then the hub)")
-    sub.add_argument("--workers", type=int, help="programs run at once (default: the sandbox's choice)")
-    sub.add_argument("--backend", choices=("local", "docker"), default="local", help="sandbox backend")
-    sub.add_argument("--timeout", type=float, help="CPU seconds per program (default 3; MBPP 10)")
-    sub.add_argument("--progress-every", type=float, default=10.0, help=argparse.SUPPRESS)
-    api = sub.add_argument_group("model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, "
-                                 "codelm serve)")
-    api.add_argument("--endpoint", metavar="URL", help="e.g. http://127.0.0.1:8000/v1 (instead of MODEL)")
-    api.add_argument("--model", dest="endpoint_model", metavar="NAME", help="the model name the server expects")
-    api.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    api.add_argument("--rate-limit", type=float, help="at most this many requests per second")
-    api.add_argument("--retries", type=int, default=6, help="retries on 429/5xx with backoff (default 6)")
-    api.add_argument("--fim-template", help="raw FIM prompt with {prefix} and {suffix} instead of the suffix field")
-
-
-def load_benchmark(args):
-    if getattr(args, "plus", False):
+def load_benchmark(args: EvalConfig):
+    if args.plus:
         from evals import evalplus
         if args.benchmark == "humaneval":
             return evalplus.load_humaneval_plus(args.data_dir)
@@ -129,17 +143,19 @@ def default_output(args, benchmark_name: str) -> Path:
 
 
 def run_eval_command(args) -> int:
+    from codelm.config import resolve_config
     from codelm.errors import UserError
     from evals.data import EvalInputError
 
     try:
-        return _run(args)
+        return _run(resolve_config(EvalConfig, args, args.config))
     except (EvalInputError, UserError) as e:  # a bad sample file, or a missing/corrupt checkpoint
         print(f"codelm eval: error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args) -> int:
+def _run(args: EvalConfig) -> int:
+    from codelm.config import save_config
     from evals import runner
     from evals.data import EvalInputError
 
@@ -170,12 +186,13 @@ def _run(args) -> int:
             model = load_model(args.model)
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,
                                         batch_size=args.batch_size, **common)
+    save_config(args, output / "eval_config.json")
     print(f"results: {output}/results.jsonl, summary: {output}/summary.json", file=sys.stderr)
     return 1 if summary["counts"]["not_scored"] else 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="codelm")
+    parser = ArgumentParser(prog="codelm")
     add_eval_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)

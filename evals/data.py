@@ -12,7 +12,6 @@ module names. When all fail, the error lists every place that was tried.
 import gzip
 import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -60,9 +59,11 @@ def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, d
         return cached
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)
-        tmp.rename(cached)  # a download cut off midway never looks like a complete file
+        import urllib.request  # only when a benchmark file must be downloaded (slow to import)
+
+        from codelm.atomic import atomic_path
+        with atomic_path(cached) as tmp:  # a download cut off midway never looks like a complete file
+            urllib.request.urlretrieve(url, tmp)
         return cached
     except Exception as e:  # offline, or the upstream moved: say everything that was tried
         tried += [f"{cached} (cache)", f"{url} ({type(e).__name__}: {e})"]

@@ -30,7 +30,7 @@ def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str 
     if endpoint is not None:
         from evals.endpoint import EndpointModel
         return EndpointModel(endpoint, path_or_name or "default", **endpoint_options)
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
 
     import torch
     if device == "auto":

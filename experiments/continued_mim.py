@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from codelm.checkpoint import load_checkpoint  # noqa: E402
+from codelm.loader import load_checkpoint  # noqa: E402
 from codelm.cli import main as codelm  # noqa: E402
 from codelm.data.shards import write_shards  # noqa: E402
 from codelm.generate import SamplingParams  # noqa: E402

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from codelm.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from codelm.checkpoint import list_checkpoints, resolve_checkpoint, save_checkpoint
+from codelm.loader import load_checkpoint
 from codelm.errors import CheckpointError
 from codelm.model import ModelConfig, Transformer
 

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from support import stdlib_texts  # noqa: E402
 
-from codelm.checkpoint import load_checkpoint  # noqa: E402
+from codelm.loader import load_checkpoint  # noqa: E402
 from codelm.cli import main  # noqa: E402
 from codelm.data.shards import ShardSet  # noqa: E402
 from codelm.generate import SamplingParams  # noqa: E402
@@ -52,7 +52,7 @@ def bpe_tokenizer_dir(path: Path, texts: list[str], fim_spelling: tuple[str, ...
 def random_llama_dir(path: Path, tokenizer_dir: Path, vocab_size: int = 512, **kw) -> Path:
     import shutil
 
-    from codelm.tokenizer import HFTokenizer
+    from codelm.hf_tokenizer import HFTokenizer
 
     tok = HFTokenizer.from_dir(tokenizer_dir)
     torch.manual_seed(0)
@@ -97,7 +97,7 @@ def shards(tmp_path_factory, corpus, imported) -> Path:
     out = tmp / "shards"
     assert main(["data", "prepare", "--source", str(src), "--out", str(out), "--tokenizer", f"hf:{imported}",
                  "--val-fraction", "0.15", "--near-dedup", "false", "--decontaminate", "false",
-                 "--edu-threshold", "0", "--quality-filter", "false", "--num-workers", "1"]) == 0
+                 "--edu-threshold", "0", "--quality-filter", "false", "--workers", "1", "--tasks", "1"]) == 0
     return out
 
 

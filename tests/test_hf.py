@@ -14,7 +14,8 @@ import torch
 pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
-from codelm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from codelm.checkpoint import save_checkpoint  # noqa: E402
+from codelm.loader import load_checkpoint  # noqa: E402
 from codelm.cli import main  # noqa: E402
 from codelm.errors import ConfigError  # noqa: E402
 from codelm.generate import SamplingParams, generate  # noqa: E402

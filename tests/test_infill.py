@@ -306,7 +306,7 @@ def infill_model(tmp_path_factory):
     this small still gives the end-of-text after a middle p ~ 0.01 after 600 steps (issue 7's notes)."""
     from support import make_shards, micro_train_config
 
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.tokenizer import get_tokenizer
     from codelm.train import Trainer
 

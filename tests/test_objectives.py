@@ -463,7 +463,7 @@ def test_build_objectives_hands_each_objective_its_options(tokenizer):
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_mim_fim_mixture_trains_reports_each_stream_and_records_both_capabilities(small_shards, tmp_path):
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from codelm.generate import SamplingParams, generate
     from codelm.train import Trainer
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from codelm.checkpoint import load_checkpoint, list_checkpoints
+from codelm.checkpoint import list_checkpoints
+from codelm.loader import load_checkpoint
 from codelm.generate import SamplingParams, generate
 from codelm.train import Trainer, TrainConfig, lr_at, sample_windows
 from support import micro_train_config
@@ -135,3 +136,33 @@ def test_the_final_checkpoint_is_written_before_the_final_evaluation(small_shard
     with pytest.raises(RuntimeError, match="went away"):
         Trainer(cfg, callbacks=[failing_callback]).fit()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000003"]
+
+
+@pytest.mark.slow
+def test_the_same_command_gives_the_same_losses_while_other_processes_load_every_core(small_shards, tmp_path):
+    """Same command, same seed: identical losses at every step, even when the runs compete with each other and with
+    busy loops for both cores (MKL's dynamic threading and alignment-dependent branches are pinned off)."""
+    import os
+    import subprocess
+    import sys
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        runs = [subprocess.Popen([sys.executable, "-m", "codelm.cli", "train", "--data", str(small_shards),
+                                  "--out", str(tmp_path / f"run{i}"), "--preset", "tiny", "--model.n_layer", "2",
+                                  "--model.d_model", "128", "--model.n_head", "2", "--context-length", "64",
+                                  "--batch-size", "8", "--steps", "4", "--log-every", "1", "--eval-every", "0",
+                                  "--save-every", "0", "--objective", "mim:0.5,fim:0.5", "--seed", "0",
+                                  "--peak-flops", "1e9"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        for proc in runs:
+            assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    finally:
+        for b in burners:
+            b.kill()
+    losses = []
+    for i in range(2):
+        rows = [json.loads(line) for line in (tmp_path / f"run{i}" / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r["loss"] for r in rows if r["kind"] == "train"])
+    assert len(losses[0]) == 4
+    assert losses[0] == losses[1]

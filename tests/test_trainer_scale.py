@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from codelm.checkpoint import list_checkpoints, load_checkpoint
+from codelm.checkpoint import list_checkpoints
+from codelm.loader import load_checkpoint
 from codelm.errors import ConfigError
 from codelm.schedules import (context_at, fit_batch, lr_multiplier, parse_context_schedule, parse_schedule,
                               switch_step)

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -28,24 +28,13 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from codelm.generate import SamplingParams
+from web.config import ServeConfig
 from web.engine import Engine, Event, Job, QueueFull, RowSpec
 from web.prompts import FIM_TEMPLATE, completion_prompt, fim_prompt, split_sentinel_prompt
 from web.schemas import CompletionRequest, InfillRequest
 
 log = logging.getLogger("codelm.web")
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class ServeConfig:
-    max_batch: int = 8             # rows decoded together in one step
-    max_queue: int = 32            # requests waiting for a free row before answering 429
-    max_tokens: int = 256          # cap on max_tokens / n_predict
-    max_prompt_tokens: int = 0     # 0: the model's context length minus room for 16 new tokens
-    api_key: str | None = None     # when set, API routes need `Authorization: Bearer KEY` (or `X-API-Key`)
-    cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers (browsers block other origins)
-    raw_fim: bool = True           # honour a prompt that is this model's own FIM template filled in
-    model_id: str | None = None
 
 
 class ApiError(Exception):

@@ -22,7 +22,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Iterator
 
-from codelm.config import atomic_write_text, option
+from codelm.atomic import atomic_write_text
+from codelm.config import option
 from codelm.data.prepare import DataConfig, filter_documents, is_validation
 from codelm.data.sources import Document
 from codelm.errors import DataError

@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from codelm.config import option
+from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
 from codelm.data.dedup import ExactDedup, NearDedup
 from codelm.data.filters import QualityConfig, QualityFilter
 from codelm.data.progress import Progress
@@ -42,7 +43,9 @@ from codelm.errors import DataError
 log = logging.getLogger("codelm.data")
 
 # options that change how fast, not what: left out of the manifest so its hash does not depend on them
-RUNTIME_ONLY = ("out", "num_threads", "num_workers", "progress_seconds")
+RUNTIME_ONLY = ("out", "num_threads", "workers", "progress_seconds", "executor", "tasks", "work_dir", "keep_work",
+                "slurm_partition", "slurm_time", "slurm_cpus", "slurm_qos", "slurm_sbatch_args", "dry_run",
+                "ray_address")
 
 
 @dataclass
@@ -78,8 +81,22 @@ class DataConfig:
                                                 "flags a document")
     decontam_text_ngram: int = option(13, "decontamination: word n-gram length for problem statements (0 = off)")
     data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR, then ../shared/data)")
-    num_threads: int = option(2, "tokenizer threads")
-    num_workers: int = option(2, "processes for per-document stages (1 = no pool)")
+    num_threads: int = option(2, "tokenizer threads (the in-memory pipeline)")
+    executor: str = option("local", "where tasks run: 'local' (processes here), 'slurm' (job arrays), 'ray'")
+    tasks: int = option(1, "split the corpus into this many tasks (one token file per split per task)")
+    workers: int = option(2, "local executor: tasks run at once (processes)")
+    work_dir: str = option("", "intermediate files (candidates, signatures, buckets, stats; default OUT.work), "
+                               "removed after a successful run; a rerun resumes from its finished tasks")
+    keep_work: bool = option(False, "keep the working directory after a successful run")
+    slurm_partition: str = option("", "slurm: partition")
+    slurm_time: str = option("4:00:00", "slurm: time limit per task")
+    slurm_cpus: int = option(1, "slurm: CPUs per task")
+    slurm_qos: str = option("", "slurm: quality of service")
+    slurm_sbatch_args: str = option("", "slurm: extra sbatch options, e.g. '--account=x --mem=8G'")
+    dry_run: bool = option(False, "slurm: write each stage's sbatch script and submit.sh, submit nothing")
+    ray_address: str = option("", "ray: cluster address (empty = start a local Ray)")
+    doc_seconds: float = option(30.0, "per-document time budget of each stage: a document still running after it "
+                                      "is rejected and named, instead of stalling the run (0 = none)")
     progress_seconds: float = option(5.0, "seconds between progress lines on long stages (0 = quiet)")
 
 
@@ -133,22 +150,41 @@ def _doc_bytes(doc: Document) -> int:
 _WORKER_STAGES: list = []  # inherited by forked workers, so the (large) stage objects are never pickled
 
 
-def _analyze_in_worker(job: tuple[int, Document]):
-    stage_index, doc = job
-    return _WORKER_STAGES[stage_index].analyze(doc)
+class _TimedOut:
+    """What `analyze` returns for a document that ran past the per-document time budget (survives pickling)."""
+
+
+def _analyze_in_worker(job: tuple[int, Document, float]):
+    stage_index, doc, budget = job
+    return _analyze(_WORKER_STAGES[stage_index], doc, budget)
+
+
+def _analyze(stage, doc: Document, budget: float):
+    try:
+        with time_budget(budget):
+            return stage.analyze(doc)
+    except DocumentTimeout:
+        log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, budget)
+        return _TimedOut()
+
+
+def _decide(stage, doc: Document, result) -> str | None:
+    if isinstance(result, _TimedOut):
+        return f"{TIMED_OUT_REASON} ({stage.name})"
+    return stage.decide(doc, result)
 
 
 def run_stage(stage, docs: Iterable[Document], stats: StageStats, pool=None, stage_index: int = -1,
-              progress_seconds: float = 0.0) -> Iterator[Document]:
+              progress_seconds: float = 0.0, doc_seconds: float = 0.0) -> Iterator[Document]:
     """Yield the documents `stage` keeps, counting the rest by reason (with up to 5 example ids each)."""
     docs = list(docs)
     progress = Progress(stage.name, len(docs), sum(map(_doc_bytes, docs)), progress_seconds)
     t0 = time.perf_counter()
     if hasattr(stage, "analyze") and getattr(stage, "parallel", True) and pool is not None and stage_index >= 0:
-        results = pool.imap(_analyze_in_worker, ((stage_index, d) for d in docs), chunksize=4)
-        decisions = (stage.decide(d, r) for d, r in zip(docs, results))
+        results = pool.imap(_analyze_in_worker, ((stage_index, d, doc_seconds) for d in docs), chunksize=4)
+        decisions = (_decide(stage, d, r) for d, r in zip(docs, results))
     elif hasattr(stage, "analyze"):
-        decisions = (stage.decide(d, stage.analyze(d)) for d in docs)
+        decisions = (_decide(stage, d, _analyze(stage, d, doc_seconds)) for d in docs)
     else:
         decisions = (stage.keep(d) for d in docs)
     kept = []
@@ -179,6 +215,26 @@ def load_documents(cfg: DataConfig, rejects: list) -> Iterator[Document]:
 
 
 def build_stages(cfg: DataConfig) -> list:
+    """Every enabled stage, in order (the in-memory pipeline)."""
+    stages = filter_stages(cfg)
+    if cfg.exact_dedup:
+        stages.append(ExactDedup())
+    if cfg.near_dedup:
+        stages.append(NearDedup(cfg.near_dedup_threshold))
+    if cfg.decontaminate:
+        stages.append(decontaminator(cfg))
+    return stages
+
+
+def decontaminator(cfg: DataConfig):
+    from codelm.data.decontaminate import Decontaminator
+    names = [b.strip() for b in cfg.decontam_benchmarks.split(",") if b.strip()]
+    return Decontaminator(names, cfg.decontam_ngram, cfg.decontam_text_ngram, cfg.decontam_min_overlap,
+                          cfg.data_dir or None)
+
+
+def filter_stages(cfg: DataConfig) -> list:
+    """The per-document stages before dedup: size, quality, educational value."""
     from codelm.data.educational import EduFilter
     stages = [SizeFilter(cfg.min_bytes, cfg.max_bytes)]
     if cfg.quality_filter:
@@ -189,15 +245,6 @@ def build_stages(cfg: DataConfig) -> list:
             max_literal_line_fraction=cfg.max_literal_line_fraction)))
     if cfg.edu_threshold > 0:
         stages.append(EduFilter(cfg.edu_threshold, cfg.edu_scorer))
-    if cfg.exact_dedup:
-        stages.append(ExactDedup())
-    if cfg.near_dedup:
-        stages.append(NearDedup(cfg.near_dedup_threshold))
-    if cfg.decontaminate:
-        from codelm.data.decontaminate import Decontaminator
-        names = [b.strip() for b in cfg.decontam_benchmarks.split(",") if b.strip()]
-        stages.append(Decontaminator(names, cfg.decontam_ngram, cfg.decontam_text_ngram, cfg.decontam_min_overlap,
-                                     cfg.data_dir or None))
     return stages
 
 
@@ -230,11 +277,11 @@ def filter_documents(cfg: DataConfig) -> FilteredCorpus:
     stages = build_stages(cfg)
     stats = [StageStats(s.name) for s in stages]
     _WORKER_STAGES = stages
-    pool = _make_pool(cfg.num_workers) if len(docs) >= 64 else None
+    pool = _make_pool(cfg.workers) if len(docs) >= 64 else None
     try:
         kept: Iterable[Document] = docs
         for i, (stage, st) in enumerate(zip(stages, stats)):
-            kept = run_stage(stage, kept, st, pool, i, cfg.progress_seconds)
+            kept = run_stage(stage, kept, st, pool, i, cfg.progress_seconds, cfg.doc_seconds)
         kept = list(kept)
     finally:
         if pool is not None:
@@ -294,7 +341,16 @@ def split_documents(docs: list[Document], fraction: float, where: str) -> dict[s
 
 
 def prepare(cfg: DataConfig) -> dict:
-    """Run the pipeline and write shards; returns the index written."""
+    """Run the pipeline (on datatrove, streaming, see pipeline.py) and write shards; returns the index written."""
+    from codelm.data.pipeline import run
+    if cfg.tasks < 1:
+        raise DataError(f"--tasks {cfg.tasks}: must be at least 1")
+    return run(cfg)
+
+
+def prepare_in_memory(cfg: DataConfig) -> dict:
+    """The earlier pipeline: the whole corpus in memory between stages, one process pool (kept as the reference
+    the benchmark and the equivalence tests compare the streaming pipeline with)."""
     from codelm.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(cfg.tokenizer)

@@ -10,6 +10,11 @@
       manifest.json     the data pipeline's stage-by-stage record (same content as index["manifest"])
       timings.json      (optional) seconds and MB/s per stage; not hashed, differs between runs
 
+A split may instead span several token files, one per pipeline task (`train-00003.bin` + `train-00003.docs.npy`,
+offsets local to the file), listed in order: `"splits": {name: {"files": [{file, docs_file, n_tokens, n_docs,
+n_bytes}, ...], n_tokens, n_docs, n_bytes}}`. Readers memory-map every file and present one flat split; a directory
+with the single-file layout above still loads.
+
 uint16 when every id fits (vocabularies up to 65,536), else uint32. `n_bytes` is the UTF-8 size of the split's text,
 which turns nats/token into bits/byte, a vocabulary-independent loss.
 """
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codelm.config import replace_directory
+from codelm.atomic import replace_directory
 from codelm.errors import DataError
 
 FORMAT = "codelm-shards/1"
@@ -79,12 +84,7 @@ def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] |
              "splits": {}, "manifest": manifest, "manifest_hash": manifest_hash(manifest)}
     try:
         for name, docs in splits.items():
-            lengths = np.array([len(d) + 1 for d in docs], dtype=np.int64)  # +1: the end-of-text after each doc
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            tokens = np.empty(int(offsets[-1]), dtype=dtype)
-            for d, start in zip(docs, offsets[:-1]):
-                tokens[start:start + len(d)] = d
-                tokens[start + len(d)] = tokenizer.eot_id
+            tokens, offsets = encode_documents(docs, dtype, tokenizer.eot_id)
             tokens.tofile(tmp / f"{name}.bin")
             np.save(tmp / f"{name}.docs.npy", offsets)
             index["splits"][name] = {"file": f"{name}.bin", "docs_file": f"{name}.docs.npy",
@@ -104,11 +104,116 @@ def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] |
     return out_dir
 
 
+def encode_documents(docs: list, dtype: np.dtype, eot_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat tokens, offsets): every document followed by end-of-text; offsets start at 0 and end at n_tokens."""
+    lengths = np.array([len(d) + 1 for d in docs], dtype=np.int64)  # +1: the end-of-text after each doc
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens = np.empty(int(offsets[-1]), dtype=dtype)
+    for d, start in zip(docs, offsets[:-1]):
+        tokens[start:start + len(d)] = d
+        tokens[start + len(d)] = eot_id
+    return tokens, offsets
+
+
+def write_token_file(directory: Path, stem: str, docs: list, dtype: np.dtype, eot_id: int, n_bytes: int) -> dict:
+    """`stem.bin` + `stem.docs.npy`, each written to a temp name and renamed (a killed task leaves no half file
+    under the final name); returns the file's entry for index.json."""
+    tokens, offsets = encode_documents(docs, dtype, eot_id)
+    for name, write in ((f"{stem}.bin", tokens.tofile), (f"{stem}.docs.npy", lambda f: np.save(f, offsets))):
+        tmp = directory / f".{name}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(directory / name)
+    return {"file": f"{stem}.bin", "docs_file": f"{stem}.docs.npy", "n_tokens": int(offsets[-1]),
+            "n_docs": len(docs), "n_bytes": int(n_bytes)}
+
+
+def assemble_shards(out_dir: str | os.PathLike, files: dict[str, list[tuple[Path, dict]]], tokenizer,
+                    manifest: dict, timings: dict | None = None) -> Path:
+    """Move per-task token files (`files[split]` = [(directory, entry from write_token_file)], in order) into a
+    fresh directory with index.json, then swap it in for `out_dir`, as `write_shards` does."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out_dir)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    index = {"format": FORMAT, "tokenizer": tokenizer.describe(), "dtype": token_dtype(tokenizer.n_vocab).name,
+             "eot_id": tokenizer.eot_id, "splits": {}, "manifest": manifest, "manifest_hash": manifest_hash(manifest)}
+    try:
+        for name, entries in files.items():
+            for directory, entry in entries:
+                for key in ("file", "docs_file"):
+                    shutil.copyfile(directory / entry[key], tmp / entry[key])  # the work dir stays valid to resume
+            index["splits"][name] = {"files": [e for _, e in entries],
+                                     **{k: sum(e[k] for _, e in entries) for k in ("n_tokens", "n_docs", "n_bytes")}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        if timings is not None:
+            (tmp / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True, default=str) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        replace_directory(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+class ConcatTokens:
+    """Several memory-mapped token files seen as one flat array: len(), integer and slice indexing (a slice across
+    a file boundary is stitched), np.asarray(). What the trainer's window sampling needs, without copying."""
+
+    def __init__(self, parts: list[np.ndarray], dtype: np.dtype):
+        self.parts, self.dtype = parts, dtype
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return np.asarray(self[start:stop])[::step]
+            if stop <= start:
+                return np.zeros(0, dtype=self.dtype)
+            first = int(np.searchsorted(self.starts, start, "right")) - 1
+            out, pos = [], start
+            for i in range(first, len(self.parts)):
+                if pos >= stop:
+                    break
+                lo = pos - self.starts[i]
+                hi = min(stop, self.starts[i + 1]) - self.starts[i]
+                out.append(self.parts[i][lo:hi])
+                pos = self.starts[i] + hi
+            return out[0] if len(out) == 1 else np.concatenate(out)
+        index = int(key) + (len(self) if int(key) < 0 else 0)
+        if not 0 <= index < len(self):
+            raise IndexError(key)
+        i = int(np.searchsorted(self.starts, index, "right")) - 1
+        return self.parts[i][index - self.starts[i]]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
+        return whole.astype(dtype) if dtype is not None else whole
+
+
 @dataclass
 class Split:
     """One split, memory-mapped: `tokens` (flat) and `doc_offsets` (start of each document, then the end)."""
     name: str
-    tokens: np.ndarray
+    tokens: np.ndarray | ConcatTokens
     doc_offsets: np.ndarray
     n_bytes: int
 
@@ -155,13 +260,27 @@ class ShardSet:
             meta = self.index["splits"].get(name)
             if meta is None:
                 raise DataError(f"{self.path}: no split {name!r} (has {', '.join(self.split_names)})")
-            file = self.path / meta["file"]
-            if not file.is_file():
-                raise DataError(f"{file}: missing")
-            expected = meta["n_tokens"] * self.dtype.itemsize
-            if file.stat().st_size != expected:
-                raise DataError(f"{file}: {file.stat().st_size} bytes, index.json says {expected} (truncated?)")
-            tokens = np.memmap(file, dtype=self.dtype, mode="r") if expected else np.zeros(0, dtype=self.dtype)
-            offsets = np.load(self.path / meta["docs_file"])
-            self._splits[name] = Split(name, tokens, offsets, meta.get("n_bytes", 0))
+            entries = meta["files"] if "files" in meta else [meta]
+            parts, offsets = [], [np.zeros(1, dtype=np.int64)]
+            for entry in entries:
+                tokens, local = self._load_file(entry)
+                offsets.append(local[1:] + sum(len(p) for p in parts))
+                parts.append(tokens)
+            tokens = parts[0] if len(parts) == 1 else ConcatTokens(parts, self.dtype)
+            self._splits[name] = Split(name, tokens, np.concatenate(offsets), meta.get("n_bytes", 0))
         return self._splits[name]
+
+    def _load_file(self, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+        file = self.path / entry["file"]
+        if not file.is_file():
+            raise DataError(f"{file}: missing")
+        expected = entry["n_tokens"] * self.dtype.itemsize
+        if file.stat().st_size != expected:
+            raise DataError(f"{file}: {file.stat().st_size} bytes, index.json says {expected} (truncated?)")
+        tokens = np.memmap(file, dtype=self.dtype, mode="r") if expected else np.zeros(0, dtype=self.dtype)
+        offsets = np.load(self.path / entry["docs_file"])
+        if len(offsets) != entry["n_docs"] + 1 or (len(offsets) and offsets[-1] != entry["n_tokens"]):
+            raise DataError(f"{self.path / entry['docs_file']}: {len(offsets) - 1} documents ending at "
+                            f"{offsets[-1] if len(offsets) else '?'}, index.json says {entry['n_docs']} ending at "
+                            f"{entry['n_tokens']}")
+        return tokens, offsets

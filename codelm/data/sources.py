@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from codelm.errors import DataError
 
 # folders that hold tests or vendored data rather than library code
@@ -199,3 +201,139 @@ def _one_source(name, rejects, extensions, text_field, hf_split, max_docs) -> It
 def _reject(rejects: list | None, where: str, why: str) -> None:
     if rejects is not None:
         rejects.append((where, why))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one task's share, for the datatrove pipeline (pipeline.py)
+# ---------------------------------------------------------------------------------------------------------------
+ORDER_SHIFT = 1 << 44  # a document's order: source number * 2^44 + its position in that source
+
+
+def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> Iterator[tuple[int, Document]]:
+    """(order, document) for task `rank` of `world`: files of a directory source dealt round-robin by their sorted
+    position, a JSONL file split into byte ranges at line starts, a Parquet file by row groups; a gzipped JSONL
+    file and a hub stream cannot be split and are read by task 0. The order is the document's position in the
+    sources, the same whatever the number of tasks (the pipeline's tie-breaker, see pipeline.py)."""
+    extensions = tuple(e.strip() for e in cfg.extensions.split(",") if e.strip())
+    names = [s.strip() for s in cfg.source.split(",") if s.strip()]
+    if not names:
+        raise DataError("no source given (--source)")
+    for number, name in enumerate(names):
+        base = number * ORDER_SHIFT
+        path = Path(name).expanduser()
+        if name in ("stdlib", "site-packages") or path.is_dir():
+            files = list(_source_files(name, extensions))
+            for i in range(rank, len(files), world):
+                root, file, prefix, label = files[i]
+                text, why = read_text_file(file)
+                if text is None:
+                    _reject(rejects, str(file), why)
+                    continue
+                yield base + i, Document(id=prefix + str(file.relative_to(root)), text=text, source=label)
+        elif path.is_file() and path.name.endswith((".jsonl", ".json", ".ndjson")):
+            yield from ((base + o, d) for o, d in jsonl_range(path, cfg.text_field, rank, world, rejects))
+        elif path.is_file() and path.suffix == ".parquet":
+            yield from ((base + o, d) for o, d in parquet_row_groups(path, cfg.text_field, rank, world, rejects,
+                                                                        cfg.max_docs))
+        elif rank == 0:  # gzipped JSONL, hf:NAME, or an error the one-task reader words best
+            one = _one_source(name, rejects, extensions, cfg.text_field, cfg.hf_split, cfg.max_docs)
+            yield from ((base + i, d) for i, d in enumerate(one))
+        else:
+            _one_source(name, None, extensions, cfg.text_field, cfg.hf_split, cfg.max_docs)  # same errors
+
+
+def _source_files(name: str, extensions: tuple[str, ...]) -> Iterator[tuple[Path, Path, str, str]]:
+    """(root, file, id prefix, source label) of every file a directory-like source reads, in sorted order."""
+    if name == "stdlib":
+        root = stdlib_root()
+        for f in iter_code_files(root, extensions, STDLIB_EXCLUDED_DIRS | ALWAYS_EXCLUDED_DIRS):
+            yield root, f, "", "stdlib"
+    elif name == "site-packages":
+        roots = sorted({Path(p) for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]]
+                        if Path(p).is_dir()})
+        for root in roots:
+            for f in iter_code_files(root, extensions, {"test", "tests"} | ALWAYS_EXCLUDED_DIRS):
+                yield root, f, "site-packages/", "site-packages"
+    else:
+        root = Path(name).expanduser()
+        for f in iter_code_files(root, extensions, ALWAYS_EXCLUDED_DIRS):
+            yield root, f, "", str(root)
+
+
+def jsonl_range(path: Path, text_field: str, rank: int, world: int,
+                rejects: list | None = None) -> Iterator[tuple[int, Document]]:
+    """The lines of a JSONL file that start in this task's byte range [size*rank/world, size*(rank+1)/world);
+    (byte offset, document). Line numbers for rejects come from counting the newlines before the range."""
+    size = path.stat().st_size
+    start, end = size * rank // world, size * (rank + 1) // world
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with fh:
+        line_number = 1
+        if start:
+            fh.seek(start - 1)
+            if fh.read(1) != b"\n":
+                fh.readline()  # a line that started before the range belongs to the task before
+            pos = fh.tell()
+            fh.seek(0)
+            remaining = pos
+            while remaining:
+                chunk = fh.read(min(remaining, 1 << 24))
+                line_number += chunk.count(b"\n")
+                remaining -= len(chunk)
+        pos = fh.tell()
+        while pos < end:
+            raw = fh.readline()
+            if not raw:
+                break
+            where = f"{path}:{line_number}"
+            doc = _jsonl_document(raw, path, text_field, line_number, where, rejects)
+            if doc is not None:
+                yield pos, doc
+            pos += len(raw)
+            line_number += 1
+
+
+def _jsonl_document(raw: bytes, path: Path, text_field: str, line_number: int, where: str,
+                    rejects: list | None) -> Document | None:
+    if not raw.strip():
+        return None
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        _reject(rejects, where, f"malformed JSON ({getattr(e, 'msg', 'not UTF-8')})")
+        return None
+    text = obj.get(text_field) if isinstance(obj, dict) else None
+    if not isinstance(text, str):
+        _reject(rejects, where, f"no string field {text_field!r}")
+        return None
+    doc_id = obj.get("id") or obj.get("path") or obj.get("max_stars_repo_path") or f"line{line_number}"
+    return Document(id=f"{path.name}:{doc_id}", text=text, source=str(path))
+
+
+def parquet_row_groups(path: Path, text_field: str, rank: int, world: int, rejects: list | None = None,
+                       max_docs: int = 0) -> Iterator[tuple[int, Document]]:
+    """Row groups rank, rank + world, ... of a Parquet file; (row number, document), ids as `datasets_documents`."""
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
+    meta = pf.metadata
+    first_rows = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    for g in range(rank, meta.num_row_groups, world):
+        if max_docs and first_rows[g] >= max_docs:
+            break
+        table = pf.read_row_group(g)
+        for j, row in enumerate(table.to_pylist()):
+            i = int(first_rows[g]) + j
+            if max_docs and i >= max_docs:
+                break
+            text = row.get(text_field)
+            if not isinstance(text, str):
+                _reject(rejects, f"{path.name}:row{i}", f"no string field {text_field!r} (columns: {', '.join(row)})")
+                continue
+            doc_id = row.get("path") or row.get("max_stars_repo_path") or row.get("id") or f"row{i}"
+            yield i, Document(id=f"{path.name}:{i}:{doc_id}", text=text, source=path.name)

@@ -67,8 +67,7 @@ def plot_stats(path, index: dict, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(1, 2 if edu else 1, figsize=(11 if edu else 6, 4), squeeze=False)
     ax = axes[0][0]
     for name, meta in index["splits"].items():
-        offsets = np.load(path / meta["docs_file"])
-        lengths = np.diff(offsets)
+        lengths = np.concatenate([np.diff(np.load(path / e["docs_file"])) for e in meta.get("files", [meta])])
         if len(lengths):
             ax.hist(lengths, bins=np.logspace(0, max(1.0, np.log10(lengths.max()) + 0.1), 30), alpha=0.6,
                     label=f"{name} ({len(lengths):,} docs)")

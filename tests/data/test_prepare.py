@@ -83,7 +83,7 @@ def test_rerun_gives_byte_identical_shards(prepared, corpus_dir, tmp_path):
 def test_the_process_pool_changes_nothing(prepared, corpus_dir, tmp_path):
     out, _ = prepared
     serial = tmp_path / "serial"
-    prepare(config(corpus_dir, serial, num_workers=1))
+    prepare(config(corpus_dir, serial, workers=1))
     assert (serial / "index.json").read_bytes() == (out / "index.json").read_bytes()
 
 

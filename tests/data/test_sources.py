@@ -20,7 +20,7 @@ CODE = '''def greet(name: str) -> str:
 
 def offline_config(source, **kw) -> DataConfig:
     """Every stage on, except decontamination's benchmark loading where a test does not need it."""
-    base = dict(source=str(source), num_workers=1, progress_seconds=0)
+    base = dict(source=str(source), workers=1, progress_seconds=0)
     base.update(kw)
     return DataConfig(**base)
 

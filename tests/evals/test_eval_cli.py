@@ -76,17 +76,21 @@ def test_k_accepts_repeats_and_comma_lists():
 
 def test_every_flag_of_the_brief_parses():
     import argparse
-    from evals.cli import add_eval_parser
+    from codelm.config import resolve_config
+    from evals.cli import EvalConfig, add_eval_parser
     parser = argparse.ArgumentParser(prog="codelm")
     add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "infilling", "run/dir", "--set", "multi-line", "--mode", "mim", "-k", "1",
                               "-k", "10", "--n", "20", "--temperature", "0.8", "--top-p", "0.95",
                               "--max-new-tokens", "128", "--limit", "5", "--seed", "3", "--data-dir", "d",
                               "--workers", "2", "--backend", "docker", "--timeout", "5", "--output", "o"])
-    assert (args.model, args.infilling_set, args.mode, args.k, args.n) == ("run/dir", "multi-line", "mim",
-                                                                            ["1", "10"], 20)
-    args = parser.parse_args(["eval", "mbpp", "--samples", "s.jsonl", "--mbpp-format", "3shot"])
-    assert args.mbpp_format == "3shot" and args.func.__name__ == "run_eval_command"
+    cfg = resolve_config(EvalConfig, args)
+    assert (cfg.model, cfg.infilling_set, cfg.mode, cfg.k, cfg.n) == ("run/dir", "multi-line", "mim", ["1", "10"], 20)
+    assert (cfg.benchmark, cfg.temperature, cfg.workers, cfg.backend, cfg.data_dir) == ("infilling", 0.8, 2,
+                                                                                        "docker", "d")
+    args = parser.parse_args(["eval", "mbpp", "--samples", "s.jsonl", "--mbpp-format", "3shot", "--plus"])
+    cfg = resolve_config(EvalConfig, args)
+    assert cfg.mbpp_format == "3shot" and cfg.plus is True and args.func.__name__ == "run_eval_command"
 
 
 def test_importing_the_cli_stays_light():

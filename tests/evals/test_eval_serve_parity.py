@@ -19,7 +19,7 @@ def long_context_run(tmp_path_factory, small_shards):
 
 @pytest.mark.slow
 def test_endpoint_scores_equal_direct_scores(long_context_run, tmp_path):
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     from evals.cli import main
     from web.app import create_app
 

@@ -31,19 +31,20 @@ def fim_mim_run(tmp_path_factory, small_shards) -> Path:
 
 @pytest.fixture(scope="session")
 def fim_mim_ckpt(fim_mim_run):
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     return load_checkpoint(fim_mim_run)
 
 
 @pytest.fixture(scope="session")
 def l2r_ckpt(trained_run):
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     return load_checkpoint(trained_run)
 
 
 
 @pytest.fixture(scope="session")
 def random_ckpt(tmp_path_factory, tokenizer):
-    from codelm.checkpoint import load_checkpoint, save_checkpoint
+    from codelm.checkpoint import save_checkpoint
+    from codelm.loader import load_checkpoint
     path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "random", random_model(), tokenizer)
     return load_checkpoint(path)

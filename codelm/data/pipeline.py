@@ -1,0 +1,691 @@
+"""`codelm data prepare` on datatrove: the corpus streamed through tasks, never held in memory.
+
+Four datatrove executor runs, each a list of pipeline steps, chained (a run starts when the one before finished):
+
+    filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► candidates on disk
+                       + exact-dedup keys, full MinHash signatures, and datatrove's per-bucket signature files
+    buckets (B tasks)  datatrove's MinhashDedupBuckets: candidate near-duplicate pairs, merged from sorted files
+    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs verified on the full
+                       signature, union-find; which documents each task drops
+    shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize ─►
+                       one token file per split per task
+
+Then this process assembles index.json and one manifest from every task's stats file.
+
+Determinism: every document carries its *order*, its position in the sources (source number, then file number,
+byte offset or row number), whatever task read it. Of each set of (exact or near) duplicates the document first in
+that order stays, so the kept set, the removal counts and the manifest do not depend on the number of tasks;
+examples in the manifest are the first ones in that order. (datatrove's own cluster stage keeps the union-find root,
+which depends on how files were split into tasks; ours does not use it.) Near duplicates: shingles of code-aware
+tokens (words, numbers and each punctuation mark, case kept — datatrove's default normalization lowercases and
+drops punctuation and numbers, wrong for code), candidates from LSH bands, kept as duplicates only when the full
+signatures agree on at least `near_dedup_threshold` of their hashes (the banding alone admits lower pairs).
+
+Resumption: datatrove writes a completion marker per task after its last step; every file a task writes goes to a
+temp name first and is renamed when complete, so a rerun after kill -9 skips finished tasks, redoes the others from
+scratch and produces the same bytes. The working directory (default OUT.work) records the options that shape its
+contents; a working directory made with other options is refused. It is removed after a successful run.
+Disk cost of the working directory: the candidate texts (about the corpus size, uncompressed), 36 + 4·hashes bytes
+per document of keys and signatures, and as much again in datatrove's bucket files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
+from codelm.data.sources import Document as CodeDocument
+from codelm.errors import DataError
+
+log = logging.getLogger("codelm.data")
+
+EXAMPLES = 5             # examples per removal reason in the manifest
+ORDER_SHIFT = 1 << 44    # order = source number * 2^44 + position in that source
+KEY_DTYPE = np.dtype([("key", "S16"), ("order", "<i8"), ("idx", "<u4"), ("bytes", "<i8")])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stats every task writes (merged into the manifest)
+# --------------------------------------------------------------------------------------------------------------
+class StageCounter:
+    """Counts for one stage in one task; examples are (order, id) pairs so that merging can take the first ones in
+    source order, whatever task saw them."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.docs_in = self.docs_out = self.bytes_in = self.bytes_out = 0
+        self.seconds = 0.0
+        self.removed: Counter = Counter()
+        self.examples: dict[str, list] = {}
+
+    def count(self, order: int, doc_id: str, size: int, reason: str | None) -> None:
+        self.docs_in += 1
+        self.bytes_in += size
+        if reason is None:
+            self.docs_out += 1
+            self.bytes_out += size
+            return
+        self.removed[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        heapq.heappush(ex, (-order, doc_id))  # a max-heap of the EXAMPLES smallest orders
+        if len(ex) > EXAMPLES:
+            heapq.heappop(ex)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "docs_in": self.docs_in, "docs_out": self.docs_out, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "seconds": self.seconds, "removed": dict(self.removed),
+                "examples": {r: sorted((-o, i) for o, i in ex) for r, ex in self.examples.items()}}
+
+
+def merge_stage_stats(parts: list[dict]) -> dict:
+    out = {"name": parts[0]["name"], "docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "seconds": 0.0,
+           "removed": Counter(), "examples": {}}
+    for p in parts:
+        for k in ("docs_in", "docs_out", "bytes_in", "bytes_out", "seconds"):
+            out[k] += p[k]
+        out["removed"].update(p["removed"])
+        for reason, ex in p["examples"].items():
+            out["examples"].setdefault(reason, []).extend(map(tuple, ex))
+    out["removed"] = dict(sorted(out["removed"].items()))
+    out["examples"] = {r: [i for _, i in sorted(ex)[:EXAMPLES]] for r, ex in sorted(out["examples"].items())}
+    return out
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the steps (datatrove PipelineSteps; imported lazily so the module loads without datatrove for `--help`)
+# --------------------------------------------------------------------------------------------------------------
+def _steps():
+    from datatrove.data import Document
+    from datatrove.pipeline.base import PipelineStep
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+    class ReadSources(PipelineStep):
+        """This task's share of the sources (see sources.task_documents), with each document's order."""
+        name, type = "sources", "codelm"
+
+        def __init__(self, cfg, work: Path):
+            super().__init__()
+            self.cfg, self.work = cfg, work
+
+        def run(self, data=None, rank: int = 0, world_size: int = 1):
+            from codelm.data.sources import task_documents
+            rejects: list = []
+            counter = StageCounter("read")
+            t0 = time.perf_counter()
+            for order, doc in task_documents(self.cfg, rank, world_size, rejects):
+                size = len(doc.text.encode("utf-8"))
+                counter.count(order, doc.id, size, None)
+                yield Document(text=doc.text, id=doc.id, metadata={"order": order, "n_bytes": size,
+                                                                   "source": doc.source})
+            counter.seconds = time.perf_counter() - t0
+            _atomic_json(self.work / "stats" / "read" / f"{rank:05d}.json",
+                         {"read": counter.to_json(), "rejects": rejects})
+
+    class CodeStage(PipelineStep):
+        """One of our per-document stages (size, quality, edu score, decontaminate), with its decisions, a
+        per-document time budget and its counts."""
+        type = "codelm"
+
+        def __init__(self, make_stage, stage_name: str, work: Path, phase: str, doc_seconds: float,
+                     progress_seconds: float):
+            super().__init__()
+            self.make_stage, self.name, self.work, self.phase = make_stage, stage_name, work, phase
+            self.doc_seconds, self.progress_seconds = doc_seconds, progress_seconds
+
+        def run(self, data, rank: int = 0, world_size: int = 1):
+            from codelm.data.progress import Progress
+            stage = self.make_stage()
+            counter = StageCounter(stage.name)
+            progress = Progress(f"{stage.name} [task {rank}]", 0, 0, self.progress_seconds)
+            dropped = []
+            for doc in data:
+                t0 = time.perf_counter()
+                code_doc = CodeDocument(doc.id, doc.text, doc.metadata.get("source", ""), doc.metadata)
+                try:
+                    with time_budget(self.doc_seconds):
+                        reason = (stage.decide(code_doc, stage.analyze(code_doc)) if hasattr(stage, "analyze")
+                                  else stage.keep(code_doc))
+                except DocumentTimeout:
+                    log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
+                    reason = f"{TIMED_OUT_REASON} ({stage.name})"
+                counter.seconds += time.perf_counter() - t0
+                counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
+                if reason and getattr(stage, "dropped", None) and stage.dropped[-1]["id"] == doc.id:
+                    dropped.append((doc.metadata["order"], stage.dropped[-1]))
+                progress.update(doc.metadata["n_bytes"])
+                if reason is None:
+                    yield doc
+            extra = {}
+            if hasattr(stage, "scores"):
+                extra["scores"] = stage.scores
+            if hasattr(stage, "dropped"):
+                extra["dropped"] = sorted(dropped, key=lambda x: x[0])[:1000]
+            _atomic_json(self.work / "stats" / self.phase / stage.name / f"{rank:05d}.json",
+                         {"stage": counter.to_json(), **extra})
+
+    class WriteCandidates(PipelineStep):
+        """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted) and
+        full MinHash signatures; each file renamed into place when complete."""
+        name, type = "candidates", "codelm"
+
+        def __init__(self, work: Path, signer):
+            super().__init__()
+            self.work, self.signer = work, signer
+
+        def run(self, data, rank: int = 0, world_size: int = 1):
+            from codelm.data.dedup import exact_key
+            folder = self.work / "candidates"
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp_docs = folder / f".{rank:05d}.jsonl.tmp-{os.getpid()}"
+            tmp_sigs = folder / f".{rank:05d}.sigs.tmp-{os.getpid()}"
+            keys = []
+            with open(tmp_docs, "w", encoding="utf-8") as fd, open(tmp_sigs, "wb") as fs:
+                for idx, doc in enumerate(data):
+                    order = doc.metadata["order"]
+                    fd.write(json.dumps({"id": doc.id, "text": doc.text, "order": order,
+                                         "source": doc.metadata.get("source", ""),
+                                         "edu_score": doc.metadata.get("edu_score")}) + "\n")
+                    keys.append((exact_key(doc.text)[:16], order, idx, doc.metadata["n_bytes"]))
+                    sig = self.signer.full_signature(doc.text)
+                    fs.write(sig.tobytes())
+                    yield doc
+            arr = np.array(keys, dtype=KEY_DTYPE)
+            arr.sort(order=["key", "order"])
+            tmp_keys = folder / f".{rank:05d}.keys.npy.tmp-{os.getpid()}"
+            with open(tmp_keys, "wb") as fk:
+                np.save(fk, arr)
+            tmp_keys.replace(folder / f"{rank:05d}.keys.npy")
+            tmp_sigs.replace(folder / f"{rank:05d}.sigs")
+            tmp_docs.replace(folder / f"{rank:05d}.jsonl")
+
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class CodeWordTokenizer(WordTokenizer):
+        """Words and numbers whole, each punctuation mark its own token, case kept (datatrove's default word
+        tokenizers need spaCy/NLTK data and are made for prose)."""
+
+        def word_tokenize(self, text: str) -> list[str]:
+            return _code_tokens(text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return text.splitlines()
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            import re
+            return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+
+    class CodeMinhashSignature(MinhashDedupSignature):
+        """datatrove's signature stage with code-aware shingles: words, numbers and every punctuation mark are
+        tokens, case kept (its default simplify_text lowercases and drops punctuation and numbers)."""
+        name = "code minhash signatures"
+
+        def __init__(self, output_folder, config):
+            super().__init__(output_folder=output_folder, config=config, language=CodeWordTokenizer())
+
+        def get_shingles(self, text: str) -> np.ndarray:
+            if text is not getattr(self, "_last_text", None):  # the candidates writer just computed them
+                self._last_text, self._last = text, code_shingles(text, self.config.n_grams, self._hash_func)
+            return self._last
+
+        def full_signature(self, text: str) -> np.ndarray:
+            shingles = self.get_shingles(text)
+            if shingles.size == 0:
+                return np.full(self.num_hashes, self.config.hash_config.max, dtype=np.uint64).astype(
+                    self.config.hash_config.np_dtype)
+            return np.concatenate([np.asarray(b, dtype=self.config.hash_config.np_dtype)
+                                   for b in self.get_signature(shingles)])
+
+    class Cluster(PipelineStep):
+        """Exact and near duplicates across all tasks; writes, per filter task, which candidates to drop."""
+        name, type = "cluster", "codelm"
+
+        def __init__(self, work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool):
+            super().__init__()
+            self.work, self.n_tasks, self.config = work, n_tasks, config
+            self.threshold, self.exact, self.near = threshold, exact, near
+
+        def run(self, data=None, rank: int = 0, world_size: int = 1):
+            cluster(self.work, self.n_tasks, self.config, self.threshold, self.exact, self.near)
+            return iter(())
+
+    class ReadCandidates(PipelineStep):
+        """The candidates of filter task `rank`, minus the duplicates the cluster step chose to drop."""
+        name, type = "candidates reader", "codelm"
+
+        def __init__(self, work: Path):
+            super().__init__()
+            self.work = work
+
+        def run(self, data=None, rank: int = 0, world_size: int = 1):
+            drop_file = self.work / "cluster" / f"{rank:05d}.drop.npy"
+            drop = set(np.load(drop_file).tolist()) if drop_file.is_file() else set()
+            with open(self.work / "candidates" / f"{rank:05d}.jsonl", encoding="utf-8") as f:
+                for idx, line in enumerate(f):
+                    if idx in drop:
+                        continue
+                    row = json.loads(line)
+                    meta = {"order": row["order"], "n_bytes": len(row["text"].encode("utf-8")),
+                            "source": row["source"]}
+                    if row.get("edu_score") is not None:
+                        meta["edu_score"] = row["edu_score"]
+                    yield Document(text=row["text"], id=row["id"], metadata=meta)
+
+    class TokenizeSplit(PipelineStep):
+        """Validation split by content hash, tokenization, one token file per split for this task (streamed to
+        disk as documents arrive)."""
+        name, type = "tokenize", "codelm"
+
+        def __init__(self, work: Path, tokenizer_name: str, val_fraction: float, single: bool):
+            super().__init__()
+            self.work, self.tokenizer_name, self.val_fraction, self.single = work, tokenizer_name, val_fraction, single
+
+        def run(self, data, rank: int = 0, world_size: int = 1):
+            from codelm.data.prepare import is_validation
+            from codelm.data.shards import token_dtype
+            from codelm.tokenizer import get_tokenizer
+            tok = get_tokenizer(self.tokenizer_name)
+            dtype = token_dtype(tok.n_vocab)
+            folder = self.work / "tokens"
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {}
+            for name in ("train", "val"):
+                stem = name if self.single else f"{name}-{rank:05d}"
+                tmp = folder / f".{stem}.bin.tmp-{os.getpid()}"
+                state[name] = {"stem": stem, "tmp": tmp, "fh": open(tmp, "wb"), "offsets": [0], "bytes": 0,
+                               "ids": []}
+            log_lengths = []
+            t0 = time.perf_counter()
+            batch: list = []
+
+            def flush():
+                for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch], num_threads=1)):
+                    s = state["val" if is_validation(doc, self.val_fraction) else "train"]
+                    np.asarray(ids + [tok.eot_id], dtype=dtype).tofile(s["fh"])
+                    s["offsets"].append(s["offsets"][-1] + len(ids) + 1)
+                    s["bytes"] += doc.metadata["n_bytes"]
+                    s["ids"].append((doc.metadata["order"], doc.id))
+                    log_lengths.append(float(np.log10(max(1, len(ids)))))
+                batch.clear()
+
+            for doc in data:
+                batch.append(doc)
+                if len(batch) >= 64:
+                    flush()
+                yield doc
+            flush()
+            entries = {}
+            for name, s in state.items():
+                s["fh"].flush()
+                os.fsync(s["fh"].fileno())
+                s["fh"].close()
+                offsets = np.asarray(s["offsets"], dtype=np.int64)
+                tmp_docs = folder / f".{s['stem']}.docs.npy.tmp-{os.getpid()}"
+                with open(tmp_docs, "wb") as fh:
+                    np.save(fh, offsets)
+                tmp_docs.replace(folder / f"{s['stem']}.docs.npy")
+                s["tmp"].replace(folder / f"{s['stem']}.bin")
+                entries[name] = {"file": f"{s['stem']}.bin", "docs_file": f"{s['stem']}.docs.npy",
+                                 "n_tokens": int(offsets[-1]), "n_docs": len(offsets) - 1, "n_bytes": s["bytes"],
+                                 "ids": sorted(s["ids"])[:1000]}
+            counts, _ = np.histogram(np.asarray(log_lengths, dtype=float), bins=24, range=(0, 6))
+            _atomic_json(self.work / "stats" / "tokenize" / f"{rank:05d}.json",
+                         {"files": entries, "doc_tokens": counts.tolist(), "seconds": time.perf_counter() - t0})
+
+    return dict(ReadSources=ReadSources, CodeStage=CodeStage, WriteCandidates=WriteCandidates,
+                CodeMinhashSignature=CodeMinhashSignature, Cluster=Cluster, ReadCandidates=ReadCandidates,
+                TokenizeSplit=TokenizeSplit)
+
+
+CODE_TOKEN = None
+
+
+def _code_tokens(text: str) -> list[str]:
+    global CODE_TOKEN
+    if CODE_TOKEN is None:
+        import re
+        CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+    return CODE_TOKEN.findall(text)
+
+
+def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
+    """Hashed n-grams of code-aware tokens (words and numbers whole, each punctuation mark its own token, case
+    kept); a document shorter than n tokens is one shingle. Shape (k, 1), as datatrove's signature stage wants."""
+    tokens = _code_tokens(text)
+    if not tokens:
+        return np.zeros((0, 1), dtype=np.uint64)
+    grams = [" ".join(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))]
+    return np.fromiter((hash_func(g.encode("utf-8", "surrogatepass")) for g in set(grams)),
+                       dtype=np.uint64).reshape((-1, 1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the cluster step: exact and near duplicates across tasks
+# --------------------------------------------------------------------------------------------------------------
+def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool) -> None:
+    folder = work / "candidates"
+    _ID_CACHE.clear()
+    keys = [np.load(folder / f"{r:05d}.keys.npy", mmap_mode="r") for r in range(n_tasks)]
+    drop: dict[int, dict[int, str]] = {r: {} for r in range(n_tasks)}  # rank -> {idx: reason}
+    exact_stats, near_stats = StageCounter("exact_dedup"), StageCounter("near_dedup")
+    info = {}  # (rank, idx) -> (order, bytes): for the documents the decisions touch
+    # exact: every task's keys are sorted by (key, order); a k-way merge meets each key's copies together, first
+    # the one first in source order
+    if exact:
+        def stream(r, arr):
+            for k in arr:
+                yield bytes(k["key"]), int(k["order"]), r, int(k["idx"])
+        streams = [stream(r, arr) for r, arr in enumerate(keys)]
+        last = None
+        for key, order, r, idx in heapq.merge(*streams):
+            if key == last:
+                drop[r][idx] = "duplicate"
+            last = key
+    # near: candidate pairs from datatrove's bucket files, verified on the full signatures
+    parent: dict[tuple[int, int], tuple[int, int]] = {}
+    if near:
+        sigs = [np.memmap(folder / f"{r:05d}.sigs", dtype=config.hash_config.np_dtype, mode="r").reshape(
+            -1, config.num_buckets * config.hashes_per_bucket) if len(keys[r]) else None for r in range(n_tasks)]
+        order_of = [dict() for _ in range(n_tasks)]
+        for r, arr in enumerate(keys):
+            for k in arr:
+                order_of[r][int(k["idx"])] = int(k["order"])
+
+        def find(x):
+            root = x
+            while parent.get(root, root) != root:
+                root = parent[root]
+            while parent.get(x, x) != root:  # path compression
+                parent[x], x = root, parent[x]
+            return root
+
+        for dup_file in sorted((work / "minhash" / "buckets").glob("*.dups")):
+            raw = np.fromfile(dup_file, dtype="<u4").reshape(-1, 4)
+            for f1, d1, f2, d2 in raw.tolist():
+                a, b = (f1, d1), (f2, d2)
+                if np.mean(sigs[f1][d1] == sigs[f2][d2]) < threshold:
+                    continue
+                ra, rb = find(a), find(b)
+                if ra != rb:  # the root is the member first in source order: independent of the task split
+                    if (order_of[rb[0]][rb[1]], rb) < (order_of[ra[0]][ra[1]], ra):
+                        ra, rb = rb, ra
+                    parent[rb] = ra
+        for node in sorted(parent):
+            root = find(node)
+            if node != root and node[1] not in drop[node[0]]:
+                drop[node[0]][node[1]] = "near duplicate"
+    for r, arr in enumerate(keys):
+        for k in arr:
+            idx, order, size = int(k["idx"]), int(k["order"]), int(k["bytes"])
+            reason = drop[r].get(idx)
+            exact_stats.count(order, _doc_id(work, r, idx) if reason == "duplicate" else "", size,
+                              "duplicate" if reason == "duplicate" else None)
+            if reason != "duplicate":
+                near_stats.count(order, _doc_id(work, r, idx) if reason else "", size, reason)
+    out = work / "cluster"
+    out.mkdir(parents=True, exist_ok=True)
+    for r in range(n_tasks):
+        tmp = out / f".{r:05d}.drop.npy.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.array(sorted(drop[r]), dtype=np.int64))
+        tmp.replace(out / f"{r:05d}.drop.npy")
+    stages = ([exact_stats.to_json()] if exact else []) + ([near_stats.to_json()] if near else [])
+    _atomic_json(work / "stats" / "cluster.json", {"stages": stages})
+
+
+_ID_CACHE: dict = {}
+
+
+def _doc_id(work: Path, rank: int, idx: int) -> str:
+    """The id of candidate `idx` of task `rank` (read from its JSONL; only for removed documents)."""
+    lines = _ID_CACHE.get((str(work), rank))
+    if lines is None:
+        offsets, pos = [], 0
+        with open(work / "candidates" / f"{rank:05d}.jsonl", "rb") as f:
+            for line in f:
+                offsets.append(pos)
+                pos += len(line)
+        lines = _ID_CACHE[(str(work), rank)] = offsets
+    with open(work / "candidates" / f"{rank:05d}.jsonl", "rb") as f:
+        f.seek(lines[idx])
+        return json.loads(f.readline())["id"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# running it
+# --------------------------------------------------------------------------------------------------------------
+def _quiet_datatrove() -> None:
+    """datatrove logs every task's INFO lines to stderr; keep its per-task log files, show warnings only."""
+    import sys
+
+    import datatrove.executor.base as base
+    from datatrove.utils.logging import logger
+    if getattr(base.add_task_logger, "_codelm", False):
+        return
+    logger.remove()  # this process: the executors' summaries are INFO/SUCCESS lines
+    logger.add(sys.stderr, level="WARNING")
+
+    def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+        logger.remove()
+        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+        logger.add(logfile, level="DEBUG")
+        logger.add(sys.stderr, level="WARNING")
+        return logfile
+
+    def close_task_logger(logfile):
+        logger.complete()
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+        logfile.close()
+    add_task_logger._codelm = True
+    base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
+
+
+def minhash_config(cfg):
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.utils.hashing import HashConfig
+    return MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1,
+                         hash_config=HashConfig(precision=32, hash_fc="xxhash"))
+
+
+def work_dir(cfg) -> Path:
+    return Path(cfg.work_dir) if cfg.work_dir else Path(cfg.out).with_name(Path(cfg.out).name + ".work")
+
+
+def check_work_dir(cfg, work: Path, fingerprint: dict) -> None:
+    """A working directory made with other options is refused (its finished tasks would be wrong for these)."""
+    marker = work / "options.json"
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != fingerprint:
+            changed = sorted(k for k in set(fingerprint) | set(old or {}) if (old or {}).get(k) != fingerprint.get(k))
+            raise DataError(f"{work}: working directory of a run with other options ({', '.join(changed[:5])}); "
+                            f"delete it, or pass another --work-dir")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        _atomic_json(marker, fingerprint)
+
+
+def build_executors(cfg, work: Path, stages_before_dedup: list, decontam: bool):
+    """The four executors (filter, buckets, cluster, shards) for cfg.executor."""
+    S = _steps()
+    mh = minhash_config(cfg)
+    signer = S["CodeMinhashSignature"](output_folder=str(work / "minhash" / "sigs"), config=mh)
+    common = dict(work=work, doc_seconds=cfg.doc_seconds, progress_seconds=cfg.progress_seconds)
+    filter_steps = [S["ReadSources"](cfg, work)]
+    for make, name in stages_before_dedup:
+        filter_steps.append(S["CodeStage"](make, name, phase="filter", **common))
+    filter_steps.append(S["WriteCandidates"](work, signer))
+    filter_steps.append(signer)
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
+    bucket_steps = [MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
+                                        output_folder=str(work / "minhash" / "buckets"), config=mh)]
+    cluster_steps = [S["Cluster"](work, cfg.tasks, mh, cfg.near_dedup_threshold, cfg.exact_dedup, cfg.near_dedup)]
+    shard_steps = [S["ReadCandidates"](work)]
+    if decontam:
+        shard_steps.append(S["CodeStage"](_load_decontaminator(work), "decontaminate", phase="shards", **common))
+    shard_steps.append(S["TokenizeSplit"](work, cfg.tokenizer, cfg.val_fraction, cfg.tasks == 1))
+    runs = [("filter", filter_steps, cfg.tasks), ("buckets", bucket_steps, mh.num_buckets),
+            ("cluster", cluster_steps, 1), ("shards", shard_steps, cfg.tasks)]
+    return runs
+
+
+class _load_decontaminator:
+    """Loads the index built once per run (pickled in the working directory), in whichever process runs a task."""
+
+    def __init__(self, work: Path):
+        self.work = work
+
+    def __call__(self):
+        import pickle
+        with open(self.work / "decontaminate.pkl", "rb") as f:
+            return pickle.load(f)
+
+
+def _stage_factory(stage):
+    return lambda: stage
+
+
+def run(cfg) -> dict:
+    """Run the whole pipeline for `cfg` and assemble the shard directory; returns its index."""
+    from codelm.data.prepare import RUNTIME_ONLY, decontaminator, filter_stages
+    from codelm.tokenizer import get_tokenizer
+    _quiet_datatrove()
+    tokenizer = get_tokenizer(cfg.tokenizer)  # fail early on a bad name
+    t_start = time.perf_counter()
+    work = work_dir(cfg)
+    config = {k: v for k, v in vars(cfg).items() if k not in RUNTIME_ONLY}
+    check_work_dir(cfg, work, {"config": config, "tasks": cfg.tasks})
+    stages = filter_stages(cfg)
+    if cfg.decontaminate:
+        pkl = work / "decontaminate.pkl"
+        if not pkl.is_file():  # built once per run, loaded by every task
+            import pickle
+            decontam = decontaminator(cfg)
+            tmp = pkl.with_name(f".{pkl.name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                pickle.dump(decontam, f)
+            tmp.replace(pkl)
+    runs = build_executors(cfg, work, [(_stage_factory(s), s.name) for s in stages], cfg.decontaminate)
+    timings = {}
+    for name, steps, tasks in runs:
+        t0 = time.perf_counter()
+        execute(cfg, name, steps, tasks, work)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        log.info("%s: %d task(s) done in %.1fs", name, tasks, timings[name])
+    manifest, files, stage_timings = assemble_manifest(cfg, work, config, [s.name for s in stages])
+    timings = {"runs": timings, **stage_timings, "total_seconds": round(time.perf_counter() - t_start, 3)}
+    from codelm.data.shards import assemble_shards
+    out = assemble_shards(cfg.out, files, tokenizer, manifest, timings=timings)
+    if not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return json.loads((Path(out) / "index.json").read_text())
+
+
+def execute(cfg, name: str, steps: list, tasks: int, work: Path) -> None:
+    logging_dir = str(work / "logs" / name)
+    if cfg.executor == "local":
+        from datatrove.executor import LocalPipelineExecutor
+        workers = max(1, min(cfg.workers or os.cpu_count() or 1, tasks))
+        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir,
+                              start_method="fork").run()
+    elif cfg.executor == "ray":
+        from codelm.data.executors import run_ray
+        run_ray(cfg, steps, tasks, logging_dir)
+    else:
+        raise DataError(f"executor {cfg.executor!r}: expected local, slurm or ray")
+    missing = [r for r in range(tasks) if not (Path(logging_dir) / "completions" / f"{r:05d}").is_file()]
+    if missing:
+        raise DataError(f"{name}: task(s) {', '.join(map(str, missing[:10]))} did not finish (logs in "
+                        f"{logging_dir}/logs); run the same command again to resume")
+
+
+def _read_all(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def assemble_manifest(cfg, work: Path, config: dict, filter_names: list[str]):
+    """One manifest from every task's stats: the same for the same inputs and options, whatever the task count."""
+    from codelm.data.prepare import histogram
+    stats = work / "stats"
+    reads = _read_all(stats / "read")
+    rejects = sorted((tuple(r) for p in reads for r in p["rejects"]))
+    read = merge_stage_stats([p["read"] for p in reads])
+    if read["docs_in"] == 0:
+        raise DataError(f"source {cfg.source!r}: no documents found" + (
+            f" ({len(rejects)} skipped, e.g. {rejects[0][0]}: {rejects[0][1]})" if rejects else ""))
+    stage_list, timings, extra = [], [], {}
+    for name in filter_names:
+        parts = _read_all(stats / "filter" / name)
+        stage_list.append(merge_stage_stats([p["stage"] for p in parts]))
+        if name == "edu_score":
+            scores = [s for p in parts for s in p.get("scores", [])]
+            extra["edu_scores"] = {"threshold": cfg.edu_threshold, "scorer": cfg.edu_scorer,
+                                   "histogram": histogram(scores, 0.0, 1.0, 20)}
+    stage_list += [merge_stage_stats([s]) for s in json.loads((stats / "cluster.json").read_text())["stages"]]
+    if cfg.decontaminate:
+        parts = _read_all(stats / "shards" / "decontaminate")
+        stage_list.append(merge_stage_stats([p["stage"] for p in parts]))
+        import pickle
+        with open(work / "decontaminate.pkl", "rb") as f:
+            description = pickle.load(f).describe()
+        description["dropped"] = [row for _, row in sorted((tuple(x) for p in parts for x in p["dropped"]),
+                                                           key=lambda x: x[0])][:1000]
+        extra["decontamination"] = description
+    for s in stage_list:
+        timings.append({"name": s["name"], "seconds": round(s["seconds"], 3),
+                        "mb_per_s": round(s["bytes_in"] / 1e6 / max(s["seconds"], 1e-9), 2)})
+        del s["seconds"]
+    kept = stage_list[-1]["docs_out"] if stage_list else read["docs_out"]
+    if not kept:
+        raise DataError(f"source {cfg.source!r}: no usable documents remain after filtering ("
+                        + ", ".join(f"{s['name']}: -{s['docs_in'] - s['docs_out']}" for s in stage_list) + ")")
+    tok = [json.loads((stats / "tokenize" / f"{r:05d}.json").read_text()) for r in range(cfg.tasks)]
+    files = {name: [(work / "tokens", {k: v for k, v in t["files"][name].items() if k != "ids"}) for t in tok]
+             for name in ("train", "val")}
+    n_docs = {name: sum(e["n_docs"] for _, e in files[name]) for name in files}
+    if not n_docs["train"]:
+        raise DataError(f"source {cfg.source!r}: too few documents to make a training split")
+    from codelm.data.prepare import _reason_kind
+    manifest = {
+        "source": cfg.source,
+        "config": config,
+        "unreadable": {"count": len(rejects), "examples": [list(r) for r in rejects[:20]],
+                       "reasons": dict(sorted(Counter(_reason_kind(why) for _, why in rejects).items()))},
+        "input": {"docs": read["docs_in"], "bytes": read["bytes_in"]},
+        "stages": stage_list,
+        "decontaminated": bool(cfg.decontaminate),
+        **extra,
+        "tokenization": {"tokens": {n: sum(e["n_tokens"] for _, e in files[n]) for n in files},
+                         "bytes": {n: sum(e["n_bytes"] for _, e in files[n]) for n in files}},
+        "documents": n_docs,
+        "doc_tokens": {"edges": [round(float(e), 4) for e in np.linspace(0, 6, 25)],
+                       "counts": np.sum([t["doc_tokens"] for t in tok], axis=0).astype(int).tolist()},
+        "val_dedup": "exact+near dedup over the whole corpus before the split" if cfg.near_dedup else (
+            "exact dedup before the split" if cfg.exact_dedup else "none"),
+        "val_ids": [i for _, i in sorted(tuple(x) for t in tok for x in t["files"]["val"]["ids"])][:1000],
+    }
+    read_t = {"name": "read", "seconds": round(read["seconds"], 3),
+              "mb_per_s": round(read["bytes_in"] / 1e6 / max(read["seconds"], 1e-9), 2)}
+    return manifest, {n: [f for f in files[n] if f[1]["n_docs"] or len(files[n]) == 1] or files[n][:1]
+                      for n in files}, {"read": read_t, "stages": timings}
