@@ -1,5 +1,5 @@
-# Multi-stage build. Stages, in order: `sandbox` (runs untrusted generated programs), then the workbench (the default
-# target, so it must stay the last stage).
+# Multi-stage build. Stages, in order: `sandbox` (runs untrusted generated programs), `sandbox-lang` (the same with
+# the C++/Java/JavaScript/Go/Rust toolchains), then the workbench (the default target, so it must stay the last stage).
 ARG BASE_IMAGE=python:3.11-slim
 
 # --- sandbox stage ---
@@ -13,6 +13,17 @@ RUN mkdir -p /work && chmod 1777 /work
 ENV PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 WORKDIR /work
 CMD ["sleep", "infinity"]
+
+# --- sandbox-lang stage ---
+# The sandbox image plus the toolchains of sandbox/toolchains.py (C++, Java, JavaScript, Go, Rust; ~1 GB), all from
+# Debian's archive: no registry is needed (the same packages as .ci/lang_setup.sh). Build it with
+#   docker build --network host --target sandbox-lang -t codelm-sandbox-lang:latest .
+# NOTE: the docker backend still runs Python programs only; compiled languages run on the local backend for now.
+FROM sandbox AS sandbox-lang
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        g++ libc6-dev libssl-dev libboost-dev default-jdk-headless nodejs golang-go rustc cargo \
+        librust-rand-dev librust-regex-dev librust-md5-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 # --- workbench stage (added by the serving work) ---
 # The default target (the last stage): the infill API and the playground on port 8000. From the repository root:

@@ -1,7 +1,10 @@
 """Data pipeline throughput: MB/s per stage on the default corpus (the standard library), with references measured
-in the same run, the whole default `codelm data prepare` wall time, and what each stage removed.
+in the same run; the whole `codelm data prepare` — the streaming datatrove pipeline with 1 and 2 tasks against the
+earlier in-memory pipeline (kept as `prepare_in_memory`), alternating in the same run — with end-to-end MB/s,
+per-stage MB/s, documents kept per stage and the peak resident memory of the process tree; and peak memory on a
+quarter of a corpus against all of it.
 
-    python benchmarks/bench_data.py [--workers 2] [--skip-prepare]
+    python benchmarks/bench_data.py [--sources stdlib,site-packages] [--rounds 2] [--memory site-packages]
 
 Per stage, every document of the corpus goes through the stage alone in this process (CPU seconds and wall seconds,
 so a shared machine's noise shows as wall >> CPU). References, same documents, same run:
@@ -101,46 +104,126 @@ def bench_stages() -> list[dict]:
     return rows
 
 
-def bench_prepare(workers: int) -> dict:
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (from /proc: no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            rss[int(entry.name)] = int(fields[21]) * 4096
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack += children.get(p, [])
+    return total
+
+
+def run_measured(code: str) -> tuple[float, int, dict]:
+    """Run `code` in a fresh interpreter; (wall seconds, peak resident bytes of its process tree, its JSON result)."""
+    import subprocess
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.05)
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise SystemExit(f"benchmark run failed ({proc.returncode}): {code}")
+    return time.perf_counter() - t0, peak, json.loads(out.strip().splitlines()[-1])
+
+
+def bench_prepare(source: str, mode: str, tasks: int, workers: int) -> dict:
+    """One whole `codelm data prepare` of `source`: mode 'streaming' (datatrove, --tasks) or 'in-memory' (the
+    earlier pipeline, kept as prepare_in_memory)."""
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        index = P.prepare(P.DataConfig(out=str(Path(tmp) / "stdlib"), num_workers=workers, progress_seconds=0))
-        wall = time.perf_counter() - t0
-        timings = json.loads((Path(tmp) / "stdlib" / "timings.json").read_text())
-    m = index["manifest"]
-    return {"workers": workers, "wall_s": round(wall, 1), "timings": timings,
-            "removed": {s["name"]: s["removed"] for s in m["stages"]},
-            "docs_in": m["input"]["docs"], "MB_in": round(m["input"]["bytes"] / 1e6, 2),
-            "docs_out": m["documents"], "tokens": m["tokenization"]["tokens"],
-            "MB_out": round(sum(m["tokenization"]["bytes"].values()) / 1e6, 2)}
+        out = str(Path(tmp) / "shards")
+        fn = "prepare" if mode == "streaming" else "prepare_in_memory"
+        code = (f"import json; from codelm.data import prepare as P; "
+                f"i = P.{fn}(P.DataConfig(source={source!r}, out={out!r}, tasks={tasks}, workers={workers}, "
+                f"progress_seconds=0)); print(json.dumps(i['manifest']))")
+        wall, peak, m = run_measured(code)
+        timings = json.loads((Path(out) / "timings.json").read_text())
+    return {"mode": mode, "tasks": tasks, "workers": workers, "wall_s": round(wall, 1),
+            "peak_rss_mb": round(peak / 2**20), "MB_in": round(m["input"]["bytes"] / 1e6, 2),
+            "MB_per_s": round(m["input"]["bytes"] / 1e6 / wall, 3), "docs_in": m["input"]["docs"],
+            "kept": {s["name"]: s["docs_out"] for s in m["stages"]}, "docs_out": m["documents"],
+            "stage_mb_per_s": {t["name"]: t["mb_per_s"] for t in timings["stages"]}}
+
+
+def quarter_corpus(source: str, tmp: Path) -> str:
+    """Every fourth file of a directory-like source, copied into tmp (the 1x corpus of the memory comparison)."""
+    import shutil
+
+    from codelm.data.sources import _source_files
+    for i, (root, file, prefix, _) in enumerate(_source_files(source, (".py",))):
+        if i % 4 == 0:
+            target = tmp / (prefix + str(file.relative_to(root)))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+    return str(tmp)
+
+
+def print_run(label: str, r: dict) -> None:
+    print(f"{label:34s} {r['wall_s']:>7.1f}s {r['MB_per_s']:>7.3f} MB/s  peak RSS {r['peak_rss_mb']:>5} MB  "
+          f"kept {r['kept']}  per-stage MB/s {r['stage_mb_per_s']}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", default="2,1", help="worker counts for the whole-pipeline run (comma-separated)")
+    ap.add_argument("--sources", default="stdlib", help="corpora for the whole-pipeline runs (comma-separated; "
+                                                        "'site-packages' is ~250 MB here)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of in-memory / streaming runs")
+    ap.add_argument("--memory", default="", help="a directory-like source: compare peak memory on a quarter of it "
+                                                 "(1x) and all of it (4x), streaming")
+    ap.add_argument("--skip-stages", action="store_true", help="no per-stage references")
     ap.add_argument("--skip-prepare", action="store_true", help="only the per-stage numbers")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows = bench_stages()
-    print(f"{'stage':22s} {'MB':>6s} {'cpu s':>6s} {'wall s':>7s} {'MB/cpu-s':>9s}  reference (cpu s, ours/ref)")
-    for r in rows:
-        ref = f"{r['reference']} ({r['ref_cpu_s']}s, x{r['ours_over_ref']})" if "reference" in r else ""
-        print(f"{r['stage']:22s} {r['MB']:>6.2f} {r['cpu_s']:>6.2f} {r['wall_s']:>7.2f} {r['MB_per_cpu_s']:>9.2f}  "
-              f"{ref}")
-    decon = next(r for r in rows if r["stage"] == "decontaminate")
-    print(f"decontamination on the benign stdlib: {decon['stdlib_flagged']} of {len(list(stdlib_documents()))} "
-          f"flagged ({decon['stdlib_false_positive_rate']:.2%}) {decon['flagged_ids']}")
-    results = {"stages": rows, "prepare": []}
+    results = {"stages": [], "prepare": [], "memory": {}}
+    if not args.skip_stages:
+        rows = results["stages"] = bench_stages()
+        print(f"{'stage':22s} {'MB':>6s} {'cpu s':>6s} {'wall s':>7s} {'MB/cpu-s':>9s}  reference (cpu s, ours/ref)")
+        for r in rows:
+            ref = f"{r['reference']} ({r['ref_cpu_s']}s, x{r['ours_over_ref']})" if "reference" in r else ""
+            print(f"{r['stage']:22s} {r['MB']:>6.2f} {r['cpu_s']:>6.2f} {r['wall_s']:>7.2f} {r['MB_per_cpu_s']:>9.2f}  "
+                  f"{ref}")
+        decon = next(r for r in rows if r["stage"] == "decontaminate")
+        print(f"decontamination on the benign stdlib: {decon['stdlib_flagged']} of {len(list(stdlib_documents()))} "
+              f"flagged ({decon['stdlib_false_positive_rate']:.2%}) {decon['flagged_ids']}")
     if not args.skip_prepare:
-        for w in (int(x) for x in args.workers.split(",")):
-            p = bench_prepare(w)
-            results["prepare"].append(p)
-            print(f"default `codelm data prepare` with {w} worker(s): {p['wall_s']}s wall, {p['docs_in']} docs "
-                  f"{p['MB_in']} MB in -> {p['docs_out']} docs {p['MB_out']} MB, tokens {p['tokens']}")
-            print(f"  removed: {json.dumps(p['removed'])}")
-            print(f"  per stage (wall): " + ", ".join(f"{s['name']} {s['seconds']}s ({s['mb_per_s']} MB/s)"
-                                                        for s in p["timings"]["stages"])
-                  + f", tokenize {p['timings']['tokenize']['seconds']}s")
+        for source in args.sources.split(","):
+            runs = {"in-memory": [], "streaming 1 task": [], "streaming 2 tasks": []}
+            for _ in range(args.rounds):  # alternating, so load on a shared machine hits all alike
+                runs["in-memory"].append(bench_prepare(source, "in-memory", 1, 2))
+                runs["streaming 1 task"].append(bench_prepare(source, "streaming", 1, 1))
+                runs["streaming 2 tasks"].append(bench_prepare(source, "streaming", 2, 2))
+            print(f"whole pipeline on {source} (wall, end-to-end MB/s, peak RSS of the process tree):")
+            best = {}
+            for label, rs in runs.items():
+                best[label] = min(rs, key=lambda r: r["wall_s"])
+                print_run(f"  {label}", best[label])
+                results["prepare"].append({"source": source, "label": label, **best[label]})
+            print(f"  streaming 2 tasks / in-memory throughput: "
+                  f"{best['streaming 2 tasks']['MB_per_s'] / best['in-memory']['MB_per_s']:.2f}x; "
+                  f"2 tasks / 1 task: {best['streaming 2 tasks']['MB_per_s'] / best['streaming 1 task']['MB_per_s']:.2f}x")
+    if args.memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            quarter = quarter_corpus(args.memory, Path(tmp))
+            one = bench_prepare(quarter, "streaming", 2, 2)
+            four = bench_prepare(args.memory, "streaming", 2, 2)
+        print_run(f"memory 1x ({one['MB_in']} MB)", one)
+        print_run(f"memory 4x ({four['MB_in']} MB)", four)
+        print(f"  peak RSS 4x / 1x: {four['peak_rss_mb'] / max(1, one['peak_rss_mb']):.2f} (goal <= 1.25)")
+        results["memory"] = {"1x": one, "4x": four}
     print(json.dumps(results))
 
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from codelm import benchdata
 from codelm.generate import SamplingParams
 from codelm.infill import infill
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval-infilling" / \
-    "HumanEval-SingleLineInfilling.jsonl.gz"
+DATA = benchdata.find("humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz")[0]  # packaged with codelm
 
 
 def normalize(code: str) -> str:

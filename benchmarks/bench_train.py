@@ -5,6 +5,7 @@ same run (the machine may be shared: ratios, not absolute numbers, are what carr
     python benchmarks/bench_train.py --models nanogpt --ablate   # what each trainer choice buys (bf16)
     python benchmarks/bench_train.py --check-bf16 300     # bf16 vs 3 fp32 seeds: is bf16-by-default safe?
     python benchmarks/bench_train.py --mim --models tiny,small  # a MIM step against an l2r step: time and memory
+    python benchmarks/bench_train.py --peers --models nanogpt   # codelm against litgpt (`make bench-env` first)
 
 The configurations compared in one table train in turn, one step each, round after round (A, B, C, then B, C, A,
 ...), and each keeps its best step: a neighbour's burst of work on a shared machine then slows every variant alike
@@ -113,6 +114,7 @@ def make_trainer(name: str, precision: str, root: Path, opts: dict) -> Trainer:
     opts = dict(opts)
     batch = opts.pop("batch_size", batch) * opts.pop("batch_scale", 1)
     direct = opts.pop("mim_direct", False)
+    opts.setdefault("compile", False)  # a row compiles only when it says so (None: the default's auto rule)
     cfg_model = preset_config(preset, **model)
     cfg = TrainConfig(data=str(random_shards(root, cfg_model.tokenizer)), out=str(root / f"run-{name}"),
                       preset=preset, model=dict(model), batch_size=batch, steps=1000, warmup_steps=10,
@@ -173,6 +175,40 @@ def race_processes(name: str, variants: dict[str, dict], steps: int, rounds: int
     return [best[label] for label in labels]
 
 
+PEERS = {  # label -> (runner, options): codelm's trainer, or litgpt's own model (benchmarks/litgpt_peer.py)
+    "codelm default": ("codelm", {"compile": None}),
+    "codelm --compile true": ("codelm", {"compile": True}),
+    "litgpt bf16 autocast": ("litgpt", {"compile": False}),
+    "litgpt bf16 autocast + torch.compile": ("litgpt", {"compile": True}),
+}
+
+
+def race_peers(name: str, steps: int, rounds: int, peer_python: str) -> list[dict]:
+    """codelm and litgpt at the same shape and batch, bf16, one process per variant, alternating; best of each."""
+    preset, model, batch = MODELS[name]
+    cfg = preset_config(preset, **model)
+    peer = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.d_model, "block_size": cfg.context_length,
+            "vocab_size": cfg.vocab_size, "intermediate_size": cfg.ffn_hidden, "batch": batch, "steps": steps,
+            "precision": "bf16"}
+    best: dict[str, dict] = {}
+    labels = list(PEERS)
+    for round_ in range(rounds):
+        for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
+            runner, options = PEERS[label]
+            if runner == "codelm":
+                spec = json.dumps({"model": name, "label": label, "options": options, "steps": steps})
+                cmd = [sys.executable, __file__, "--solo", spec]
+            else:
+                cmd = [peer_python, str(Path(__file__).with_name("litgpt_peer.py")), json.dumps({**peer, **options})]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.splitlines()[-1])
+            row.update(model=name, precision="bf16", variant=label,
+                       flops_per_token=flops_per_token(cfg, cfg.context_length)["train"])
+            if label not in best or row["tok_s"] > best[label]["tok_s"]:
+                best[label] = row
+    return [best[label] for label in labels]
+
+
 def solo(spec: str) -> None:
     """--solo: one variant in this process; its row as the last line of stdout."""
     spec = json.loads(spec)
@@ -225,6 +261,9 @@ def main():
                                                         "options (ratio over the default)")
     p.add_argument("--mim", action="store_true", help="bf16: MIM steps against l2r steps, per window, with peak "
                                                       "resident memory (one process per variant, alternating)")
+    p.add_argument("--peers", action="store_true", help="bf16: codelm against litgpt's model at the same shape "
+                                                        "(ratio over litgpt at its best)")
+    p.add_argument("--peer-python", default=".venv-bench/bin/python", help="the interpreter that has litgpt")
     p.add_argument("--batch", type=int, default=0, help="batch size (windows) for --mim (default: 16 tiny, 4 small)")
     p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="run the bf16-vs-fp32 check")
     p.add_argument("--data", default="data/stdlib", help="shards for --check-bf16")
@@ -240,6 +279,13 @@ def main():
           f"GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     rows = []
     for name in args.models.split(","):
+        if args.peers:  # ratio: over litgpt at its best
+            peer_rows = race_peers(name, args.steps, 3, args.peer_python)
+            best_peer = max((r for r in peer_rows if r["variant"].startswith("litgpt")), key=lambda r: r["tok_s"])
+            for r in peer_rows:
+                r["ratio"] = r["tok_s"] / best_peer["tok_s"]
+            rows += peer_rows
+            continue
         if args.mim:  # ratio: over l2r with the same windows
             batch = args.batch or {"tiny": 16}.get(name, MODELS[name][2])
             variants = {k: dict(v, batch_size=batch) for k, v in MIM.items()}

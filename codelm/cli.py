@@ -11,10 +11,11 @@
     codelm import-hf HF_DIR --out CKPT  a local HF Llama/Qwen2 model as a checkpoint, keeping its tokenizer
                     [--add-tokens fim,mim]  ... with the tokens FIM/MIM training needs
     codelm eval ...                   (evals/, imported lazily)
+    codelm serve CHECKPOINT           the infill API and playground (web/, imported lazily)
 
 A user mistake (missing file, bad value, unknown preset) prints one `codelm: error: ...` line and exits 2.
 
-Every command's options are a dataclass (codelm/config.py): a flag per field, `--config FILE` for a file of them.
+A command's options are a dataclass (codelm/config.py): a flag per field, `--config FILE` for a file of them.
 Only the command being run is built and imported: `codelm --help` and `codelm eval ... --samples` never import torch.
 """
 
@@ -27,7 +28,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import UNSET, ArgumentParser, add_dataclass_arguments, option, resolve_config, save_config
+from codelm.config import (UNSET, ArgumentParser, add_dataclass_arguments, add_options_command, option, resolve_config,
+                           save_config)
 from codelm.errors import UserError
 
 log = logging.getLogger("codelm")
@@ -46,6 +48,9 @@ def cmd_data_prepare(args) -> int:
 
     cfg = resolve_config(DataConfig, args, args.config)
     index = prepare(cfg)
+    if "slurm" in index:  # --executor slurm: jobs submitted (or, with --dry-run, scripts written)
+        print(f"{'submitted' if index['submitted'] else 'wrote (not submitted)'}: {index['slurm']}")
+        return 0
     save_config(cfg, Path(cfg.out) / "data_config.json")
     print_shard_summary(cfg.out, index)
     return 0
@@ -109,14 +114,16 @@ def cmd_train(args) -> int:
 def _eval_callbacks(args) -> list:
     """Evaluation during training (--eval-infill-every N): the CLI wires evals into the trainer; codelm/train.py never
     imports evals. The Trainer calls callbacks at each validation; this one runs on steps divisible by N."""
-    every = getattr(args, "eval_infill_every", None)
-    if not every:
+    from evals.cli import TrainingEvalOptions
+
+    opts = resolve_config(TrainingEvalOptions, args)
+    if not opts.eval_infill_every:
         return []
     from evals.callback import make_infill_callback
     from evals.data import EvalInputError
     try:
-        return [make_infill_callback(args.eval_infill_set, limit=args.eval_infill_limit, mode=args.eval_infill_mode,
-                                     every=every)]
+        return [make_infill_callback(opts.eval_infill_set, limit=opts.eval_infill_limit, mode=opts.eval_infill_mode,
+                                     every=opts.eval_infill_every)]
     except EvalInputError as e:
         raise UserError(str(e)) from None
 
@@ -250,8 +257,13 @@ def cmd_infill(args) -> int:
         return 0
     sys.stdout.write(result.best.text)
     sys.stdout.flush()
-    met = f", met: {sum(result.met)}/{len(result.met)}" if cfg.mode == "mim" else ""
-    print(f"\n----- {cfg.mode}: {result.best.finish_reason}, sequential steps {result.steps}{met}", file=sys.stderr)
+    reasons = {"eot": "the model ended the middle", "stop": "a stop sequence", "met": "the two sides met",
+               "length": f"the --max-new-tokens limit ({cfg.max_new_tokens})"}
+    reason = reasons.get(result.best.finish_reason, result.best.finish_reason)
+    met = f"; the two sides met in {sum(result.met)} of {len(result.met)} samples" if cfg.mode == "mim" else ""
+    steps = result.steps[0] if len(result.steps) == 1 else result.steps
+    print(f"\n----- end of the infilled middle ({cfg.mode}): stopped by {reason}; {steps} sequential model passes"
+          f"{met}", file=sys.stderr)
     return 0
 
 
@@ -269,20 +281,44 @@ def cmd_info(args) -> int:
     return 0
 
 
+@dataclass
+class ExportConfig:
+    checkpoint: str = option("", "checkpoint directory or run directory (its latest checkpoint)", positional=True)
+    hf: str = option("", "output directory for the Hugging Face Llama format (new or empty)", metavar="DIR")
+    dtype: str | None = option(None, "weights' dtype (default: the checkpoint's)",
+                               choices=("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class ImportHfConfig:
+    hf_dir: str = option("", "local Hugging Face model directory (config.json, safetensors, tokenizer.json)",
+                         positional=True)
+    out: str = option("", "checkpoint directory to write")
+    add_tokens: str = option("", "fim,mim: add the tokens these objectives need (the family's own FIM tokens are "
+                                 "reused; MIM adds <|r2l|>); new embedding/output rows = the mean of existing rows")
+
+
 def cmd_export(args) -> int:
+    cfg = resolve_config(ExportConfig, args, args.config)
+    if not cfg.hf:
+        raise UserError("give --hf DIR, the directory to write")
     import torch
     from codelm.hf import export_hf
+    from codelm.loader import load_checkpoint
 
-    out = export_hf(args.checkpoint, args.hf, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    out = export_hf(load_checkpoint(_checkpoint(cfg)), cfg.hf, dtype=getattr(torch, cfg.dtype) if cfg.dtype else None)
     print(f"wrote {out} (Hugging Face Llama format)")
     return 0
 
 
 def cmd_import_hf(args) -> int:
-    from codelm.loader import load_checkpoint
+    cfg = resolve_config(ImportHfConfig, args, args.config)
+    if not cfg.hf_dir or not cfg.out:
+        raise UserError("give HF_DIR and --out CHECKPOINT_DIR")
     from codelm.hf import import_hf_to_checkpoint, parse_add_tokens
+    from codelm.loader import load_checkpoint
 
-    out = import_hf_to_checkpoint(args.hf_dir, args.out, parse_add_tokens(args.add_tokens))
+    out = import_hf_to_checkpoint(cfg.hf_dir, cfg.out, parse_add_tokens(cfg.add_tokens))
     caps = load_checkpoint(out).capabilities
     added = ", ".join(f"{k}={v}" for k, v in caps.get("added_tokens", {}).items())
     reused = ", ".join(f"{k}: {v}" for k, v in caps.get("reused_tokens", {}).items())
@@ -294,27 +330,19 @@ def cmd_import_hf(args) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # the parser: one function per command, called only for the command being run
 # ----------------------------------------------------------------------------------------------------------------
-def _config_flag(p) -> None:
-    p.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-
-
 def _configure_data(data) -> None:
     from codelm.data.exercises import ExercisesConfig
     from codelm.data.prepare import DataConfig
 
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=ArgumentParser)
     prep = data_sub.add_parser("prepare", help="sources -> filtered, deduplicated, tokenized shards")
-    _config_flag(prep)
-    add_dataclass_arguments(prep, DataConfig)
-    prep.set_defaults(func=cmd_data_prepare, options=DataConfig)
+    add_options_command(prep, DataConfig, cmd_data_prepare)
     stats = data_sub.add_parser("stats", help="print a shard directory's manifest as a table")
     stats.add_argument("dir", help="shard directory")
     stats.add_argument("--no-plot", action="store_true", help="skip writing DIR/stats.png")
     stats.set_defaults(func=cmd_data_stats)
     exe = data_sub.add_parser("exercises", help="(signature + docstring -> body) pairs as JSONL (phi-1 style)")
-    _config_flag(exe)
-    add_dataclass_arguments(exe, ExercisesConfig)
-    exe.set_defaults(func=cmd_data_exercises, options=ExercisesConfig)
+    add_options_command(exe, ExercisesConfig, cmd_data_exercises)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
 
@@ -328,49 +356,15 @@ def _configure_train(train) -> None:
     for name in ModelConfig.__dataclass_fields__:
         model_group.add_argument(f"--model.{name}", dest=f"model.{name}", default=UNSET, metavar="V",
                                  help=argparse.SUPPRESS if name in ("init_std",) else None)
-    evals_group = train.add_argument_group("evaluation during training (logged with the validation losses)")
-    evals_group.add_argument("--eval-infill-every", type=int, default=None, metavar="N",
-                             help="score HumanEval-infilling every N steps, at validations (set --eval-every to a "
-                                  "divisor of N)")
-    evals_group.add_argument("--eval-infill-set", default="random-span-light",
-                             choices=("single-line", "multi-line", "random-span", "random-span-light"))
-    evals_group.add_argument("--eval-infill-limit", type=int, default=20, help="first N tasks (default 20)")
-    evals_group.add_argument("--eval-infill-mode", choices=("fim", "mim"), default="fim")
+    from evals.cli import TrainingEvalOptions  # the CLI wires rooms together; train.py never imports evals
+    add_dataclass_arguments(train.add_argument_group("evaluation during training (logged with the validation "
+                                                     "losses)"), TrainingEvalOptions)
     train.set_defaults(func=cmd_train, options=TrainConfig)
-
-
-def _configure_sample(smp) -> None:
-    _config_flag(smp)
-    add_dataclass_arguments(smp, SampleConfig)
-    smp.set_defaults(func=cmd_sample, options=SampleConfig)
-
-
-def _configure_infill(inf) -> None:
-    _config_flag(inf)
-    add_dataclass_arguments(inf, InfillConfig)
-    inf.set_defaults(func=cmd_infill, options=InfillConfig)
 
 
 def _configure_info(info) -> None:
     info.add_argument("presets", nargs="*", help="preset names (default: all)")
     info.set_defaults(func=cmd_info)
-
-
-def _configure_export(exp) -> None:
-    exp.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
-    exp.add_argument("--hf", required=True, metavar="DIR", help="output directory (new or empty)")
-    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                     help="weights' dtype (default: the checkpoint's)")
-    exp.set_defaults(func=cmd_export)
-
-
-def _configure_import_hf(imp) -> None:
-    imp.add_argument("hf_dir", help="local Hugging Face model directory (config.json, safetensors, tokenizer.json)")
-    imp.add_argument("--out", required=True, help="checkpoint directory to write")
-    imp.add_argument("--add-tokens", default="", metavar="fim,mim",
-                     help="add the tokens these objectives need (the family's own FIM tokens are reused; MIM adds "
-                          "<|r2l|>); new embedding/output rows = the mean of existing rows")
-    imp.set_defaults(func=cmd_import_hf)
 
 
 def _configure_runs(runs) -> None:
@@ -392,15 +386,22 @@ def _configure_serve(p) -> None:
     configure_serve_parser(p)
 
 
+def _options(cls, func):
+    """Configure a command whose options are one dataclass."""
+    return lambda p: add_options_command(p, cls, func)
+
+
 # name -> (one-line help, the function adding its arguments); the order is --help's
 COMMANDS = {
     "data": ("prepare and inspect token shards", _configure_data),
     "train": ("train a model (l2r, fim, mim or a mixture)", _configure_train),
-    "sample": ("generate text from a checkpoint", _configure_sample),
-    "infill": ("fill in the middle between a prefix and a suffix", _configure_infill),
+    "sample": ("generate text from a checkpoint", _options(SampleConfig, cmd_sample)),
+    "infill": ("fill in the middle between a prefix and a suffix", _options(InfillConfig, cmd_infill)),
     "info": ("parameters and FLOPs/token of model presets", _configure_info),
-    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)", _configure_export),
-    "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint", _configure_import_hf),
+    "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM)",
+               _options(ExportConfig, cmd_export)),
+    "import-hf": ("a Hugging Face Llama/Qwen2 directory -> a codelm checkpoint",
+                  _options(ImportHfConfig, cmd_import_hf)),
     "runs": ("inspect training runs", _configure_runs),
     "eval": ("evaluate a model or score samples on a code benchmark", _configure_eval),
     "serve": ("serve the infill API and the browser playground", _configure_serve),

@@ -108,11 +108,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
-        bools = getattr(self, "bool_flags", None)
         args = list(sys.argv[1:] if args is None else args)
-        if bools:
-            args = _explicit_bools(args, bools)
-        return super().parse_known_args(args, namespace)
+        bools = {flag for action in self._actions if isinstance(action, _BoolOption) for flag in action.option_strings}
+        return super().parse_known_args(_explicit_bools(args, bools) if bools else args, namespace)
+
+
+class _BoolOption(argparse._StoreAction):
+    """A bool field's flag (marked so that ArgumentParser can let its value be left out)."""
 
 
 class _Append(argparse.Action):
@@ -168,23 +170,27 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, prefix: str = 
             kw["metavar"] = meta.get("metavar") or (base.__name__.upper() if isinstance(base, type) else "VALUE")
         if meta.get("repeat"):
             kw["action"] = _Append
+        elif base is bool:
+            kw["action"] = _BoolOption
         if help_text is not argparse.SUPPRESS and meta.get("help") is not None:
             shown = str(default).lower() if base is bool else (
                 ",".join(map(str, default)) if isinstance(default, list) else default)
             help_text = f"{help_text} (default: {shown})" if default not in (None, "", [], {}) or base is bool \
                 else help_text
         parser.add_argument(flag, help=help_text, **kw)
-        if base is bool:  # `--resume` alone means true (see ArgumentParser), `--no-resume` means false
-            if not hasattr(parser, "bool_flags"):
-                parser.bool_flags = set()
-            parser.bool_flags.add(flag)
-            if flag.startswith("--"):
-                parser.add_argument("--no-" + flag[2:], dest=key, action="store_const", const=False, default=UNSET,
-                                    help=argparse.SUPPRESS)
+        if base is bool and flag.startswith("--"):  # `--resume` alone means true (see ArgumentParser)
+            parser.add_argument("--no-" + flag[2:], dest=key, action="store_const", const=False, default=UNSET,
+                                help=argparse.SUPPRESS)
         if "_" in key and not meta.get("flag"):  # --fim_rate works too (config files' spelling), hidden from --help
             parser.add_argument("--" + key, help=argparse.SUPPRESS, **{**kw, "metavar": None})
-            if base is bool:
-                parser.bool_flags.add("--" + key)
+
+
+def add_options_command(parser: argparse.ArgumentParser, cls, func, exclude=()) -> None:
+    """A command whose options are the dataclass `cls`: `--config FILE`, a flag per field, and `func` to run it
+    (it calls `resolve_config(args.options, args, args.config)`)."""
+    parser.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
+    add_dataclass_arguments(parser, cls, exclude=exclude)
+    parser.set_defaults(func=func, options=cls)
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

@@ -272,7 +272,7 @@ class MimResult:
 def meet_in_the_middle(sides: TwoSides, prefix: Sequence[int], suffix: Sequence[int], *, eot_id: int,
                        max_new_tokens: int, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
                        ngram: int = 4, confirm: int = 1) -> MimResult:
-    """Meet-in-the-middle decoding over a two-row backend (DESIGN.md; MIM paper section 3.3).
+    """Meet-in-the-middle decoding over a two-row backend (ARCHITECTURE.md; MIM paper section 3.3).
 
     Each side stops at end-of-text, at `max_new_tokens`, or at a stop string: the forward side at the first stop in
     its text, the backward side (mirrored) at a stop anywhere in its re-reversed text. A finished side still serves

@@ -108,7 +108,8 @@ class ModelConfig:
         return cls(**d)
 
 
-# Named presets. CPU presets use a truncated vocabulary (DESIGN.md); the paper presets the full cl100k one.
+# Named presets. CPU presets use a truncated vocabulary (ARCHITECTURE.md, Tokenizer); the paper presets the full
+# cl100k one.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=6, n_head=4, d_model=256, context_length=256, tokenizer="cl100k_base:16384"),
     "small": dict(n_layer=10, n_head=8, d_model=512, context_length=512, tokenizer="cl100k_base:32768"),

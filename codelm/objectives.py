@@ -4,7 +4,7 @@ An objective sees windows of `context_length` raw tokens cut from the packed sha
 end-of-text) and returns a `Batch`; its `loss` runs the model and returns the scalar to minimise plus named metrics;
 its `val_metrics` returns summed nats and token counts per reported stream (the trainer turns them into nats/token and
 bits/byte). Every forward window starts with `<|l2r|>` and every reversed one with `<|r2l|>`: the markers are the BOS
-tokens of the two reading directions (DESIGN.md).
+tokens of the two reading directions (ARCHITECTURE.md).
 
 l2r  next-token prediction:  x = [<l2r>, w0 .. w_{T-2}],  y = [w0 .. w_{T-1}];  loss on all T tokens.
 

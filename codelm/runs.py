@@ -29,25 +29,31 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Train loss (solid) and every validation stream (dashed, markers) of each run against tokens, one PNG."""
+    """Train loss and every validation stream of each run against tokens, one PNG."""
     import matplotlib
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
 
+    # Colour tells the curves of a run apart (train, then each validation stream); line style and marker tell the
+    # runs apart. One colour per run made a run's validation streams differ only by a 4-pixel marker.
     fig, ax = plt.subplots(figsize=(8, 5))
+    styles = ["-", "--", ":", "-."]
     for i, run in enumerate(run_dirs):
         records = read_metrics(run)
-        colour = f"C{i % 10}"
+        style, marker = styles[i % len(styles)], "os^vD"[i % 5]
+        prefix = f"{Path(run).name} " if len(run_dirs) > 1 else ""
         train = [r for r in records if r.get("kind") == "train"]
-        label = Path(run).name
         if train:
-            ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], color=colour, label=f"{label} train")
+            ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], color="C0", linestyle=style,
+                    linewidth=1.2, label=f"{prefix}train")
         val = [r for r in records if r.get("kind") == "val"]
         streams = sorted({k for r in val for k in r if k.startswith("val_") and not k.endswith("_bpb")})
         for j, stream in enumerate(streams):
             pts = [(r["tokens"], r[stream]) for r in val if stream in r]
-            ax.plot(*zip(*pts), color=colour, linestyle="--", marker="o^sv"[j % 4], markersize=4,
-                    label=f"{label} {stream}")
+            ax.plot(*zip(*pts), color=f"C{(j + 1) % 10}", linestyle=style, marker=marker, markersize=5,
+                    linewidth=1.8, label=f"{prefix}{stream.removeprefix('val_')} (validation)")
+    if len(run_dirs) == 1:
+        ax.set_title(Path(run_dirs[0]).name)
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

@@ -110,7 +110,7 @@ RECIPES: dict[str, dict] = {
                      context_length=2048, global_batch=512),
     "mim-2.7b": dict(preset="2.7b", lr=2e-4, warmup_steps=5000, schedule="cosine", min_lr_ratio=0.1,
                      context_length=2048, global_batch=512),
-    # Parmar et al. 2024 (as reported in DESIGN.md): no warmup, start near the pretraining run's final LR, cosine
+    # Parmar et al. 2024 (second-hand; ARCHITECTURE.md): no warmup, start near the pretraining run's final LR, cosine
     # down to 1/100 of the pretraining peak, switch blends at a fifth of the peak. The trainer fills in lr and
     # min_lr_ratio from the --init-from checkpoint when it recorded its schedule.
     "continued": dict(warmup_steps=0, schedule="cosine", min_lr_ratio=0.01, switch_at_lr_fraction=0.2),

@@ -2,7 +2,7 @@
 Hugging Face tokenizer (an imported model's, for continued pretraining).
 
 BPE ranks are merge order, so keeping only the ranks below N is itself a valid BPE with the same pre-tokenizer: a
-cheap, principled small vocabulary for CPU models (DESIGN.md, Tokenizer). Every vocabulary carries the same named
+cheap, principled small vocabulary for CPU models (ARCHITECTURE.md). Every vocabulary carries the same named
 special tokens:
 
     <|endoftext|>  <|fim_prefix|>  <|fim_middle|>  <|fim_suffix|>  <|l2r|>  <|r2l|>  <|pad|>

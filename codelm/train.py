@@ -90,8 +90,9 @@ class TrainConfig:
                                     "the hardware has it)")
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass "
                                                    "(less memory, ~1/3 more compute)")
-    compile: bool = option(False, "torch.compile each block: 1.1-1.2x faster steps on CPU after ~10-30 s of "
-                                 "compiling")
+    compile: bool | None = option(None, "torch.compile each block: 1.1-1.4x faster steps after ~10-30 s of "
+                                        "compiling; unset = auto: on when the run's estimated eager time repays it "
+                                        "(see compile_repays)")
     parallel: str = option("auto", "with torchrun: ddp, fsdp, or auto (fsdp for 350m and larger)")
     optimizer_impl: str = option("auto", "AdamW kernel: fused, foreach, for-loop, or auto (fused)")
     keep_freed_memory: bool = option(True, "CPU: malloc keeps freed memory for the next step instead of returning "
@@ -273,6 +274,20 @@ def compile_blocks(model: Transformer) -> None:
         block.forward = functools.partial(_compiled_when_training, block, block.forward, torch.compile(block.forward))
 
 
+# Compiling the blocks costs ~10-30 s on 2 CPU cores and makes each step ~1.15-1.4x faster (benchmarks/bench_train.py
+# --ablate): it repays itself after ~2 minutes of eager steps. Auto compiles runs estimated to take longer than that.
+COMPILE_REPAYS_AFTER_S = 120.0
+ASSUMED_MFU = 0.3  # for the estimate only: what an eager step reaches of the measured matmul peak
+
+
+def compile_repays(steps_left: int, tokens_per_step: int, flops_per_token: float, peak_flops: float) -> bool:
+    """`--compile` unset: compile when the remaining steps, run eagerly, would take longer than compiling repays.
+    The estimate uses the matmul peak measured at the start of fit(): the demo (300 tiny-preset steps of 16 x 256
+    tokens) qualifies, a 20-step test of a micro model does not."""
+    eager_s = steps_left * tokens_per_step * flops_per_token / max(peak_flops * ASSUMED_MFU, 1.0)
+    return eager_s >= COMPILE_REPAYS_AFTER_S
+
+
 def _compiled_when_training(block, eager, compiled, *args):
     return (compiled if block.training and torch.is_grad_enabled() else eager)(*args)
 
@@ -374,7 +389,8 @@ class Trainer:
         self.model.to(self.device)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model)
-        if cfg.compile:
+        self.compiled = bool(cfg.compile)  # None (auto) is decided in fit(), once the matmul peak is measured
+        if self.compiled:
             compile_blocks(self.model)
         self.dist.mode = distributed.choose_mode(cfg.parallel, self.dist.world, cfg.preset)
         self.wrapped = distributed.wrap_model(self.model, self.dist.mode, self.device)
@@ -684,6 +700,14 @@ class Trainer:
                         f"validating on windows of {self.val_context()}" if self.val_context() >= 2
                         else "no validation losses")
         self.peak_flops = cfg.peak_flops or measure_peak_flops(self.device, self.autocast_dtype)
+        if cfg.compile is None and not self.compiled:
+            tokens_per_step = self.batch_at(self.context) * cfg.grad_accum * self.context * self.dist.world
+            train_flops = flops_per_token(self.model_cfg, self.context)["train"]
+            if compile_repays(last_step - self.step, tokens_per_step, train_flops, self.peak_flops * self.dist.world):
+                log.info("compiling the blocks (--compile unset: this run is long enough to repay it; "
+                         "--compile false to skip)")
+                compile_blocks(self.model)
+                self.compiled = True
         log.info("model: %.2fM parameters, %.1f MFLOPs/token (train), context %d, objective %s, device %s x %d (%s), "
                  "%s, peak %.0f GFLOP/s per process", count_parameters(self.model) / 1e6,
                  flops_per_token(self.model_cfg, self.context)["train"] / 1e6, self.context, cfg.objective,

@@ -45,6 +45,15 @@ class Benchmark:
         """The program that passes iff the completion is correct (the nonce line is added by evals/execution.py)."""
         raise NotImplementedError
 
+    def runnable(self, problem: dict, completion: str):
+        """What the sandbox runs: the program's text (Python: the nonce line is appended by evals/execution.py), or
+        a function of the run's nonce to a sandbox Program (compiled languages put the nonce where it belongs)."""
+        return self.program(problem, completion)
+
+    def unavailable(self, problem: dict) -> str | None:
+        """Why this task cannot run on this machine (its samples then fail with that reason), or None."""
+        return None
+
     def reference(self, problem: dict) -> str:
         """The canonical completion: scoring it must pass."""
         raise NotImplementedError

@@ -3,6 +3,7 @@
   codelm eval humaneval --samples samples.jsonl [--output DIR] [-k 1,10,100]
   codelm eval mbpp MODEL [--mbpp-format bigcode|3shot] [-k 1] [--limit 50]
   codelm eval infilling MODEL --set single-line --mode fim|mim [--n 10 -k 1,10]
+  codelm eval humaneval-x MODEL --language cpp|java|js|go|rust|all [--set single-line --mode fim|mim]
 
 The options are one dataclass, EvalConfig (defaults here and nowhere else; `--config FILE` for a file of them); the
 resolved options are saved as eval_config.json in the output directory.
@@ -12,14 +13,17 @@ Exit codes: 0 done, 1 some samples could not be scored (sandbox infrastructure e
 """
 
 import argparse
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from codelm.config import ArgumentParser, add_dataclass_arguments, option
+from codelm.config import ArgumentParser, add_options_command, option
+from evals.models import MODEL_BACKENDS
 
-BENCHMARKS = ("humaneval", "mbpp", "infilling")
+BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
+HUMANEVAL_X_LANGUAGES = ("cpp", "java", "js", "go", "rust")
 INFILLING_SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 
 
@@ -32,6 +36,9 @@ def parse_ks(values: list[str] | None) -> list[int]:
                 raise argparse.ArgumentTypeError(f"-k takes positive integers, got {part!r}")
             ks.append(int(part))
     return sorted(set(ks))
+
+
+SANDBOXES = ("local", "docker")
 
 
 @dataclass
@@ -53,10 +60,21 @@ class EvalConfig:
     limit: int | None = option(None, "only the first N tasks")
     tasks: str | None = option(None, "only these task ids, comma-separated")
     seed: int = option(0, "base seed; each sample's seed derives from it")
-    data_dir: str | None = option(None, "directory holding mbpp/ and humaneval-infilling/ (default $CODELM_DATA_DIR, "
-                                        "then shared/data near the repo, then the hub)")
+    data_dir: str | None = option(None, "directory overriding the benchmark files it holds (mbpp/, "
+                                        "humaneval-infilling/, evalplus/); default $CODELM_DATA_DIR, then the copy "
+                                        "packaged with codelm")
     workers: int | None = option(None, "programs run at once (default: the sandbox's choice)")
-    backend: str = option("local", "sandbox backend", choices=("local", "docker"))
+    sandbox: str | None = option(None, "where programs run (default local)", choices=SANDBOXES)
+    backend: str = option("auto", "model backend: codelm (codelm checkpoints, Llama-architecture HF dirs), "
+                                  "transformers (any AutoModelForCausalLM), vllm (make vllm-env), endpoint (--endpoint "
+                                  "implies it); auto picks codelm for what it loads, else transformers. local|docker: "
+                                  "the old spelling of --sandbox (deprecated)", choices=MODEL_BACKENDS + SANDBOXES)
+    dtype: str = option("auto", "model weights: auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, "
+                                "float16")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    trust_remote_code: bool = option(False, "let transformers/vLLM run the code a model directory ships")
+    tensor_parallel_size: int = option(1, "vllm: GPUs per model")
+    gpu_memory_utilization: float = option(0.9, "vllm: share of GPU memory it may take")
     timeout: float | None = option(None, "CPU seconds per program (default 3; MBPP 10)")
     progress_every: float = option(10.0, "seconds between progress lines", hidden=True)
     plus: bool = option(False, "HumanEval+ / MBPP+ (evalplus): differential tests on many more inputs")
@@ -64,6 +82,10 @@ class EvalConfig:
                                          "[BEGIN]/[DONE]", choices=("bigcode", "3shot"))
     infilling_set: str = option("single-line", "which infilling benchmark", flag="--set", choices=INFILLING_SETS)
     mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle", choices=("fim", "mim"))
+    language: str | None = option(None, "HumanEval-X language (all: each in turn, one output directory each)",
+                                  choices=(*HUMANEVAL_X_LANGUAGES, "all"))
+    x_set: str = option("generation", "generation, or single-line infilling built from the canonical solutions",
+                        flag="--set", choices=("generation", "single-line"))
     # a model behind an OpenAI-compatible completions API (vLLM, llama.cpp, TGI, codelm serve)
     endpoint: str | None = option(None, "OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (instead of MODEL)",
                                   metavar="URL")
@@ -75,11 +97,23 @@ class EvalConfig:
                                             "suffix field")
 
 
+@dataclass
+class TrainingEvalOptions:
+    """`codelm train` options for scoring HumanEval-infilling during training (the CLI hands the trainer a callback)."""
+    eval_infill_every: int = option(0, "score HumanEval-infilling every N steps, at validations (set --eval-every to a "
+                                       "divisor of N; 0 = off)", metavar="N")
+    eval_infill_set: str = option("random-span-light", "which HumanEval-infilling set", choices=INFILLING_SETS)
+    eval_infill_limit: int = option(20, "first N tasks")
+    eval_infill_mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle",
+                                   choices=("fim", "mim"))
+
+
 ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),
-            "mode": ("infilling",)}
+            "mode": ("infilling", "humaneval-x"), "language": ("humaneval-x",), "x_set": ("humaneval-x",)}
 BENCHMARK_HELP = {"humaneval": "HumanEval, 164 problems (Chen et al. 2021)",
                   "mbpp": "MBPP test split, tasks 11-510 (Austin et al. 2021)",
-                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)"}
+                  "infilling": "HumanEval-infilling (Bavarian et al. 2022)",
+                  "humaneval-x": "HumanEval-X in C++, Java, JavaScript, Go or Rust (Zheng et al. 2023)"}
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -94,9 +128,8 @@ def configure_eval_parser(parser: argparse.ArgumentParser) -> None:
                                        parser_class=ArgumentParser)
     for name in BENCHMARKS:
         sub = benchmarks.add_parser(name, help=BENCHMARK_HELP[name], description=BENCHMARK_HELP[name])
-        sub.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-        add_dataclass_arguments(sub, EvalConfig, exclude={f for f, only in ONLY_FOR.items() if name not in only})
-        sub.set_defaults(func=run_eval_command, options=EvalConfig)
+        add_options_command(sub, EvalConfig, run_eval_command,
+                            exclude={f for f, only in ONLY_FOR.items() if name not in only})
     compare = benchmarks.add_parser("compare", help="compare evaluation output directories (Markdown + HTML + chart)")
     compare.add_argument("runs", nargs="+", metavar="DIR", help="directories written by `codelm eval`")
     compare.add_argument("--output", metavar="DIR", default="runs/eval/compare", help="where the report goes")
@@ -110,10 +143,29 @@ def run_compare_command(args) -> int:
     try:
         paths = compare(args.runs, args.output)
     except EvalInputError as e:
-        print(f"codelm eval: error: {e}", file=sys.stderr)
+        print(f"codelm: error: {e}", file=sys.stderr)
         return 2
     print(f"report: {paths['markdown']}, {paths['html']}", file=sys.stderr)
     return 0
+
+
+def resolve_backends(args) -> tuple[str, str]:
+    """(sandbox, model backend). `--backend local|docker` is the old spelling of --sandbox: it still works, with a
+    warning (the two value sets do not overlap). --endpoint implies the endpoint backend."""
+    from evals.data import EvalInputError
+
+    sandbox, backend = args.sandbox, args.backend
+    if backend in SANDBOXES:
+        print(f"codelm: warning: --backend {backend} is deprecated; the sandbox is chosen with --sandbox {backend} "
+              f"(--backend now names the model backend)", file=sys.stderr)
+        if sandbox not in (None, backend):
+            raise EvalInputError(f"--backend {backend} (deprecated, meaning --sandbox) contradicts --sandbox {sandbox}")
+        sandbox, backend = backend, "auto"
+    if args.endpoint and backend not in ("auto", "endpoint"):
+        raise EvalInputError(f"--endpoint serves the model; it cannot be combined with --backend {backend}")
+    if backend == "endpoint" and not args.endpoint:
+        raise EvalInputError("--backend endpoint needs --endpoint URL")
+    return sandbox or "local", "endpoint" if args.endpoint else backend
 
 
 def load_benchmark(args: EvalConfig):
@@ -125,6 +177,11 @@ def load_benchmark(args: EvalConfig):
     if args.benchmark == "humaneval":
         from evals import humaneval
         return humaneval.load(args.data_dir)
+    if args.benchmark == "humaneval-x":
+        from evals import humaneval_x
+        if args.x_set == "single-line":
+            return humaneval_x.load_infilling(args.language, args.data_dir, mode=args.mode)
+        return humaneval_x.load(args.language, args.data_dir)
     if args.benchmark == "mbpp":
         from evals import mbpp
         return mbpp.load(args.data_dir, prompt_format=args.mbpp_format)
@@ -150,11 +207,27 @@ def run_eval_command(args) -> int:
     try:
         return _run(resolve_config(EvalConfig, args, args.config))
     except (EvalInputError, UserError) as e:  # a bad sample file, or a missing/corrupt checkpoint
-        print(f"codelm eval: error: {e}", file=sys.stderr)
+        print(f"codelm: error: {e}", file=sys.stderr)
         return 2
 
 
 def _run(args: EvalConfig) -> int:
+    from evals.data import EvalInputError
+
+    if args.benchmark != "humaneval-x":
+        return _run_one(args)
+    if args.language is None:
+        raise EvalInputError("humaneval-x needs --language (" + "|".join((*HUMANEVAL_X_LANGUAGES, "all")) + ")")
+    if args.language != "all":
+        return _run_one(args)
+    if args.samples:
+        raise EvalInputError("--language all generates; to score a sample file give its one language")
+    return max(_run_one(dataclasses.replace(args, language=language,
+                                            output=str(Path(args.output) / language) if args.output else None))
+               for language in HUMANEVAL_X_LANGUAGES)
+
+
+def _run_one(args: EvalConfig) -> int:
     from codelm.config import save_config
     from evals import runner
     from evals.data import EvalInputError
@@ -171,7 +244,8 @@ def _run(args: EvalConfig) -> int:
     benchmark = load_benchmark(args)
     output = Path(args.output) if args.output else default_output(args, benchmark.name)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    common = dict(ks=ks, limit=args.limit, tasks=tasks, workers=args.workers, backend=args.backend,
+    sandbox, model_backend = resolve_backends(args)
+    common = dict(ks=ks, limit=args.limit, tasks=tasks, workers=args.workers, backend=sandbox,
                   cpu_s=args.timeout, progress_every=args.progress_every)
     if args.samples:
         summary = runner.evaluate_samples(benchmark, args.samples, output, **common)
@@ -183,7 +257,10 @@ def _run(args: EvalConfig) -> int:
             model = load_model(args.endpoint_model, endpoint=args.endpoint, concurrency=args.concurrency,
                                retries=args.retries, rate_limit=args.rate_limit, fim_template=args.fim_template)
         else:
-            model = load_model(args.model)
+            model = load_model(args.model, args.device, backend=model_backend, dtype=args.dtype,
+                               trust_remote_code=args.trust_remote_code,
+                               vllm_options={"tensor_parallel_size": args.tensor_parallel_size,
+                                             "gpu_memory_utilization": args.gpu_memory_utilization})
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,
                                         batch_size=args.batch_size, **common)
     save_config(args, output / "eval_config.json")

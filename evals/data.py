@@ -1,21 +1,17 @@
 """Where benchmark data comes from, and reading JSONL files people hand us.
 
-Benchmark files are looked up, in order, under:
-  1. the directory given with --data-dir,
-  2. $CODELM_DATA_DIR,
-  3. `shared/data` in the repository, then `../shared/data` beside it (a workbench checkout keeps the public
-     benchmark files there for machines without the hubs),
-and only then fetched from the public source (the Hugging Face hub or the upstream release), which each benchmark
-module names. When all fail, the error lists every place that was tried.
+Benchmark files are looked up by codelm.benchdata (--data-dir, $CODELM_DATA_DIR where it holds the file, then the
+copy packaged with codelm, then shared/data near the repository); a file found nowhere is fetched from its public
+source (the Hugging Face hub or the upstream release), which each benchmark module names. When all fail, the error
+lists every place that was tried.
 """
 
-import gzip
 import json
 import os
 from pathlib import Path
 from typing import Iterator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from codelm import benchdata
 
 
 class EvalInputError(Exception):
@@ -25,32 +21,14 @@ class EvalInputError(Exception):
     """
 
 
-def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """The local data directories to try, in order, each with a label saying where it came from."""
-    candidates = []
-    if data_dir is not None:
-        candidates.append(("--data-dir", Path(data_dir)))
-    if os.environ.get("CODELM_DATA_DIR"):
-        candidates.append(("$CODELM_DATA_DIR", Path(os.environ["CODELM_DATA_DIR"])))
-    candidates.append(("repository", REPO_ROOT / "shared" / "data"))
-    candidates.append(("beside the repository", REPO_ROOT.parent / "shared" / "data"))
-    return candidates
-
-
 def find_local_file(relative_path: str, data_dir=None) -> tuple[Path | None, list[str]]:
-    """The first existing `<candidate>/<relative_path>`, and a list of the places tried (for error messages)."""
-    tried = []
-    for label, directory in data_dir_candidates(data_dir):
-        path = directory / relative_path
-        if path.is_file():
-            return path, tried
-        tried.append(f"{path} ({label})")
-    return None, tried
+    """The first existing `<candidate>/<relative_path>` (or .gz), and a list of the places tried (for messages)."""
+    return benchdata.find(relative_path, data_dir)
 
 
 def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, data_dir=None) -> Path:
-    """A local copy (CODELM_DATA_DIR, ../shared/data, --data-dir), else a cached download of the upstream file, else
-    one clear error listing everything tried (this is how an offline machine without the files reports it)."""
+    """A local copy (--data-dir, $CODELM_DATA_DIR, the packaged one, shared/data), else a cached download of the
+    upstream file, else one clear error listing everything tried (how an offline machine without the files says it)."""
     path, tried = find_local_file(relative_path, data_dir)
     if path is not None:
         return path
@@ -73,8 +51,7 @@ def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, d
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line of a JSONL file, gzipped if the name ends in .gz."""
     path = str(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with benchdata.open_text(path) as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue

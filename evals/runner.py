@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from itertools import groupby
 
+from codelm import benchdata
 from evals.benchmark import Benchmark, Sampling
 from evals.data import EvalInputError, read_samples
-from evals.execution import run_programs, wall_limit
+from evals.execution import Verdict, run_programs, wall_limit
 from evals.progress import Progress
 from evals.report import format_table, summarize
 from evals.rundir import JsonlAppender, RunDir, write_json_atomic
@@ -100,7 +101,7 @@ def evaluate_samples(benchmark: Benchmark, samples_file, out_dir, *, ks=(1,), li
     run = RunDir(out_dir)
     identity = {"benchmark": benchmark.name, "samples_file": str(Path(samples_file).resolve())}
     protocol = {"source": f"samples file {samples_file}", "description": f"samples read from {samples_file}",
-                **_limits(benchmark, cpu_s, timeout_s)}
+                **_limits(benchmark, cpu_s, timeout_s), "provenance": {"data": data_provenance(benchmark)}}
     run.claim(identity, {"protocol": protocol, "backend": backend})
     return _score_and_report(benchmark, run, samples, task_ids, task_set, list(ks), protocol, workers=workers,
                              backend=backend, cpu_s=cpu_s, timeout_s=timeout_s, progress_every=progress_every,
@@ -117,8 +118,11 @@ def evaluate_model(benchmark: Benchmark, model, out_dir, sampling: Sampling, *, 
                 "n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "max_new_tokens": sampling.max_new_tokens, "seed": seed, **benchmark.protocol_extras()}
     identity = {"benchmark": benchmark.name, **{k: v for k, v in protocol.items() if k != "description"}}
+    model_backend = getattr(model, "backend", "codelm")
+    if model_backend != "codelm":  # resuming with another backend would mix two engines' samples: refused
+        identity["model_backend"] = model_backend
     protocol.update(_limits(benchmark, cpu_s, timeout_s))
-    protocol["provenance"] = provenance(model, stream)
+    protocol["provenance"] = {**provenance(model, stream), "data": data_provenance(benchmark)}
     run.claim(identity, {"protocol": protocol, "backend": backend})
     _generate_missing(benchmark, model, run, task_ids, sampling, seed, batch_size, progress_every, stream)
     selected = set(task_ids)
@@ -137,10 +141,23 @@ def provenance(model, stream=None) -> dict:
     record = {"model": model.name, "data_manifest_hash": capabilities.get("data_manifest_hash"),
               "data_decontaminated": capabilities.get("data_decontaminated"),
               "model_code_version": capabilities.get("code_version"), "eval_code_version": code_version()}
+    describe = getattr(model, "describe_backend", None)
+    if describe is not None:  # backend, dtype, device and library versions
+        record.update(describe())
     if capabilities and not capabilities.get("data_decontaminated"):
         print(f"warning: {model.name} was trained on data not decontaminated against the benchmarks; "
               f"its scores may be inflated", file=stream or sys.stderr)
     return record
+
+
+def data_provenance(benchmark) -> dict:
+    """The benchmark file the problems came from: its path (or where the packaged copy sits) and content sha256, so
+    two reports can tell whether they scored the same problems. A source that is not a file (a hub dataset) is
+    recorded by name."""
+    source = Path(str(benchmark.source))
+    if source.is_file():
+        return benchdata.describe(source)
+    return {"path": str(benchmark.source), "packaged": False, "sha256": None}
 
 
 def _limits(benchmark, cpu_s, timeout_s) -> dict:
@@ -204,18 +221,25 @@ def _score_and_report(benchmark, run, samples, task_ids, task_set, ks, protocol,
 def _score(benchmark, run, todo, workers, backend, cpu_s, timeout_s, progress_every, stream):
     if not todo:
         return
-    programs = [benchmark.program(benchmark.problems[s["task_id"]], s["completion"]) for s in todo]
-    progress = Progress(f"{benchmark.name} score", len(programs), "programs", progress_every, stream)
+    progress = Progress(f"{benchmark.name} score", len(todo), "programs", progress_every, stream)
     out = JsonlAppender(run.results_path)
 
-    def record(i, verdict):
-        s = todo[i]
+    def record(i, verdict, samples=None):
+        s = (samples or todo)[i]  # todo as it is when called: the runnable samples, once those are picked
         out.write({"task_id": s["task_id"], "completion_id": s["completion_id"], "completion": s["completion"],
                    "passed": verdict.passed, "result": verdict.result, "status": verdict.status,
                    "error": verdict.error, "wall_s": verdict.wall_s, "cpu_s": verdict.cpu_s,
                    **benchmark.sample_fields(benchmark.problems[s["task_id"]], s["completion"])})
         progress.advance()
 
+    # A task the benchmark cannot run here (e.g. it needs a package this machine lacks) fails with its reason: it
+    # stays in the denominator, never silently dropped.
+    unavailable = [(s, benchmark.unavailable(benchmark.problems[s["task_id"]])) for s in todo]
+    for s, why in unavailable:
+        if why:
+            record(0, Verdict(False, f"failed: unavailable: {why}", "unavailable", "", 0.0, None), [s])
+    todo = [s for s, why in unavailable if not why]
+    programs = [benchmark.runnable(benchmark.problems[s["task_id"]], s["completion"]) for s in todo]
     try:
         run_programs(programs, on_verdict=record, workers=workers, backend=backend,
                      cpu_s=cpu_s or benchmark.cpu_s, timeout_s=timeout_s,

@@ -15,7 +15,7 @@ validation windows, in bits per byte. Two budgets:
 Scale caveat: this is a ~1M-parameter model trained on well under a million tokens, on a shared 2-core machine; the
 papers' effects were measured at 10^8-10^10 parameters and 10^11 tokens. Treat the outcome as a smoke-scale
 replication, not a verdict. The default corpus is tokenized with the 4096-rank vocabulary: at this width a 16k
-softmax would cost more than the transformer (DESIGN.md, Tokenizer); bits/byte keeps the numbers vocabulary-free.
+softmax would cost more than the transformer (ARCHITECTURE.md, Tokenizer); bits/byte keeps the numbers vocabulary-free.
 
     python experiments/objectives_study.py            # ~25 min on 2 shared cores; writes experiments/results/
     python experiments/objectives_study.py --steps 20 --out /tmp/quick   # smoke run

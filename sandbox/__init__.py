@@ -4,7 +4,8 @@
     result = run("print(1 + 1)", timeout_s=5, cpu_s=2)       # Result(status="ok", exit_code=0, stdout="2\n", ...)
     results = run_many(programs, on_result=lambda i, r: ...)  # order preserved, all cores busy
 
-`program` is Python source, run as a module named "__sandbox__" (never "__main__") by the caller's interpreter (or
+`program` is Python source (or a Program: files plus build and run steps of any language, see steps.py and
+toolchains.py), run as a module named "__sandbox__" (never "__main__") by the caller's interpreter (or
 `python=`). Backends: "local" (default; a fork server with namespaces and cgroups, see local.py/forkserver.py) and
 "docker" (warm containers, see docker_backend.py). Stdlib only (plus the docker SDK for that backend): no torch, no
 codelm, so it runs anywhere. `python -m sandbox check` says which isolation features work on this host.
@@ -13,12 +14,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .result import STATUSES, Limits, Result, SandboxUnavailable
+from .steps import Program, Step
 
-__all__ = ["run", "run_many", "Result", "Limits", "SandboxUnavailable", "STATUSES"]
+__all__ = ["run", "run_many", "Result", "Limits", "SandboxUnavailable", "STATUSES", "Program", "Step"]
 BACKENDS = ("local", "docker")
 
 
-def run(program: str, *, stdin: str | None = None, files: dict[str, str | bytes] | None = None,
+def run(program: "str | Program", *, stdin: str | None = None, files: dict[str, str | bytes] | None = None,
         timeout_s: float = 10.0, cpu_s: float | None = None, memory_mb: int = 1024,
         max_output_bytes: int = 1 << 20, backend: str = "local", python: str | None = None, **more) -> Result:
     """Run one program. More limits (see Limits) and allow_unisolated (local) may be passed as keywords."""
@@ -27,12 +29,15 @@ def run(program: str, *, stdin: str | None = None, files: dict[str, str | bytes]
         from . import local
         return local.run(program, stdin=stdin, files=files, python=python, **limits)
     if backend == "docker":
+        if isinstance(program, Program):
+            raise SandboxUnavailable("sandbox: the docker backend runs Python programs only; use backend='local' "
+                                     "for compiled languages")
         from . import docker_backend
         return docker_backend.run(program, stdin=stdin, files=files, **limits)
     raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {BACKENDS}")
 
 
-def run_many(programs: list[str], *, workers: int | None = None, on_result=None, backend: str = "local",
+def run_many(programs: "list[str | Program]", *, workers: int | None = None, on_result=None, backend: str = "local",
              **limits) -> list[Result]:
     """Run programs concurrently; results in input order. on_result(index, result) is called as each finishes."""
     if not programs:

@@ -1,5 +1,6 @@
 """python -m sandbox run FILE [--timeout S] [--cpu S] [--memory MB] [--backend local|docker]   (one JSON result)
-python -m sandbox check                                                                   (what isolates here)"""
+python -m sandbox run main.cpp --language cpp          (cpp|java|js|go|rust: built and run, see toolchains.py)
+python -m sandbox check                                                   (what isolates here; which toolchains)"""
 import argparse
 import json
 import sys
@@ -49,6 +50,10 @@ def check(backend: str) -> int:
         ok = result.stdout.strip() == expected
         failures += not ok
         print(f"  [{'ok' if ok else 'NO'}] {name}" + ("" if ok else f"  ({result.status}: {result.stderr[-200:]})"))
+    if backend == "local":
+        from . import toolchains
+        for language in toolchains.LANGUAGES:
+            print(f"  toolchain {language}: {toolchains.missing(language) or 'ready'}")
     return 1 if failures else 0
 
 
@@ -62,6 +67,8 @@ def main(argv=None) -> int:
     p_run.add_argument("--memory", type=int, default=1024, help="memory limit, MB")
     p_run.add_argument("--backend", choices=("local", "docker"), default="local")
     p_run.add_argument("--stdin", default=None, help="file whose contents become the program's stdin")
+    p_run.add_argument("--language", choices=("python", "cpp", "java", "js", "go", "rust"), default="python",
+                       help="the file's language (default python); others are built first (toolchains.py)")
     p_check = sub.add_parser("check", help="report which isolation features work on this host")
     p_check.add_argument("--backend", choices=("local", "docker"), default="local")
     args = parser.parse_args(argv)
@@ -69,6 +76,9 @@ def main(argv=None) -> int:
         return check(args.backend)
     with open(args.file) as f:
         program = f.read()
+    if args.language != "python":
+        from . import toolchains
+        program = toolchains.program(args.language, program, memory_mb=args.memory)
     stdin = open(args.stdin).read() if args.stdin else None
     try:
         result = run(program, stdin=stdin, timeout_s=args.timeout, cpu_s=args.cpu, memory_mb=args.memory,

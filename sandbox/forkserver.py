@@ -84,10 +84,9 @@ class Server:
         return self._probe()
 
     def _kept_paths(self) -> list[str]:
-        """The interpreter's own trees stay visible even under a hidden directory (a venv inside the project)."""
-        keep = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-        keep.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-        return sorted(keep)
+        """The interpreter's own trees (isolation.interpreter_paths) and the toolchains the caller names stay visible
+        even under a hidden directory (a venv inside the project)."""
+        return sorted(set(isolation.interpreter_paths()) | set(self.config.get("keep", [])))
 
     def _probe(self) -> dict:
         """Run one trivial program through the whole path; drop the user namespace if the host forbids that step."""
@@ -259,7 +258,7 @@ class SlotProcess:
                 if self.setup_error:
                     result = infra_error(f"sandbox setup failed: {self.setup_error}")
                 else:
-                    result = SlotRun(self, request).run()
+                    result = run_request(self, request)
             except Exception as e:
                 self.healthy = False
                 result = infra_error(f"sandbox: {type(e).__name__}: {e}")
@@ -286,45 +285,60 @@ class SlotProcess:
             _kill(pid)
 
 
-class SlotRun:
-    """One program in a slot, from fork to verdict."""
+def run_request(slot: SlotProcess, req: dict) -> dict:
+    """A Python program, or a Program's steps (sandbox/steps.py) one after another in one work dir as one uid."""
+    steps = req.get("steps")
+    stages = [{**req, **step, "stdin": req.get("stdin") if i == len(steps) - 1 else None}
+              for i, step in enumerate(steps)] if steps else [req]
+    limits = [Limits(stage) for stage in stages]
+    run_uid = slot.next_uid()
+    if slot.isolate:
+        workdir = isolation.WORKDIR
+        slot.scratch.prepare(max(lim.memory_mb for lim in limits))  # build outputs live here too
+    else:
+        workdir = _unisolated_workdir()
+        if run_uid is not None:
+            os.chown(workdir, run_uid, run_uid)
+    try:
+        for i, (stage, lim) in enumerate(zip(stages, limits)):
+            result = SlotRun(slot, stage, lim).run(workdir, run_uid, req.get("files") or {} if i == 0 else {})
+            if steps:
+                result["step"] = stage.get("name", str(i))
+            if result["status"] != "ok":
+                break
+    finally:
+        if slot.isolate:
+            slot.scratch.clean()
+        else:
+            _remove_unisolated_workdir(workdir)
+    return result
 
-    def __init__(self, slot: SlotProcess, req: dict):
+
+class SlotRun:
+    """One program (or one step of one) in a slot, from fork to verdict."""
+
+    def __init__(self, slot: SlotProcess, req: dict, limits: "Limits"):
         self.slot, self.req = slot, req
-        self.limits = Limits(req)
+        self.limits = limits
         self.out, self.err, self.setup_err = bytearray(), bytearray(), b""
         self.reason = None  # "timeout" or "output_limit" when we stopped the run
         self.wait_status = None
         self.cpu = 0.0
         self.killed_at = self.end = None
 
-    def run(self) -> dict:
+    def run(self, workdir: str, run_uid: int | None, files: dict) -> dict:
         slot, limits = self.slot, self.limits
         oom_before = 0
         if slot.cgroup:
             slot.cgroup.set_limits(limits.memory_mb << 20, limits.max_processes)
             oom_before = slot.cgroup.oom_kills()
-        run_uid = slot.next_uid()
-        if slot.isolate:
-            workdir = isolation.WORKDIR
-            slot.scratch.prepare(limits.memory_mb)
-        else:
-            workdir = _unisolated_workdir()
-            if run_uid is not None:
-                os.chown(workdir, run_uid, run_uid)
-        try:
-            self._supervise(self._spawn(workdir, run_uid))
-        finally:
-            if slot.isolate:
-                slot.scratch.clean()
-            else:
-                _remove_unisolated_workdir(workdir)
+        self._supervise(self._spawn(workdir, run_uid, files))
         oom = slot.cgroup.oom_kills() - oom_before if slot.cgroup else 0
         if self.setup_err:
             return infra_error(f"sandbox setup failed: {self.setup_err.decode(errors='replace').strip()}")
         return verdict(self, self.limits, self.cpu, oom)
 
-    def _spawn(self, workdir: str, run_uid: int | None) -> int:
+    def _spawn(self, workdir: str, run_uid: int | None, files: dict) -> int:
         slot, limits = self.slot, self.limits
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -338,8 +352,7 @@ class SlotRun:
             try:
                 for fd in (out_r, err_r, setup_r, slot.ctl.fileno()):
                     os.close(fd)
-                program_process(self.req["program"], self.req.get("files") or {}, limits, slot, run_uid, workdir,
-                                stdin_fd, out_w, err_w)
+                program_process(self.req, files, limits, slot, run_uid, workdir, stdin_fd, out_w, err_w)
             except BaseException as e:
                 os.write(setup_w, f"{type(e).__name__}: {e}\n".encode())
             finally:
@@ -427,10 +440,13 @@ class Limits:
         self.max_processes = int(req.get("max_processes", 128))
         self.max_file_mb = int(req.get("max_file_mb", 64))
         self.max_open_files = int(req.get("max_open_files", 256))
+        address_space = req.get("address_space_mb")  # None: the default below; 0: none (see steps.Step)
+        self.address_space_mb = None if address_space is None else int(address_space)
 
 
-def program_process(source, files, limits, slot, run_uid, workdir, stdin_fd, out_w, err_w) -> None:
-    """The forked program, still privileged: join the slot's cgroup, isolate and drop privileges, run the source."""
+def program_process(req, files, limits, slot, run_uid, workdir, stdin_fd, out_w, err_w) -> None:
+    """The forked program, still privileged: join the slot's cgroup, isolate and drop privileges, run the source
+    (or exec the step's argv)."""
     if slot.cgroup:
         slot.cgroup.join()
     if slot.isolate:
@@ -442,7 +458,9 @@ def program_process(source, files, limits, slot, run_uid, workdir, stdin_fd, out
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it; dies with its slot
     _write_files(files, workdir)
     _set_rlimits(limits, slot.cgroup is None)
-    program.run_program(source, slot.streams, stdin_fd, out_w, err_w, workdir)
+    if "argv" in req:
+        program.exec_program(req["argv"], req.get("env") or {}, stdin_fd, out_w, err_w, workdir)
+    program.run_program(req["program"], slot.streams, stdin_fd, out_w, err_w, workdir)
 
 
 def _write_files(files: dict, workdir: str) -> None:
@@ -465,10 +483,10 @@ def _set_rlimits(limits: Limits, no_cgroup: bool) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
     # Per host uid: a real ceiling when each run has a uid of its own, a shared one otherwise (cgroups preferred).
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
-    if no_cgroup:
+    if no_cgroup and limits.address_space_mb != 0:
         # Address space, not memory: generous so that `import numpy` (big virtual reservations) still works.
-        address_space = max(2 * limits.memory_mb, limits.memory_mb + 1024) << 20
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        address_space = limits.address_space_mb or max(2 * limits.memory_mb, limits.memory_mb + 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (address_space << 20, address_space << 20))
 
 
 def verdict(run: SlotRun, limits: Limits, cpu: float, oom_kills: int) -> dict:

@@ -11,7 +11,9 @@ Layering (why each step happens where it does):
                  namespace, the program cannot unmount or remount anything, even as "root" of its user namespace.
 Stdlib only (imported by the fork server as a plain script).
 """
+import functools
 import os
+import sys
 
 import syscalls as sc
 
@@ -21,6 +23,17 @@ WORKDIR = "/tmp"
 
 def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+@functools.lru_cache(maxsize=1)
+def interpreter_paths() -> list[str]:
+    """What programs need of the interpreter: its base installation and the site-packages on sys.path. Not a
+    virtualenv's own directory (sys.prefix): beyond its site-packages it holds nothing a program needs.
+    Computed once, in the server before it hides anything (slots inherit the answer): resolved after the project is
+    hidden, a virtualenv's interpreter symlink inside it would no longer lead to the real interpreter."""
+    keep = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    keep.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p))
+    return sorted(keep)
 
 
 def isolate_server(hide: list[str], keep: list[str]) -> None:
@@ -60,11 +73,21 @@ class ScratchDirs:
     Emptying an untouched /tmp costs microseconds where a fresh mount per run cost ~2 ms of wall time (detaching a
     mount waits for an RCU grace period). Nothing of a run is alive to hold a file open when it is emptied; a tree
     that cannot be emptied (too deep to walk) gets fresh mounts instead.
+
+    A virtualenv living under /tmp (a clone in /tmp) would vanish under the run's /tmp: its site-packages are bound
+    back, read-only, at their own paths inside it (opened before anything covers them), and survive the emptying.
     """
 
     def __init__(self):
         self.targets = [WORKDIR] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
         self.size_mb = None
+        self.kept = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in interpreter_paths()
+                     if any(_under(p, t) and p != t for t in self.targets) and os.path.isdir(p)}
+        self.ancestors = {os.path.dirname(p) for p in self.kept}
+        for p in list(self.ancestors):
+            while p not in self.targets and p != "/":
+                self.ancestors.add(p)
+                p = os.path.dirname(p)
 
     def prepare(self, size_mb: int) -> None:
         if size_mb == self.size_mb:
@@ -72,24 +95,36 @@ class ScratchDirs:
         flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_REMOUNT if self.size_mb is not None else 0)
         for target in self.targets:
             sc.mount("tmpfs", target, "tmpfs", flags, f"size={size_mb}m,mode=1777")
+        if self.size_mb is None:
+            for path, fd in sorted(self.kept.items()):
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                sc.mount(f"/proc/self/fd/{fd}", path, None, sc.MS_BIND | sc.MS_REC)
+                sc.make_tree_readonly(path)
         self.size_mb = size_mb
 
     def clean(self) -> None:
         try:
             for target in self.targets:
-                _empty_dir(target)
+                _empty_dir(target, self.kept, self.ancestors)
+            if not all(os.path.ismount(p) for p in self.kept):  # a run moved a kept tree away: start afresh
+                raise OSError("a kept directory was moved")
         except (OSError, RecursionError):
             for target in self.targets:
                 sc.umount(target, sc.MNT_DETACH)
             self.size_mb = None
 
 
-def _empty_dir(path: str) -> None:
-    """Remove what is in path. Not shutil.rmtree: importing shutil loads zlib, bz2 and lzma into the slot, and every
-    fork then copies their mappings. Nothing of the run is alive, so nothing can race this walk."""
+def _empty_dir(path: str, kept=(), ancestors=()) -> None:
+    """Remove what is in path, except the kept mounts and the directories leading to them. Not shutil.rmtree:
+    importing shutil loads zlib, bz2 and lzma into the slot, and every fork then copies their mappings. Nothing of the
+    run is alive, so nothing can race this walk."""
     with os.scandir(path) as entries:
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            if entry.path in kept:
+                continue
+            if entry.path in ancestors and entry.is_dir(follow_symlinks=False):
+                _empty_dir(entry.path, kept, ancestors)
+            elif entry.is_dir(follow_symlinks=False):
                 _empty_dir(entry.path)
                 os.rmdir(entry.path)
             else:

@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 
 from .result import Limits, Result, SandboxUnavailable
+from . import toolchains
+from .steps import Program
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
 PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -42,7 +44,8 @@ class ForkServer:
     def __init__(self, python: str, isolate: bool):
         self.lock = threading.Lock()
         self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        config = {"isolate": isolate, "hide": HIDDEN, "preimport": PREIMPORT}
+        # The toolchains' warm artifacts (toolchains.py) stay visible, read-only, wherever the cache lives.
+        config = {"isolate": isolate, "hide": HIDDEN, "preimport": PREIMPORT, "keep": _toolchain_keep()}
         self.proc = subprocess.Popen(
             [python, "-I", str(FORKSERVER), str(child.fileno()), json.dumps(config)],
             pass_fds=[child.fileno()], env=SCRUBBED_ENV, cwd="/", stdin=subprocess.DEVNULL,
@@ -94,6 +97,13 @@ class ForkServer:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _toolchain_keep() -> list[str]:
+    try:
+        return [str(toolchains.cache_root())]
+    except (OSError, toolchains.ToolchainError):
+        return []  # compiled languages then fail with the reason when they ask for the cache; Python still runs
 
 
 def result_of(chunks: list[bytes]) -> Result:
@@ -154,10 +164,25 @@ def shutdown() -> None:
         _servers.clear()
 
 
-def run(program: str, *, stdin: str | None = None, files: dict[str, str | bytes] | None = None,
+def run(program: str | Program, *, stdin: str | None = None, files: dict[str, str | bytes] | None = None,
         python: str | None = None, allow_unisolated: bool | None = None, **limits) -> Result:
-    request = {"program": program, "stdin": stdin, "files": _encode_files(files), **Limits(**limits).to_json()}
-    return _run_with_retries(json.dumps(request).encode(), request["timeout_s"], python, allow_unisolated)
+    common = {"stdin": stdin, "files": _encode_files(files), **Limits(**limits).to_json()}
+    request = _request(program, common)
+    return _run_with_retries(json.dumps(request).encode(), _longest(request), python, allow_unisolated)
+
+
+def _request(program: str | Program, common: dict) -> dict:
+    """What the fork server is sent: Python source, or a Program's steps with its files added to the common ones."""
+    if isinstance(program, Program):
+        return {**common, "files": {**common["files"], **_encode_files(program.files)},
+                "steps": [step.to_json() for step in program.steps]}
+    return {"program": program, **common}
+
+
+def _longest(request: dict) -> float:
+    """How long a run may take: the sum of its steps' wall limits (a step without its own has the run's)."""
+    steps = request.get("steps") or [{}]
+    return sum(step.get("timeout_s", request["timeout_s"]) for step in steps)
 
 
 def _run_with_retries(payload: bytes, timeout_s: float, python: str | None, allow_unisolated: bool | None,
@@ -182,7 +207,6 @@ def run_many(programs: list[str], workers: int, on_result=None, *, stdin: str | 
     costs the caller less CPU than a thread per run (futures, locks, GIL hand-offs). A run that ends in infra_error
     is run again the way run() does it, with retries."""
     common = {"stdin": stdin, "files": _encode_files(files), **Limits(**limits).to_json()}
-    timeout_s = common["timeout_s"]
     results: list[Result | None] = [None] * len(programs)
     flights: dict[int, _Flight] = {}  # by socket fd
     poller = select.poll()
@@ -190,7 +214,7 @@ def run_many(programs: list[str], workers: int, on_result=None, *, stdin: str | 
 
     def finish(flight: _Flight, result: Result) -> None:
         if result.status == "infra_error":
-            result = _run_with_retries(flight.payload, timeout_s, python, allow_unisolated, INFRA_RETRIES - 1)
+            result = _run_with_retries(flight.payload, flight.timeout_s, python, allow_unisolated, INFRA_RETRIES - 1)
         results[flight.index] = result
         if on_result is not None:
             on_result(flight.index, result)
@@ -199,7 +223,8 @@ def run_many(programs: list[str], workers: int, on_result=None, *, stdin: str | 
         i = next(todo, None)
         if i is None:
             return False
-        flight = _Flight(i, json.dumps({"program": programs[i], **common}).encode(), timeout_s)
+        request = _request(programs[i], common)
+        flight = _Flight(i, json.dumps(request).encode(), _longest(request))
         try:
             flight.sock = get_server(python, allow_unisolated).submit(flight.payload)
         except OSError as e:
@@ -234,7 +259,7 @@ class _Flight:
     """One of run_many's runs in progress."""
 
     def __init__(self, index: int, payload: bytes, timeout_s: float):
-        self.index, self.payload = index, payload
+        self.index, self.payload, self.timeout_s = index, payload, timeout_s
         self.deadline = time.monotonic() + timeout_s + LOST_RUN_S
         self.chunks: list[bytes] = []
         self.complete = False

@@ -79,6 +79,33 @@ def run_program(source: str, streams: tuple, stdin_fd: int, stdout_fd: int, stde
     os._exit(_execute(source))
 
 
+def exec_program(argv: list[str], env: dict, stdin_fd: int, stdout_fd: int, stderr_fd: int, workdir: str) -> None:
+    """A step of a compiled program (sandbox/steps.py): exec its argv, looked up on the sandbox's own PATH, with the
+    sandbox's environment plus `env`. Never returns; a missing executable raises before the program's fds are set up,
+    so that the run is an infra error with the reason, not a failed program."""
+    env = {**os.environ, **env}
+    path = _which(argv[0], env, workdir)
+    os.setsid()
+    for target, fd in ((0, stdin_fd), (1, stdout_fd), (2, stderr_fd)):
+        if fd != target:
+            os.dup2(fd, target)
+    os.closerange(3, 1 << 16)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)  # the slot ignores it, and exec keeps what is ignored
+    os.chdir(workdir)
+    os.execve(path, argv, env)
+
+
+def _which(name: str, env: dict, workdir: str) -> str:
+    if "/" in name:
+        candidates = [os.path.join(workdir, name)]
+    else:
+        candidates = [os.path.join(d, name) for d in os.get_exec_path(env)]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(f"{name}: no such executable in the sandbox (PATH={env.get('PATH', '')})")
+
+
 def _execute(source: str) -> int:
     module = types.ModuleType(MODULE_NAME)
     sys.modules[MODULE_NAME] = module

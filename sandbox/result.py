@@ -16,13 +16,18 @@ class Result:
     stderr: str
     wall_s: float
     cpu_s: float  # user + system time of every process of the run
+    step: str = ""  # a Program's (sandbox/steps.py): the step this result is from, e.g. "build"; "" for Python
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not data["step"]:
+            del data["step"]  # a Python program's result keeps its six fields
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Result":
-        return cls(**{k: data[k] for k in ("status", "exit_code", "stdout", "stderr", "wall_s", "cpu_s")})
+        return cls(**{k: data[k] for k in ("status", "exit_code", "stdout", "stderr", "wall_s", "cpu_s")},
+                   step=data.get("step", ""))
 
     @classmethod
     def infra_error(cls, message: str) -> "Result":

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from support import SHARED_DATA, make_shards, micro_train_config, stdlib_texts
+from support import make_shards, micro_train_config, stdlib_texts
 
 
 def pytest_configure(config):
-    os.environ.setdefault("CODELM_DATA_DIR", str(SHARED_DATA))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -43,7 +43,7 @@ def micro_train_config(data: Path, out: Path, **kw):
     from codelm.train import TrainConfig
     base = dict(data=str(data), out=str(out), preset="tiny", model=dict(MICRO_MODEL), steps=20, batch_size=4,
                 context_length=64, lr=3e-3, warmup_steps=2, eval_every=0, eval_tokens=1024, save_every=0,
-                log_every=5, precision="fp32", seed=0)
+                log_every=5, precision="fp32", seed=0, compile=False)
     base.update(kw)
     return TrainConfig(**base)
 

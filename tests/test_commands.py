@@ -24,7 +24,7 @@ def documented_commands() -> list[list[str]]:
     lines = []
     readme = (ROOT / "README.md").read_text()
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
-        lines += block.splitlines()
+        lines += block.replace("\\\n", " ").splitlines()  # a command continued on the next line is one command
     make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     lines += [line.replace("$(BIN)/", "") for line in make.splitlines() if line.strip().startswith("$(BIN)/codelm ")]
     commands = []
@@ -110,6 +110,17 @@ def test_sample_infill_eval_and_serve_read_a_file_and_flags_override_it(tmp_path
                                                                              0.8)
 
 
+def test_training_evaluation_export_and_import_options_are_dataclasses_too():
+    from evals.cli import TrainingEvalOptions
+    args = build_parser("train").parse_args(["train", "--eval-infill-every", "4", "--eval-infill-mode", "mim"])
+    opts = resolve_config(TrainingEvalOptions, args)
+    assert (opts.eval_infill_every, opts.eval_infill_mode, opts.eval_infill_limit) == (4, "mim", 20)
+    assert resolve_config(args.options, args).steps == 1000  # and the trainer's own options ignore them
+    export = parse(["export", "runs/t", "--hf", "out/hf", "--dtype", "bfloat16"])
+    assert (export.checkpoint, export.hf, export.dtype) == ("runs/t", "out/hf", "bfloat16")
+    assert parse(["import-hf", "hf/dir", "--out", "ckpt"]).out == "ckpt"
+
+
 def test_a_bool_option_alone_means_true_and_does_not_swallow_the_next_argument():
     ev = parse(["eval", "humaneval", "--plus", "runs/tiny"])
     assert (ev.plus, ev.model) == (True, "runs/tiny")
@@ -169,3 +180,24 @@ def test_help_and_scoring_samples_import_no_torch(tmp_path):
     loaded = modules_loaded_by(["eval", "humaneval", "--samples", "s.jsonl", "--limit", "1"], tmp_path)
     assert "evals" in loaded and not loaded & heavy
     assert json.loads((tmp_path / "s_humaneval_results" / "summary.json").read_text())["pass@1"] == 1.0
+
+
+def test_a_new_option_is_one_field_wherever_its_flags_are_shown():
+    """What another issue does to add an option: a field. Its flag, file key, bare bool form and --no- form follow,
+    in an argument group too."""
+    from dataclasses import dataclass
+
+    from codelm.config import ArgumentParser, add_dataclass_arguments, option
+
+    @dataclass
+    class Options:
+        model: str = option("", "a model", positional=True)
+        trust_remote_code: bool = option(False, "run the model's own code")
+        backend: str = option("auto", "which backend", choices=("auto", "codelm", "vllm"))
+
+    parser = ArgumentParser(prog="x")
+    add_dataclass_arguments(parser.add_argument_group("backends"), Options)
+    cfg = resolve_config(Options, parser.parse_args(["--trust-remote-code", "m", "--backend", "vllm"]))
+    assert (cfg.model, cfg.trust_remote_code, cfg.backend) == ("m", True, "vllm")
+    assert resolve_config(Options, parser.parse_args(["m", "--no-trust-remote-code"])).trust_remote_code is False
+    assert resolve_config(Options, parser.parse_args(["m"])).backend == "auto"

@@ -166,3 +166,16 @@ def test_the_same_command_gives_the_same_losses_while_other_processes_load_every
         losses.append([r["loss"] for r in rows if r["kind"] == "train"])
     assert len(losses[0]) == 4
     assert losses[0] == losses[1]
+
+
+def test_compile_is_automatic_for_runs_long_enough_to_repay_it():
+    """--compile unset: the demo's run (300 tiny-preset steps of 16 x 256 tokens) compiles on a 2-core machine's
+    bf16 peak (~850 GFLOP/s); a 20-step run of the tests' micro model does not; a faster machine needs more steps."""
+    from codelm.model import flops_per_token, preset_config
+    from codelm.train import compile_repays
+    tiny = flops_per_token(preset_config("tiny"), 256)["train"]
+    assert compile_repays(300, 16 * 256, tiny, 850e9)
+    assert not compile_repays(20, 16 * 256, tiny, 850e9)
+    assert not compile_repays(300, 16 * 256, tiny, 850e12)  # a GPU runs the same steps in a second
+    micro = flops_per_token(preset_config("tiny", n_layer=2, n_head=2, d_model=64, context_length=128), 128)["train"]
+    assert not compile_repays(20, 4 * 64, micro, 850e9)

@@ -50,13 +50,13 @@ def error_response(status: int, message: str, param: str | None = None, kind: st
 
 
 def default_model_id(ckpt, can_fim: bool) -> str:
-    """`codelm-<run>`, plus `-qwencoder-fim` for a FIM model: tools such as Continue choose a FIM template by
-    substrings of the model id, and the one they pick for "qwen"+"coder" is `<|fim_prefix|>{prefix}<|fim_suffix|>
-    {suffix}<|fim_middle|>`, exactly this model's (cl100k's) sentinels, which the server honours as a raw prompt.
-    The suffix names the template, not the weights."""
+    """`codelm-<run>`, plus `-fim` for a model that infills. Not named after another model family: an editor
+    plugin that picks its FIM template from the id must be told the template (this model's sentinels are cl100k's
+    `<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>`, honoured as a raw prompt), or the id can be
+    chosen with --model-id."""
     path = Path(ckpt.path)
     run = path.parent.parent.name if path.parent.name == "checkpoints" else path.name
-    return f"codelm-{run}" + ("-qwencoder-fim" if can_fim else "")
+    return f"codelm-{run}" + ("-fim" if can_fim else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from codelm.config import add_dataclass_arguments
+from codelm.config import add_options_command
 from web.config import ServeConfig
 
 DESCRIPTION = ("Serve a checkpoint: OpenAI /v1/completions (with suffix), llama.cpp /infill, /v1/models, /health, "
@@ -21,9 +21,7 @@ def add_serve_parser(subparsers) -> None:
 
 def configure_serve_parser(p: argparse.ArgumentParser) -> None:
     p.description = DESCRIPTION
-    p.add_argument("--config", help="TOML/JSON/YAML file with these options (flags override it)")
-    add_dataclass_arguments(p, ServeConfig)
-    p.set_defaults(func=cmd_serve, options=ServeConfig)
+    add_options_command(p, ServeConfig, cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -29,4 +29,4 @@ class ServeConfig:
                                      metavar="ORIGIN")
     raw_fim: bool = option(True, "honour a prompt that is this model's own FIM template filled in (--no-raw-fim: "
                                  "treat it as plain text)")
-    model_id: str | None = option(None, "id reported by /v1/models (default codelm-<run>[-qwencoder-fim])")
+    model_id: str | None = option(None, "id reported by /v1/models (default codelm-<run>[-fim])")

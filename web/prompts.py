@@ -6,7 +6,7 @@
 The end-of-text comes before a prefix that is the start of its file, as a whole document follows one in packed
 training windows (codelm.infill.document_head).
 
-Every forward window starts with `<|l2r|>` in training, whatever the objective (DESIGN.md, Tokenizer), so every
+Every forward window starts with `<|l2r|>` in training, whatever the objective (ARCHITECTURE.md), so every
 prompt does too. Text is always encoded as text: a sentinel's string inside user text is never a sentinel, except in
 `split_sentinel_prompt`, the one documented exception for clients that build this model's template themselves.
 
@@ -32,10 +32,12 @@ class Prompt:
 
 
 def completion_prompt(tokenizer, text: str, budget: int) -> Prompt:
+    """The BOS marker (none for a tokenizer without one: Qwen2.5-Coder, StarCoder), then the text's last tokens."""
     ids = tokenizer.encode(text)
-    room = max(budget - 1, 0)
+    head = [tokenizer.l2r_id] if tokenizer.l2r_id is not None else []
+    room = max(budget - len(head), 0)
     kept = ids[-room:] if room else []
-    return Prompt([tokenizer.l2r_id] + kept, len(kept) < len(ids))
+    return Prompt(head + kept, len(kept) < len(ids))
 
 
 def fim_prompt(tokenizer, prefix: str, suffix: str, budget: int, middle_start: str = "") -> Prompt:

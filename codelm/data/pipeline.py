@@ -5,8 +5,8 @@ Four datatrove executor runs, each a list of pipeline steps, chained (a run star
     filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► candidates on disk
                        + exact-dedup keys, full MinHash signatures, and datatrove's per-bucket signature files
     buckets (B tasks)  datatrove's MinhashDedupBuckets: candidate near-duplicate pairs, merged from sorted files
-    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs verified on the full
-                       signature, union-find; which documents each task drops
+    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs joined by union-find;
+                       which documents each task drops
     shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize ─►
                        one token file per split per task
 
@@ -18,15 +18,18 @@ that order stays, so the kept set, the removal counts and the manifest do not de
 examples in the manifest are the first ones in that order. (datatrove's own cluster stage keeps the union-find root,
 which depends on how files were split into tasks; ours does not use it.) Near duplicates: shingles of code-aware
 tokens (words, numbers and each punctuation mark, case kept — datatrove's default normalization lowercases and
-drops punctuation and numbers, wrong for code), candidates from LSH bands, kept as duplicates only when the full
-signatures agree on at least `near_dedup_threshold` of their hashes (the banding alone admits lower pairs).
+drops punctuation and numbers, wrong for code); documents sharing an LSH band are duplicates, the bands sized so
+that the detection probability is one half at `near_dedup_threshold` (15 bands of 12 hashes for 0.8). No pairwise
+verification: which pairs datatrove reports within a band depends on the task split, their connected components do
+not, and a verification would make the result depend on the split again.
 
 Resumption: datatrove writes a completion marker per task after its last step; every file a task writes goes to a
 temp name first and is renamed when complete, so a rerun after kill -9 skips finished tasks, redoes the others from
 scratch and produces the same bytes. The working directory (default OUT.work) records the options that shape its
 contents; a working directory made with other options is refused. It is removed after a successful run.
-Disk cost of the working directory: the candidate texts (about the corpus size, uncompressed), 36 + 4·hashes bytes
-per document of keys and signatures, and as much again in datatrove's bucket files.
+Disk cost of the working directory: the candidate texts (about the corpus size, uncompressed), 36 bytes
+per document of keys, 4 bytes per hash per document of datatrove's signature files (180 hashes by default: 720
+bytes) and the duplicate pairs.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupSignature
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
 from codelm.data.sources import Document as CodeDocument
@@ -110,248 +117,227 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the steps (datatrove PipelineSteps; imported lazily so the module loads without datatrove for `--help`)
+# the steps (datatrove PipelineSteps; this module is imported only when a pipeline runs)
 # --------------------------------------------------------------------------------------------------------------
-def _steps():
-    from datatrove.data import Document
-    from datatrove.pipeline.base import PipelineStep
-    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
-    class ReadSources(PipelineStep):
-        """This task's share of the sources (see sources.task_documents), with each document's order."""
-        name, type = "sources", "codelm"
+class ReadSources(PipelineStep):
+    """This task's share of the sources (see sources.task_documents), with each document's order."""
+    name, type = "sources", "codelm"
 
-        def __init__(self, cfg, work: Path):
-            super().__init__()
-            self.cfg, self.work = cfg, work
+    def __init__(self, cfg, work: Path):
+        super().__init__()
+        self.cfg, self.work = cfg, work
 
-        def run(self, data=None, rank: int = 0, world_size: int = 1):
-            from codelm.data.sources import task_documents
-            rejects: list = []
-            counter = StageCounter("read")
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from codelm.data.sources import task_documents
+        rejects: list = []
+        counter = StageCounter("read")
+        t0 = time.perf_counter()
+        for order, doc in task_documents(self.cfg, rank, world_size, rejects):
+            size = len(doc.text.encode("utf-8"))
+            counter.count(order, doc.id, size, None)
+            yield Document(text=doc.text, id=doc.id, metadata={"order": order, "n_bytes": size,
+                                                               "source": doc.source})
+        counter.seconds = time.perf_counter() - t0
+        _atomic_json(self.work / "stats" / "read" / f"{rank:05d}.json",
+                     {"read": counter.to_json(), "rejects": rejects})
+
+class CodeStage(PipelineStep):
+    """One of our per-document stages (size, quality, edu score, decontaminate), with its decisions, a
+    per-document time budget and its counts."""
+    type = "codelm"
+
+    def __init__(self, make_stage, stage_name: str, work: Path, phase: str, doc_seconds: float,
+                 progress_seconds: float):
+        super().__init__()
+        self.make_stage, self.name, self.work, self.phase = make_stage, stage_name, work, phase
+        self.doc_seconds, self.progress_seconds = doc_seconds, progress_seconds
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from codelm.data.progress import Progress
+        stage = self.make_stage()
+        counter = StageCounter(stage.name)
+        progress = Progress(f"{stage.name} [task {rank}]", 0, 0, self.progress_seconds)
+        dropped = []
+        for doc in data:
             t0 = time.perf_counter()
-            for order, doc in task_documents(self.cfg, rank, world_size, rejects):
-                size = len(doc.text.encode("utf-8"))
-                counter.count(order, doc.id, size, None)
-                yield Document(text=doc.text, id=doc.id, metadata={"order": order, "n_bytes": size,
-                                                                   "source": doc.source})
-            counter.seconds = time.perf_counter() - t0
-            _atomic_json(self.work / "stats" / "read" / f"{rank:05d}.json",
-                         {"read": counter.to_json(), "rejects": rejects})
-
-    class CodeStage(PipelineStep):
-        """One of our per-document stages (size, quality, edu score, decontaminate), with its decisions, a
-        per-document time budget and its counts."""
-        type = "codelm"
-
-        def __init__(self, make_stage, stage_name: str, work: Path, phase: str, doc_seconds: float,
-                     progress_seconds: float):
-            super().__init__()
-            self.make_stage, self.name, self.work, self.phase = make_stage, stage_name, work, phase
-            self.doc_seconds, self.progress_seconds = doc_seconds, progress_seconds
-
-        def run(self, data, rank: int = 0, world_size: int = 1):
-            from codelm.data.progress import Progress
-            stage = self.make_stage()
-            counter = StageCounter(stage.name)
-            progress = Progress(f"{stage.name} [task {rank}]", 0, 0, self.progress_seconds)
-            dropped = []
-            for doc in data:
-                t0 = time.perf_counter()
-                code_doc = CodeDocument(doc.id, doc.text, doc.metadata.get("source", ""), doc.metadata)
-                try:
-                    with time_budget(self.doc_seconds):
-                        reason = (stage.decide(code_doc, stage.analyze(code_doc)) if hasattr(stage, "analyze")
-                                  else stage.keep(code_doc))
-                except DocumentTimeout:
-                    log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
-                    reason = f"{TIMED_OUT_REASON} ({stage.name})"
-                counter.seconds += time.perf_counter() - t0
-                counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
-                if reason and getattr(stage, "dropped", None) and stage.dropped[-1]["id"] == doc.id:
-                    dropped.append((doc.metadata["order"], stage.dropped[-1]))
-                progress.update(doc.metadata["n_bytes"])
-                if reason is None:
-                    yield doc
-            extra = {}
-            if hasattr(stage, "scores"):
-                extra["scores"] = stage.scores
-            if hasattr(stage, "dropped"):
-                extra["dropped"] = sorted(dropped, key=lambda x: x[0])[:1000]
-            _atomic_json(self.work / "stats" / self.phase / stage.name / f"{rank:05d}.json",
-                         {"stage": counter.to_json(), **extra})
-
-    class WriteCandidates(PipelineStep):
-        """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted) and
-        full MinHash signatures; each file renamed into place when complete."""
-        name, type = "candidates", "codelm"
-
-        def __init__(self, work: Path, signer):
-            super().__init__()
-            self.work, self.signer = work, signer
-
-        def run(self, data, rank: int = 0, world_size: int = 1):
-            from codelm.data.dedup import exact_key
-            folder = self.work / "candidates"
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp_docs = folder / f".{rank:05d}.jsonl.tmp-{os.getpid()}"
-            tmp_sigs = folder / f".{rank:05d}.sigs.tmp-{os.getpid()}"
-            keys = []
-            with open(tmp_docs, "w", encoding="utf-8") as fd, open(tmp_sigs, "wb") as fs:
-                for idx, doc in enumerate(data):
-                    order = doc.metadata["order"]
-                    fd.write(json.dumps({"id": doc.id, "text": doc.text, "order": order,
-                                         "source": doc.metadata.get("source", ""),
-                                         "edu_score": doc.metadata.get("edu_score")}) + "\n")
-                    keys.append((exact_key(doc.text)[:16], order, idx, doc.metadata["n_bytes"]))
-                    sig = self.signer.full_signature(doc.text)
-                    fs.write(sig.tobytes())
-                    yield doc
-            arr = np.array(keys, dtype=KEY_DTYPE)
-            arr.sort(order=["key", "order"])
-            tmp_keys = folder / f".{rank:05d}.keys.npy.tmp-{os.getpid()}"
-            with open(tmp_keys, "wb") as fk:
-                np.save(fk, arr)
-            tmp_keys.replace(folder / f"{rank:05d}.keys.npy")
-            tmp_sigs.replace(folder / f"{rank:05d}.sigs")
-            tmp_docs.replace(folder / f"{rank:05d}.jsonl")
-
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    class CodeWordTokenizer(WordTokenizer):
-        """Words and numbers whole, each punctuation mark its own token, case kept (datatrove's default word
-        tokenizers need spaCy/NLTK data and are made for prose)."""
-
-        def word_tokenize(self, text: str) -> list[str]:
-            return _code_tokens(text)
-
-        def sent_tokenize(self, text: str) -> list[str]:
-            return text.splitlines()
-
-        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-            import re
-            return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
-
-    class CodeMinhashSignature(MinhashDedupSignature):
-        """datatrove's signature stage with code-aware shingles: words, numbers and every punctuation mark are
-        tokens, case kept (its default simplify_text lowercases and drops punctuation and numbers)."""
-        name = "code minhash signatures"
-
-        def __init__(self, output_folder, config):
-            super().__init__(output_folder=output_folder, config=config, language=CodeWordTokenizer())
-
-        def get_shingles(self, text: str) -> np.ndarray:
-            if text is not getattr(self, "_last_text", None):  # the candidates writer just computed them
-                self._last_text, self._last = text, code_shingles(text, self.config.n_grams, self._hash_func)
-            return self._last
-
-        def full_signature(self, text: str) -> np.ndarray:
-            shingles = self.get_shingles(text)
-            if shingles.size == 0:
-                return np.full(self.num_hashes, self.config.hash_config.max, dtype=np.uint64).astype(
-                    self.config.hash_config.np_dtype)
-            return np.concatenate([np.asarray(b, dtype=self.config.hash_config.np_dtype)
-                                   for b in self.get_signature(shingles)])
-
-    class Cluster(PipelineStep):
-        """Exact and near duplicates across all tasks; writes, per filter task, which candidates to drop."""
-        name, type = "cluster", "codelm"
-
-        def __init__(self, work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool):
-            super().__init__()
-            self.work, self.n_tasks, self.config = work, n_tasks, config
-            self.threshold, self.exact, self.near = threshold, exact, near
-
-        def run(self, data=None, rank: int = 0, world_size: int = 1):
-            cluster(self.work, self.n_tasks, self.config, self.threshold, self.exact, self.near)
-            return iter(())
-
-    class ReadCandidates(PipelineStep):
-        """The candidates of filter task `rank`, minus the duplicates the cluster step chose to drop."""
-        name, type = "candidates reader", "codelm"
-
-        def __init__(self, work: Path):
-            super().__init__()
-            self.work = work
-
-        def run(self, data=None, rank: int = 0, world_size: int = 1):
-            drop_file = self.work / "cluster" / f"{rank:05d}.drop.npy"
-            drop = set(np.load(drop_file).tolist()) if drop_file.is_file() else set()
-            with open(self.work / "candidates" / f"{rank:05d}.jsonl", encoding="utf-8") as f:
-                for idx, line in enumerate(f):
-                    if idx in drop:
-                        continue
-                    row = json.loads(line)
-                    meta = {"order": row["order"], "n_bytes": len(row["text"].encode("utf-8")),
-                            "source": row["source"]}
-                    if row.get("edu_score") is not None:
-                        meta["edu_score"] = row["edu_score"]
-                    yield Document(text=row["text"], id=row["id"], metadata=meta)
-
-    class TokenizeSplit(PipelineStep):
-        """Validation split by content hash, tokenization, one token file per split for this task (streamed to
-        disk as documents arrive)."""
-        name, type = "tokenize", "codelm"
-
-        def __init__(self, work: Path, tokenizer_name: str, val_fraction: float, single: bool):
-            super().__init__()
-            self.work, self.tokenizer_name, self.val_fraction, self.single = work, tokenizer_name, val_fraction, single
-
-        def run(self, data, rank: int = 0, world_size: int = 1):
-            from codelm.data.prepare import is_validation
-            from codelm.data.shards import token_dtype
-            from codelm.tokenizer import get_tokenizer
-            tok = get_tokenizer(self.tokenizer_name)
-            dtype = token_dtype(tok.n_vocab)
-            folder = self.work / "tokens"
-            folder.mkdir(parents=True, exist_ok=True)
-            state = {}
-            for name in ("train", "val"):
-                stem = name if self.single else f"{name}-{rank:05d}"
-                tmp = folder / f".{stem}.bin.tmp-{os.getpid()}"
-                state[name] = {"stem": stem, "tmp": tmp, "fh": open(tmp, "wb"), "offsets": [0], "bytes": 0,
-                               "ids": []}
-            log_lengths = []
-            t0 = time.perf_counter()
-            batch: list = []
-
-            def flush():
-                for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch], num_threads=1)):
-                    s = state["val" if is_validation(doc, self.val_fraction) else "train"]
-                    np.asarray(ids + [tok.eot_id], dtype=dtype).tofile(s["fh"])
-                    s["offsets"].append(s["offsets"][-1] + len(ids) + 1)
-                    s["bytes"] += doc.metadata["n_bytes"]
-                    s["ids"].append((doc.metadata["order"], doc.id))
-                    log_lengths.append(float(np.log10(max(1, len(ids)))))
-                batch.clear()
-
-            for doc in data:
-                batch.append(doc)
-                if len(batch) >= 64:
-                    flush()
+            code_doc = CodeDocument(doc.id, doc.text, doc.metadata.get("source", ""), doc.metadata)
+            try:
+                with time_budget(self.doc_seconds):
+                    reason = (stage.decide(code_doc, stage.analyze(code_doc)) if hasattr(stage, "analyze")
+                              else stage.keep(code_doc))
+            except DocumentTimeout:
+                log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
+                reason = f"{TIMED_OUT_REASON} ({stage.name})"
+            counter.seconds += time.perf_counter() - t0
+            counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
+            if reason and getattr(stage, "dropped", None) and stage.dropped[-1]["id"] == doc.id:
+                dropped.append((doc.metadata["order"], stage.dropped[-1]))
+            progress.update(doc.metadata["n_bytes"])
+            if reason is None:
                 yield doc
-            flush()
-            entries = {}
-            for name, s in state.items():
-                s["fh"].flush()
-                os.fsync(s["fh"].fileno())
-                s["fh"].close()
-                offsets = np.asarray(s["offsets"], dtype=np.int64)
-                tmp_docs = folder / f".{s['stem']}.docs.npy.tmp-{os.getpid()}"
-                with open(tmp_docs, "wb") as fh:
-                    np.save(fh, offsets)
-                tmp_docs.replace(folder / f"{s['stem']}.docs.npy")
-                s["tmp"].replace(folder / f"{s['stem']}.bin")
-                entries[name] = {"file": f"{s['stem']}.bin", "docs_file": f"{s['stem']}.docs.npy",
-                                 "n_tokens": int(offsets[-1]), "n_docs": len(offsets) - 1, "n_bytes": s["bytes"],
-                                 "ids": sorted(s["ids"])[:1000]}
-            counts, _ = np.histogram(np.asarray(log_lengths, dtype=float), bins=24, range=(0, 6))
-            _atomic_json(self.work / "stats" / "tokenize" / f"{rank:05d}.json",
-                         {"files": entries, "doc_tokens": counts.tolist(), "seconds": time.perf_counter() - t0})
+        extra = {}
+        if hasattr(stage, "scores"):
+            extra["scores"] = stage.scores
+        if hasattr(stage, "dropped"):
+            extra["dropped"] = sorted(dropped, key=lambda x: x[0])[:1000]
+        _atomic_json(self.work / "stats" / self.phase / stage.name / f"{rank:05d}.json",
+                     {"stage": counter.to_json(), **extra})
 
-    return dict(ReadSources=ReadSources, CodeStage=CodeStage, WriteCandidates=WriteCandidates,
-                CodeMinhashSignature=CodeMinhashSignature, Cluster=Cluster, ReadCandidates=ReadCandidates,
-                TokenizeSplit=TokenizeSplit)
+class WriteCandidates(PipelineStep):
+    """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted); each
+    file renamed into place when complete."""
+    name, type = "candidates", "codelm"
+
+    def __init__(self, work: Path):
+        super().__init__()
+        self.work = work
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from codelm.data.dedup import exact_key
+        folder = self.work / "candidates"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp_docs = folder / f".{rank:05d}.jsonl.tmp-{os.getpid()}"
+        keys = []
+        with open(tmp_docs, "w", encoding="utf-8") as fd:
+            for idx, doc in enumerate(data):
+                order = doc.metadata["order"]
+                fd.write(json.dumps({"id": doc.id, "text": doc.text, "order": order,
+                                     "source": doc.metadata.get("source", ""),
+                                     "edu_score": doc.metadata.get("edu_score")}) + "\n")
+                keys.append((exact_key(doc.text)[:16], order, idx, doc.metadata["n_bytes"]))
+                yield doc
+        arr = np.array(keys, dtype=KEY_DTYPE)
+        arr.sort(order=["key", "order"])
+        tmp_keys = folder / f".{rank:05d}.keys.npy.tmp-{os.getpid()}"
+        with open(tmp_keys, "wb") as fk:
+            np.save(fk, arr)
+        tmp_keys.replace(folder / f"{rank:05d}.keys.npy")
+        tmp_docs.replace(folder / f"{rank:05d}.jsonl")
+
+
+class CodeWordTokenizer(WordTokenizer):
+    """Words and numbers whole, each punctuation mark its own token, case kept (datatrove's default word
+    tokenizers need spaCy/NLTK data and are made for prose)."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _code_tokens(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return text.splitlines()
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        import re
+        return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+
+
+class CodeMinhashSignature(MinhashDedupSignature):
+    """datatrove's signature stage with code-aware shingles: words, numbers and every punctuation mark are
+    tokens, case kept (its default simplify_text lowercases and drops punctuation and numbers)."""
+    name = "code minhash signatures"
+
+    def __init__(self, output_folder, config):
+        super().__init__(output_folder=output_folder, config=config, language=CodeWordTokenizer())
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        return code_shingles(text, self.config.n_grams, self._hash_func)
+
+
+class Cluster(PipelineStep):
+    """Exact and near duplicates across all tasks; writes, per filter task, which candidates to drop."""
+    name, type = "cluster", "codelm"
+
+    def __init__(self, work: Path, n_tasks: int, exact: bool, near: bool):
+        super().__init__()
+        self.work, self.n_tasks, self.exact, self.near = work, n_tasks, exact, near
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        cluster(self.work, self.n_tasks, self.exact, self.near)
+        return iter(())
+
+class ReadCandidates(PipelineStep):
+    """The candidates of filter task `rank`, minus the duplicates the cluster step chose to drop."""
+    name, type = "candidates reader", "codelm"
+
+    def __init__(self, work: Path):
+        super().__init__()
+        self.work = work
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        drop_file = self.work / "cluster" / f"{rank:05d}.drop.npy"
+        drop = set(np.load(drop_file).tolist()) if drop_file.is_file() else set()
+        with open(self.work / "candidates" / f"{rank:05d}.jsonl", encoding="utf-8") as f:
+            for idx, line in enumerate(f):
+                if idx in drop:
+                    continue
+                row = json.loads(line)
+                meta = {"order": row["order"], "n_bytes": len(row["text"].encode("utf-8")),
+                        "source": row["source"]}
+                if row.get("edu_score") is not None:
+                    meta["edu_score"] = row["edu_score"]
+                yield Document(text=row["text"], id=row["id"], metadata=meta)
+
+class TokenizeSplit(PipelineStep):
+    """Validation split by content hash, tokenization, one token file per split for this task (streamed to
+    disk as documents arrive)."""
+    name, type = "tokenize", "codelm"
+
+    def __init__(self, work: Path, tokenizer_name: str, val_fraction: float, single: bool):
+        super().__init__()
+        self.work, self.tokenizer_name, self.val_fraction, self.single = work, tokenizer_name, val_fraction, single
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from codelm.data.prepare import is_validation
+        from codelm.data.shards import token_dtype
+        from codelm.tokenizer import get_tokenizer
+        tok = get_tokenizer(self.tokenizer_name)
+        dtype = token_dtype(tok.n_vocab)
+        folder = self.work / "tokens"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {}
+        for name in ("train", "val"):
+            stem = name if self.single else f"{name}-{rank:05d}"
+            tmp = folder / f".{stem}.bin.tmp-{os.getpid()}"
+            state[name] = {"stem": stem, "tmp": tmp, "fh": open(tmp, "wb"), "offsets": [0], "bytes": 0,
+                           "ids": []}
+        log_lengths = []
+        t0 = time.perf_counter()
+        batch: list = []
+
+        def flush():
+            for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch], num_threads=1)):
+                s = state["val" if is_validation(doc, self.val_fraction) else "train"]
+                np.asarray(ids + [tok.eot_id], dtype=dtype).tofile(s["fh"])
+                s["offsets"].append(s["offsets"][-1] + len(ids) + 1)
+                s["bytes"] += doc.metadata["n_bytes"]
+                s["ids"].append((doc.metadata["order"], doc.id))
+                log_lengths.append(float(np.log10(max(1, len(ids)))))
+            batch.clear()
+
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= 64:
+                flush()
+            yield doc
+        flush()
+        entries = {}
+        for name, s in state.items():
+            s["fh"].flush()
+            os.fsync(s["fh"].fileno())
+            s["fh"].close()
+            offsets = np.asarray(s["offsets"], dtype=np.int64)
+            tmp_docs = folder / f".{s['stem']}.docs.npy.tmp-{os.getpid()}"
+            with open(tmp_docs, "wb") as fh:
+                np.save(fh, offsets)
+            tmp_docs.replace(folder / f"{s['stem']}.docs.npy")
+            s["tmp"].replace(folder / f"{s['stem']}.bin")
+            entries[name] = {"file": f"{s['stem']}.bin", "docs_file": f"{s['stem']}.docs.npy",
+                             "n_tokens": int(offsets[-1]), "n_docs": len(offsets) - 1, "n_bytes": s["bytes"],
+                             "ids": sorted(s["ids"])[:1000]}
+        counts, _ = np.histogram(np.asarray(log_lengths, dtype=float), bins=24, range=(0, 6))
+        _atomic_json(self.work / "stats" / "tokenize" / f"{rank:05d}.json",
+                     {"files": entries, "doc_tokens": counts.tolist(), "seconds": time.perf_counter() - t0})
+
 
 
 CODE_TOKEN = None
@@ -367,19 +353,32 @@ def _code_tokens(text: str) -> list[str]:
 
 def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
     """Hashed n-grams of code-aware tokens (words and numbers whole, each punctuation mark its own token, case
-    kept); a document shorter than n tokens is one shingle. Shape (k, 1), as datatrove's signature stage wants."""
+    kept); a document shorter than n tokens is one shingle. Shape (k, 1), as datatrove's signature stage wants.
+    Each distinct token is hashed once (`hash_func`, xxhash), n-grams combine them by a polynomial mod 2^32."""
     tokens = _code_tokens(text)
     if not tokens:
         return np.zeros((0, 1), dtype=np.uint64)
-    grams = [" ".join(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))]
-    return np.fromiter((hash_func(g.encode("utf-8", "surrogatepass")) for g in set(grams)),
-                       dtype=np.uint64).reshape((-1, 1))
+    cache = _TOKEN_HASHES
+    if len(cache) > 1_000_000:
+        cache.clear()
+    h = np.fromiter((cache[t] if t in cache else cache.setdefault(t, hash_func(t.encode("utf-8", "surrogatepass")))
+                     for t in tokens), dtype=np.uint64, count=len(tokens))
+    if len(h) < n:
+        h = np.pad(h, (0, n - len(h)))
+    window = np.lib.stride_tricks.sliding_window_view(h, n)
+    mult = np.array([1000003 ** i % (1 << 32) for i in range(n)], dtype=np.uint64)
+    combined = (window * mult).sum(axis=1) & np.uint64(0xFFFFFFFF)  # uint64 wraps: a polynomial hash
+    return np.unique(combined).reshape((-1, 1))
+
+
+_TOKEN_HASHES: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the cluster step: exact and near duplicates across tasks
 # --------------------------------------------------------------------------------------------------------------
-def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, near: bool) -> None:
+def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
+    t0 = time.perf_counter()
     folder = work / "candidates"
     _ID_CACHE.clear()
     keys = [np.load(folder / f"{r:05d}.keys.npy", mmap_mode="r") for r in range(n_tasks)]
@@ -398,11 +397,10 @@ def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, nea
             if key == last:
                 drop[r][idx] = "duplicate"
             last = key
-    # near: candidate pairs from datatrove's bucket files, verified on the full signatures
+    # near: candidate pairs from datatrove's bucket files. Every document sharing a band with another is chained
+    # to it (in an order that depends on the task split), so the connected components do not depend on it
     parent: dict[tuple[int, int], tuple[int, int]] = {}
     if near:
-        sigs = [np.memmap(folder / f"{r:05d}.sigs", dtype=config.hash_config.np_dtype, mode="r").reshape(
-            -1, config.num_buckets * config.hashes_per_bucket) if len(keys[r]) else None for r in range(n_tasks)]
         order_of = [dict() for _ in range(n_tasks)]
         for r, arr in enumerate(keys):
             for k in arr:
@@ -419,10 +417,7 @@ def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, nea
         for dup_file in sorted((work / "minhash" / "buckets").glob("*.dups")):
             raw = np.fromfile(dup_file, dtype="<u4").reshape(-1, 4)
             for f1, d1, f2, d2 in raw.tolist():
-                a, b = (f1, d1), (f2, d2)
-                if np.mean(sigs[f1][d1] == sigs[f2][d2]) < threshold:
-                    continue
-                ra, rb = find(a), find(b)
+                ra, rb = find((f1, d1)), find((f2, d2))
                 if ra != rb:  # the root is the member first in source order: independent of the task split
                     if (order_of[rb[0]][rb[1]], rb) < (order_of[ra[0]][ra[1]], ra):
                         ra, rb = rb, ra
@@ -446,6 +441,7 @@ def cluster(work: Path, n_tasks: int, config, threshold: float, exact: bool, nea
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(sorted(drop[r]), dtype=np.int64))
         tmp.replace(out / f"{r:05d}.drop.npy")
+    exact_stats.seconds = near_stats.seconds = (time.perf_counter() - t0) / (int(exact) + int(near) or 1)
     stages = ([exact_stats.to_json()] if exact else []) + ([near_stats.to_json()] if near else [])
     _atomic_json(work / "stats" / "cluster.json", {"stages": stages})
 
@@ -498,10 +494,16 @@ def _quiet_datatrove() -> None:
     base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
 
 
+HASHES_PER_BAND = 12
+
+
 def minhash_config(cfg):
+    """LSH bands for the threshold: b bands of r = 12 hashes make (1/b)^(1/r) the similarity at which a pair is
+    found half the time; b = (1/threshold)^r puts it at the threshold (0.8: 15 bands, 0.798)."""
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
-    return MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1,
+    bands = max(1, round((1 / cfg.near_dedup_threshold) ** HASHES_PER_BAND))
+    return MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=HASHES_PER_BAND, seed=1,
                          hash_config=HashConfig(precision=32, hash_fc="xxhash"))
 
 
@@ -528,23 +530,21 @@ def check_work_dir(cfg, work: Path, fingerprint: dict) -> None:
 
 def build_executors(cfg, work: Path, stages_before_dedup: list, decontam: bool):
     """The four executors (filter, buckets, cluster, shards) for cfg.executor."""
-    S = _steps()
     mh = minhash_config(cfg)
-    signer = S["CodeMinhashSignature"](output_folder=str(work / "minhash" / "sigs"), config=mh)
+    signer = CodeMinhashSignature(output_folder=str(work / "minhash" / "sigs"), config=mh)
     common = dict(work=work, doc_seconds=cfg.doc_seconds, progress_seconds=cfg.progress_seconds)
-    filter_steps = [S["ReadSources"](cfg, work)]
+    filter_steps = [ReadSources(cfg, work)]
     for make, name in stages_before_dedup:
-        filter_steps.append(S["CodeStage"](make, name, phase="filter", **common))
-    filter_steps.append(S["WriteCandidates"](work, signer))
+        filter_steps.append(CodeStage(make, name, phase="filter", **common))
+    filter_steps.append(WriteCandidates(work))
     filter_steps.append(signer)
-    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
     bucket_steps = [MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
                                         output_folder=str(work / "minhash" / "buckets"), config=mh)]
-    cluster_steps = [S["Cluster"](work, cfg.tasks, mh, cfg.near_dedup_threshold, cfg.exact_dedup, cfg.near_dedup)]
-    shard_steps = [S["ReadCandidates"](work)]
+    cluster_steps = [Cluster(work, cfg.tasks, cfg.exact_dedup, cfg.near_dedup)]
+    shard_steps = [ReadCandidates(work)]
     if decontam:
-        shard_steps.append(S["CodeStage"](_load_decontaminator(work), "decontaminate", phase="shards", **common))
-    shard_steps.append(S["TokenizeSplit"](work, cfg.tokenizer, cfg.val_fraction, cfg.tasks == 1))
+        shard_steps.append(CodeStage(_load_decontaminator(work), "decontaminate", phase="shards", **common))
+    shard_steps.append(TokenizeSplit(work, cfg.tokenizer, cfg.val_fraction, cfg.tasks == 1))
     runs = [("filter", filter_steps, cfg.tasks), ("buckets", bucket_steps, mh.num_buckets),
             ("cluster", cluster_steps, 1), ("shards", shard_steps, cfg.tasks)]
     return runs
@@ -562,8 +562,15 @@ class _load_decontaminator:
             return pickle.load(f)
 
 
-def _stage_factory(stage):
-    return lambda: stage
+class _FilterStage:
+    """Makes a fresh per-document stage for each task (a stage keeps per-task state, e.g. the edu scores)."""
+
+    def __init__(self, cfg, index: int):
+        self.cfg, self.index = cfg, index
+
+    def __call__(self):
+        from codelm.data.prepare import filter_stages
+        return filter_stages(self.cfg)[self.index]
 
 
 def run(cfg) -> dict:
@@ -575,7 +582,7 @@ def run(cfg) -> dict:
     t_start = time.perf_counter()
     work = work_dir(cfg)
     config = {k: v for k, v in vars(cfg).items() if k not in RUNTIME_ONLY}
-    check_work_dir(cfg, work, {"config": config, "tasks": cfg.tasks})
+    check_work_dir(cfg, work, {**config, "tasks": cfg.tasks})
     stages = filter_stages(cfg)
     if cfg.decontaminate:
         pkl = work / "decontaminate.pkl"
@@ -586,7 +593,15 @@ def run(cfg) -> dict:
             with open(tmp, "wb") as f:
                 pickle.dump(decontam, f)
             tmp.replace(pkl)
-    runs = build_executors(cfg, work, [(_stage_factory(s), s.name) for s in stages], cfg.decontaminate)
+    runs = build_executors(cfg, work, [(_FilterStage(cfg, i), s.name) for i, s in enumerate(stages)], cfg.decontaminate)
+    if cfg.executor == "slurm":
+        from codelm.data.executors import submit_slurm, write_slurm
+        submit = write_slurm(cfg, runs, work, command_line(cfg))
+        if cfg.dry_run:
+            log.info("wrote the sbatch scripts and %s (not submitted)", submit)
+        else:
+            submit_slurm(submit)
+        return {"slurm": str(submit), "submitted": not cfg.dry_run}
     timings = {}
     for name, steps, tasks in runs:
         t0 = time.perf_counter()
@@ -600,6 +615,15 @@ def run(cfg) -> dict:
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return json.loads((Path(out) / "index.json").read_text())
+
+
+def command_line(cfg) -> list[str]:
+    """The `codelm data prepare` command that reproduces cfg (what the Slurm assemble job runs)."""
+    import sys
+    out = [sys.executable, "-m", "codelm.cli", "data", "prepare"]
+    for key, value in vars(cfg).items():
+        out += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return out
 
 
 def execute(cfg, name: str, steps: list, tasks: int, work: Path) -> None:

@@ -80,10 +80,11 @@ class DataConfig:
     decontam_min_overlap: float = option(0.4, "decontamination: share of a benchmark solution's n-grams that "
                                                 "flags a document")
     decontam_text_ngram: int = option(13, "decontamination: word n-gram length for problem statements (0 = off)")
-    data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR, then ../shared/data)")
+    data_dir: str = option("", "benchmark data directory (default: $CODELM_DATA_DIR where it holds a file, else "
+                               "the copy packaged with codelm)")
     num_threads: int = option(2, "tokenizer threads (the in-memory pipeline)")
     executor: str = option("local", "where tasks run: 'local' (processes here), 'slurm' (job arrays), 'ray'")
-    tasks: int = option(1, "split the corpus into this many tasks (one token file per split per task)")
+    tasks: int = option(2, "split the corpus into this many tasks (one token file per split per task)")
     workers: int = option(2, "local executor: tasks run at once (processes)")
     work_dir: str = option("", "intermediate files (candidates, signatures, buckets, stats; default OUT.work), "
                                "removed after a successful run; a rerun resumes from its finished tasks")

@@ -25,6 +25,9 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         elapsed = max(1e-9, (now or time.perf_counter()) - self.t0)
         rate = self.bytes / elapsed
+        if not self.total_bytes:  # a streaming task does not know its total
+            return (f"{self.what}: {self.docs:,} docs, {self.bytes / 1e6:.1f} MB, {self.docs / elapsed:.1f} docs/s, "
+                    f"{rate / 1e6:.2f} MB/s")
         eta = (self.total_bytes - self.bytes) / rate if rate else float("inf")
         return (f"{self.what}: {self.docs:,}/{self.total_docs:,} docs, {self.bytes / 1e6:.1f}/"
                 f"{self.total_bytes / 1e6:.1f} MB, {rate / 1e6:.2f} MB/s, ETA {eta:.0f}s")

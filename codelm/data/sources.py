@@ -1,7 +1,7 @@
 """Where documents come from.
 
 The default corpus, present on every machine, is the Python standard library shipped with the interpreter, test
-folders excluded (DESIGN.md, Data): reproducible for a given Python version, no download. Other sources, named in
+folders excluded (ARCHITECTURE.md): reproducible for a given Python version, no download. Other sources, named in
 `DataConfig.source` (comma-separated to combine several):
 
     stdlib                      the interpreter's standard library (default)

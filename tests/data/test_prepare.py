@@ -76,7 +76,10 @@ def test_rerun_gives_byte_identical_shards(prepared, corpus_dir, tmp_path):
     code = (f"from codelm.data.prepare import DataConfig, prepare; "
             f"prepare(DataConfig(source={str(corpus_dir)!r}, out={str(again)!r}, progress_seconds=0))")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
-    for name in ("train.bin", "val.bin", "train.docs.npy", "val.docs.npy", "index.json", "manifest.json"):
+    names = sorted(p.name for p in out.iterdir() if p.name not in ("timings.json", "data_config.json"))
+    assert {"index.json", "manifest.json"} < set(names) and any(n.endswith(".bin") for n in names)
+    assert names == sorted(p.name for p in again.iterdir() if p.name not in ("timings.json", "data_config.json"))
+    for name in names:  # every token file, offsets file, the index and the manifest
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 

@@ -98,3 +98,33 @@ def test_importing_the_cli_stays_light():
     import sys
     code = "import sys, evals.cli; print(sorted(m for m in ('torch', 'sandbox', 'datasets', 'numpy') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def parse_eval(*argv):
+    import argparse
+    from codelm.config import resolve_config
+    from evals.cli import EvalConfig, add_eval_parser
+    parser = argparse.ArgumentParser(prog="codelm")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "humaneval", *argv])
+    return resolve_config(EvalConfig, args, args.config)
+
+
+def test_backend_names_the_model_backend_and_the_old_sandbox_spelling_still_works(capsys):
+    from evals.cli import resolve_backends
+    from evals.data import EvalInputError
+    assert resolve_backends(parse_eval("m")) == ("local", "auto")
+    assert resolve_backends(parse_eval("m", "--backend", "transformers", "--sandbox", "docker")) == \
+        ("docker", "transformers")
+    assert capsys.readouterr().err == ""
+    assert resolve_backends(parse_eval("m", "--backend", "docker")) == ("docker", "auto")
+    assert "--backend docker is deprecated" in capsys.readouterr().err
+    assert resolve_backends(parse_eval("--endpoint", "http://x/v1")) == ("local", "endpoint")
+    with pytest.raises(EvalInputError, match="contradicts"):
+        resolve_backends(parse_eval("m", "--backend", "docker", "--sandbox", "local"))
+    with pytest.raises(EvalInputError, match="cannot be combined"):
+        resolve_backends(parse_eval("--endpoint", "http://x/v1", "--backend", "transformers"))
+    args = parse_eval("m", "--dtype", "bfloat16", "--device", "cpu", "--trust-remote-code",
+                      "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.5")
+    assert (args.dtype, args.device, args.trust_remote_code, args.tensor_parallel_size,
+            args.gpu_memory_utilization) == ("bfloat16", "cpu", True, 2, 0.5)

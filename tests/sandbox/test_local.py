@@ -1,9 +1,13 @@
 """The local backend's own machinery: what its programs inherit from the slot, and how run_many talks to the server."""
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import shutil
+import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -91,3 +95,44 @@ def test_a_slot_is_replaced_after_its_share_of_runs_and_answers_every_one(monkey
     first_slot = [uid for uid in uids if uid // 1_000_000 == uids[0] // 1_000_000]
     assert first_slot[-1] % 1_000_000 == runs_per_slot - 1  # its last run was its share, then another slot took over
     assert uids[-1] // 1_000_000 != uids[0] // 1_000_000
+
+
+def test_a_clone_under_tmp_lends_its_virtualenv_packages_read_only_and_nothing_else():
+    """A clone under /tmp with its virtualenv inside (`git clone ... /tmp/x; make test`): the project is hidden and
+    each run gets an empty /tmp, yet programs must import the virtualenv's packages, read-only, across runs of one
+    slot, and see nothing else of the virtualenv or the clone."""
+    root = Path(tempfile.mkdtemp(prefix="codelm-clone-", dir="/tmp"))
+    try:
+        clone = root / "clone"
+        shutil.copytree(PROJECT / "sandbox", clone / "sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+        (clone / "secret.txt").write_text("not for programs")
+        venv = clone / ".venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python3*/site-packages"))
+        (site / "probe_pkg.py").write_text("VALUE = 42\n")
+        program = textwrap.dedent(f"""
+            import os, probe_pkg
+            print(probe_pkg.VALUE, os.path.exists({str(clone / 'secret.txt')!r}), os.listdir({str(venv)!r}))
+            try:
+                open({str(site / 'planted.py')!r}, "w")
+                print("writable")
+            except OSError:
+                print("read-only")
+            open("scratch.txt", "w").write("x")  # the run's own /tmp stays writable
+        """)
+        driver = textwrap.dedent(f"""
+            import json, sandbox
+            for _ in range(3):  # later runs of the same slot see the packages too, after /tmp was emptied
+                r = sandbox.run({program!r}, timeout_s=20)
+                print(json.dumps([r.status, r.stdout, r.stderr]))
+        """)
+        out = subprocess.run([str(venv / "bin" / "python"), "-c", driver], cwd=clone, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for line in out.stdout.splitlines():
+            status, stdout, stderr = json.loads(line)
+            assert status == "ok", stderr
+            assert stdout.splitlines() == ["42 False ['lib']", "read-only"]
+        assert not (site / "planted.py").exists()
+    finally:
+        shutil.rmtree(root)

@@ -47,9 +47,9 @@ def test_models_lists_the_model_its_modes_and_template(fim_client, l2r_client):
     (m,) = fim_client.get("/v1/models").json()["data"]
     assert m["infill_modes"] == ["fim", "mim"] and m["context_length"] == 128
     assert m["fim_template"] == "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
-    assert "qwen" in m["id"] and "coder" in m["id"]  # tools such as Continue pick the template from the id
+    assert m["id"].startswith("codelm-") and m["id"].endswith("-fim") and "qwen" not in m["id"]  # its own name
     (m,) = l2r_client.get("/v1/models").json()["data"]
-    assert m["infill_modes"] == [] and m["fim_template"] is None
+    assert m["infill_modes"] == [] and m["fim_template"] is None and not m["id"].endswith("-fim")
 
 
 # --- completions ----------------------------------------------------------------------------------------------------
