@@ -2,7 +2,7 @@
 byte-level BPE tokenizer, both built here with transformers/tokenizers (nothing from a hub):
 
     codelm import-hf DIR --add-tokens fim,mim --out CKPT -> codelm data prepare --tokenizer hf:CKPT
-    -> codelm train --init-from CKPT --recipe continued --objective mim:0.5,fim:0.5 -> infilling
+    -> codelm train --init-from CKPT --recipe continued --objective mim:0.5,fim:0.5 -> codelm eval infilling
     -> codelm export --hf, loaded by transformers with codelm's logits and the added tokens as single ids."""
 
 import json
@@ -193,6 +193,12 @@ def test_continued_run_learns_infills_and_exports_with_the_added_tokens(shards, 
         result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, mode=mode,
                         params=SamplingParams(max_new_tokens=8), capabilities=ckpt.capabilities)
         assert isinstance(result.best.text, str) and result.steps[0] >= 1
+    # ... and through `codelm eval infilling` (HumanEval single-line, scored in the sandbox), both modes
+    for mode in ("fim", "mim"):
+        assert main(["eval", "infilling", str(tmp_path / "run"), "--set", "single-line", "--mode", mode, "--limit",
+                     "2", "--max-new-tokens", "8", "--output", str(tmp_path / f"eval-{mode}")]) == 0
+        summary = json.loads((tmp_path / f"eval-{mode}" / "summary.json").read_text())
+        assert "exact_match" in json.dumps(summary)
     # export: transformers loads it with codelm's logits; its tokenizer has the added tokens as single ids
     out = tmp_path / "hf"
     assert main(["export", "--hf", str(out), str(tmp_path / "run")]) == 0
