@@ -212,9 +212,8 @@ def main():
                 best[label] = min(rs, key=lambda r: r["wall_s"])
                 print_run(f"  {label}", best[label])
                 results["prepare"].append({"source": source, "label": label, **best[label]})
-            print(f"  streaming 2 tasks / in-memory throughput: "
-                  f"{best['streaming 2 tasks']['MB_per_s'] / best['in-memory']['MB_per_s']:.2f}x; "
-                  f"2 tasks / 1 task: {best['streaming 2 tasks']['MB_per_s'] / best['streaming 1 task']['MB_per_s']:.2f}x")
+            two, one, old = (best[k]["MB_per_s"] for k in ("streaming 2 tasks", "streaming 1 task", "in-memory"))
+            print(f"  streaming 2 tasks / in-memory throughput: {two / old:.2f}x; 2 tasks / 1 task: {two / one:.2f}x")
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
             quarter = quarter_corpus(args.memory, Path(tmp))

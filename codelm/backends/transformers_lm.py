@@ -86,7 +86,7 @@ class HFPrompts:
     its family's FIM template) and codelm's tokenizer interface over the same tokenizer.json for decoding."""
 
     def __init__(self, hf_tokenizer, model_config, *, name: str, extra_eos=None):
-        from codelm.hf import HFTokenizer
+        from codelm.hf_tokenizer import HFTokenizer
 
         self.hf_tokenizer = hf_tokenizer
         self.name = name

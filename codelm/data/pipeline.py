@@ -7,8 +7,8 @@ Four datatrove executor runs, each a list of pipeline steps, chained (a run star
     buckets (B tasks)  datatrove's MinhashDedupBuckets: candidate near-duplicate pairs, merged from sorted files
     cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs joined by union-find;
                        which documents each task drops
-    shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize ─►
-                       one token file per split per task
+    shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize
+                       ─► one token file per split per task
 
 Then this process assembles index.json and one manifest from every task's stats file.
 
@@ -49,6 +49,7 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupSignature
+from datatrove.pipeline.dedup.minhash import _mersenne_prime as _MERSENNE
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
@@ -242,6 +243,18 @@ class CodeMinhashSignature(MinhashDedupSignature):
     def get_shingles(self, text: str) -> np.ndarray:
         return code_shingles(text, self.config.n_grams, self._hash_func)
 
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        """datatrove's signature, computed 4096 shingles at a time: its one-shot version makes shingles x hashes
+        temporaries (a 1 MB file: ~300k shingles x 180 hashes x 8 bytes, several times over)."""
+        a, b = self.parameters
+        sig = np.full(self.num_hashes, np.iinfo(np.uint64).max, dtype=np.uint64)
+        for start in range(0, len(shingles), 4096):
+            phv = (shingles[start:start + 4096] * a + b) % _MERSENNE
+            if self.config.hash_config.precision == 32:
+                phv = np.bitwise_and(phv, self.config.hash_config.max)
+            np.minimum(sig, phv.min(axis=0), out=sig)
+        return [x.tolist() for x in np.split(sig.astype(self.config.hash_config.np_dtype), self.config.num_buckets)]
+
 
 class Cluster(PipelineStep):
     """Exact and near duplicates across all tasks; writes, per filter task, which candidates to drop."""
@@ -310,7 +323,9 @@ class TokenizeSplit(PipelineStep):
                 np.asarray(ids + [tok.eot_id], dtype=dtype).tofile(s["fh"])
                 s["offsets"].append(s["offsets"][-1] + len(ids) + 1)
                 s["bytes"] += doc.metadata["n_bytes"]
-                s["ids"].append((doc.metadata["order"], doc.id))
+                heapq.heappush(s["ids"], (-doc.metadata["order"], doc.id))  # the first 1000 in source order
+                if len(s["ids"]) > 1000:
+                    heapq.heappop(s["ids"])
                 log_lengths.append(float(np.log10(max(1, len(ids)))))
             batch.clear()
 
@@ -333,7 +348,7 @@ class TokenizeSplit(PipelineStep):
             s["tmp"].replace(folder / f"{s['stem']}.bin")
             entries[name] = {"file": f"{s['stem']}.bin", "docs_file": f"{s['stem']}.docs.npy",
                              "n_tokens": int(offsets[-1]), "n_docs": len(offsets) - 1, "n_bytes": s["bytes"],
-                             "ids": sorted(s["ids"])[:1000]}
+                             "ids": sorted((-o, i) for o, i in s["ids"])}
         counts, _ = np.histogram(np.asarray(log_lengths, dtype=float), bins=24, range=(0, 6))
         _atomic_json(self.work / "stats" / "tokenize" / f"{rank:05d}.json",
                      {"files": entries, "doc_tokens": counts.tolist(), "seconds": time.perf_counter() - t0})
@@ -401,10 +416,11 @@ def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
     # to it (in an order that depends on the task split), so the connected components do not depend on it
     parent: dict[tuple[int, int], tuple[int, int]] = {}
     if near:
-        order_of = [dict() for _ in range(n_tasks)]
-        for r, arr in enumerate(keys):
-            for k in arr:
-                order_of[r][int(k["idx"])] = int(k["order"])
+        order_of = []  # per task, each candidate's order by its index (8 bytes a document)
+        for arr in keys:
+            orders = np.zeros(len(arr), dtype=np.int64)
+            orders[np.asarray(arr["idx"], dtype=np.int64)] = arr["order"]
+            order_of.append(orders)
 
         def find(x):
             root = x
@@ -419,7 +435,7 @@ def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
             for f1, d1, f2, d2 in raw.tolist():
                 ra, rb = find((f1, d1)), find((f2, d2))
                 if ra != rb:  # the root is the member first in source order: independent of the task split
-                    if (order_of[rb[0]][rb[1]], rb) < (order_of[ra[0]][ra[1]], ra):
+                    if (int(order_of[rb[0]][rb[1]]), rb) < (int(order_of[ra[0]][ra[1]]), ra):
                         ra, rb = rb, ra
                     parent[rb] = ra
         for node in sorted(parent):

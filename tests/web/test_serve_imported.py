@@ -16,7 +16,7 @@ from hf_tiny import make_model, make_tokenizer  # noqa: E402
 @pytest.fixture(scope="module")
 def no_bos_llama(tmp_path_factory):
     """A tiny Llama-architecture directory whose tokenizer has no BOS token, imported through codelm/hf.py."""
-    from codelm.checkpoint import load_checkpoint
+    from codelm.loader import load_checkpoint
     path = tmp_path_factory.mktemp("no-bos-llama")
     tok = make_tokenizer(None, bos=False)
     model = make_model("llama", len(tok.get_vocab()))
