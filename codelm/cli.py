@@ -9,7 +9,8 @@
     codelm info [PRESET ...]          parameters and FLOPs/token of the presets
     codelm export --hf DIR CHECKPOINT Hugging Face Llama directory (transformers, vLLM)
     codelm export --gguf FILE CHECKPOINT  one GGUF file (llama.cpp, Ollama, llama.vim / llama.vscode)
-    codelm import-hf HF_DIR --out CKPT  a local HF Llama model as a checkpoint, keeping its tokenizer
+    codelm import-hf HF_DIR --out CKPT  a local HF Llama/Qwen2 model as a checkpoint, keeping its tokenizer
+                    [--add-tokens fim,mim]  ... with the tokens FIM/MIM training needs
     codelm eval ...                   (evals/, imported lazily)
     codelm serve CHECKPOINT           the infill API and playground (web/, imported lazily)
 
@@ -328,6 +329,8 @@ class ImportHfConfig:
     hf_dir: str = option("", "local Hugging Face model directory (config.json, safetensors, tokenizer.json)",
                          positional=True)
     out: str = option("", "checkpoint directory to write")
+    add_tokens: str = option("", "fim,mim: add the tokens these objectives need (the family's own FIM tokens are "
+                                 "reused; MIM adds <|r2l|>); new embedding/output rows = the mean of existing rows")
 
 
 def cmd_export(args) -> int:
@@ -359,10 +362,15 @@ def cmd_import_hf(args) -> int:
     cfg = resolve_config(ImportHfConfig, args, args.config)
     if not cfg.hf_dir or not cfg.out:
         raise UserError("give HF_DIR and --out CHECKPOINT_DIR")
-    from codelm.hf import import_hf_to_checkpoint
+    from codelm.hf import import_hf_to_checkpoint, parse_add_tokens
+    from codelm.loader import load_checkpoint
 
-    out = import_hf_to_checkpoint(cfg.hf_dir, cfg.out)
-    print(f"wrote {out} (codelm checkpoint with the model's own tokenizer)")
+    out = import_hf_to_checkpoint(cfg.hf_dir, cfg.out, parse_add_tokens(cfg.add_tokens))
+    caps = load_checkpoint(out).capabilities
+    added = ", ".join(f"{k}={v}" for k, v in caps.get("added_tokens", {}).items())
+    reused = ", ".join(f"{k}: {v}" for k, v in caps.get("reused_tokens", {}).items())
+    print(f"wrote {out} (codelm checkpoint with the model's own tokenizer"
+          + (f"; added {added}" if added else "") + (f"; reused {reused}" if reused else "") + ")")
     return 0
 
 
@@ -439,7 +447,7 @@ COMMANDS = {
     "info": ("parameters and FLOPs/token of model presets", _configure_info),
     "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM) or a GGUF file "
                "(llama.cpp, Ollama)", _options(ExportConfig, cmd_export)),
-    "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint",
+    "import-hf": ("a Hugging Face Llama/Qwen2 directory -> a codelm checkpoint",
                   _options(ImportHfConfig, cmd_import_hf)),
     "runs": ("inspect training runs", _configure_runs),
     "eval": ("evaluate a model or score samples on a code benchmark", _configure_eval),

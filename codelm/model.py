@@ -59,6 +59,8 @@ class ModelConfig:
     mup_base_width: int = 256        # BTLM tuned its proxy models at d_model 256
     mup_embedding_mult: float = 1.0  # BTLM used 14.6 (tuned on its proxy); 1.0 = no change from SP at base width
     mup_output_mult: float = 1.0     # BTLM used 2.22; logits are multiplied by mup_output_mult / width_mult
+    rope_scaling: float = 1.0        # linear RoPE scaling (positions / factor), as DeepSeek-Coder's config sets
+    qkv_bias: bool = False           # biases on q/k/v only (Qwen2); `bias` puts them everywhere
 
     def __post_init__(self):
         if self.n_kv_head == 0:
@@ -77,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.rope_scaling <= 0:
+            raise ValueError(f"rope_scaling={self.rope_scaling} must be positive")
         if self.mup_base_width <= 0:
             raise ValueError(f"mup_base_width={self.mup_base_width} must be positive")
 
@@ -155,9 +159,10 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
-def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [length, head_dim] in HF Llama's "rotate half" layout, so weights port without permutation."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def rotary_tables(head_dim: int, length: int, theta: float, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [length, head_dim] in HF Llama's "rotate half" layout, so weights port without permutation.
+    `scaling` is linear position interpolation: every angle divided by the factor (HF's rope_type "linear")."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)) / scaling
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     emb = torch.cat([angles, angles], dim=-1)
     return emb.cos(), emb.sin()
@@ -207,9 +212,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         # µP scores q.k/d: q and k become correlated as training aligns them, so their dot product grows like d,
         # not sqrt(d) (Yang et al. 2022, section 4). None = SDPA's default 1/sqrt(d).
@@ -299,7 +305,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.tie_weights()
         if cfg.position == "rope":
-            cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
+            cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.position == "alibi":

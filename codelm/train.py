@@ -313,6 +313,10 @@ class Trainer:
             keep_freed_memory_mapped()
 
         init = load_checkpoint(cfg.init_from) if cfg.init_from else None
+        lr_given = "lr" in explicit if explicit is not None else cfg.lr != TrainConfig.lr
+        if init is not None and cfg.recipe == "continued" and not _pretraining_schedule(init) and not lr_given:
+            raise ConfigError(f"--recipe continued: {cfg.init_from} records no final learning rate (an imported "
+                              f"model); give the peak with --lr")
         cfg = apply_recipe(cfg, explicit, _pretraining_schedule(init) if init else None)
         if cfg.global_batch:
             cfg.batch_size, cfg.grad_accum = fit_batch(cfg.global_batch, cfg.batch_size, self.dist.world)
@@ -328,13 +332,16 @@ class Trainer:
             self.tokenizer = init.tokenizer
             # fine-tuning (e.g. sft) keeps what the base model could already do: its infill modes stay usable
             self.inherited_capabilities = {k: v for k, v in (init.capabilities or {}).items()
-                                           if k in (can(FIM), can(MIM), FIM_FORMATS_KEY) and v}
+                                           if k in (can(FIM), can(MIM), FIM_FORMATS_KEY, "imported_from",
+                                                    "added_tokens", "reused_tokens", "new_rows_init") and v}
             self.inherited_capabilities["base_objectives"] = (init.capabilities or {}).get("objectives")
         else:
             self.model_cfg = self._model_config()
             self.tokenizer = get_tokenizer(self.model_cfg.tokenizer)
         self.shards = ShardSet(cfg.data)
-        self.tokenizer.check_same(self.shards.tokenizer_desc, f"shard directory {cfg.data}")
+        self.tokenizer.check_same(self.shards.tokenizer_desc, f"shard directory {cfg.data}"
+                                  + (f" (model {cfg.init_from})" if cfg.init_from else ""))
+        _check_objective_tokens(self.weights, self.tokenizer, cfg.init_from)
         self._setup_context_schedule()
         self._setup_data_switch()
 
@@ -561,6 +568,8 @@ class Trainer:
         batch_size = self.batch_at(context)
         tokens = self.split_at(self.step).tokens
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        own: dict[str, dict[str, float]] = {}
         for micro in range(cfg.grad_accum):
             name = choose_objective(self.weights, cfg.seed, self.step, micro)
             windows, _ = sample_windows(tokens, batch_size, context, cfg.seed, self.step, micro, d.rank, d.world,
@@ -573,8 +582,11 @@ class Trainer:
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+            # each objective's own metrics, averaged over the micro-batches that drew it (a MIM loss sums two
+            # directions, so a mixed run's plain average jumps between objectives)
+            counts[name] = counts.get(name, 0) + 1
+            for k, v in {f"loss_{name}": loss.detach(), **metrics}.items():
+                own.setdefault(name, {})[k] = own.get(name, {}).get(k, 0.0) + float(v)
             self.tokens_seen += windows.size * d.world
             self.model_tokens += batch.x.numel() * d.world  # what the model read: a MIM window counts twice
         if self.scaler is not None:
@@ -588,6 +600,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for name, n in counts.items():
+            totals.update({k: v / n for k, v in own[name].items()})
         self.step += 1
         totals["lr"] = lr
         totals["context"] = context
@@ -663,11 +677,13 @@ class Trainer:
                  self.device, self.dist.world, self.dist.mode, _precision_name(self.autocast_dtype),
                  self.peak_flops / 1e9)
         last_val: dict = {}
+        self._last_losses: dict[str, float] = {}
         window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
         while self.step < last_step:
             t0 = time.perf_counter()
             tokens_before, read_before = self.tokens_seen, self.model_tokens
             metrics = self.train_step()
+            self._last_losses.update({k[5:]: v for k, v in metrics.items() if k.startswith("loss_")})
             self.train_seconds += time.perf_counter() - t0
             window_tokens += self.tokens_seen - tokens_before
             window_read += self.model_tokens - read_before
@@ -703,8 +719,23 @@ class Trainer:
         self.log_metrics({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1),
                           "mfu": round(mfu, 4), **metrics})
         if self.dist.is_main:
-            log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | MFU %.1f%% | ETA %s", self.step, self.cfg.steps,
-                     metrics["loss"], metrics["lr"], f"{tok_s:,.0f}", 100 * mfu, _format_duration(eta))
+            log.info("step %d/%d | %s | lr %.2e | %s tok/s | MFU %.1f%% | ETA %s", self.step, self.cfg.steps,
+                     self._loss_text(), metrics["lr"], f"{tok_s:,.0f}", 100 * mfu, _format_duration(eta))
+
+    def _loss_text(self) -> str:
+        """`loss 2.31` for one objective; for a mixture each objective's own latest loss, MIM's per direction
+        (`loss fim 2.31 mim fwd 2.40 bwd 2.52`), so alternating objectives do not read like divergence. An objective
+        the last step did not draw shows its loss from the last step that did."""
+        last = self._last_losses
+        if len(self.weights) == 1 and "mim" not in self.weights:
+            return f"loss {last.get(next(iter(self.weights)), float('nan')):.4f}"
+        parts = []
+        for name in sorted(self.weights):
+            if name == "mim" and "mim_fwd" in last:
+                parts.append(f"mim fwd {last['mim_fwd']:.4f} bwd {last['mim_bwd']:.4f}")
+            elif name in last:
+                parts.append(f"{name} {last[name]:.4f}")
+        return "loss " + " ".join(parts)
 
     def _evaluate(self) -> dict:
         t0 = time.perf_counter()
@@ -726,6 +757,18 @@ class Trainer:
             plot_runs([self.run_dir], self.run_dir / "loss.png")
         except ImportError as e:  # matplotlib is a dependency, but a plot is never worth failing a run for
             log.warning("no loss plot: %s", e)
+
+
+def _check_objective_tokens(weights: dict, tokenizer, init_from: str) -> None:
+    """FIM and MIM need their sentinels and backward marker in the vocabulary (an imported model gets them from
+    `codelm import-hf --add-tokens fim,mim`)."""
+    needs = {"fim": ("fim_prefix_id", "fim_middle_id", "fim_suffix_id"), "mim": ("r2l_id",)}
+    for name, attrs in needs.items():
+        if name in weights and any(getattr(tokenizer, a, None) is None for a in attrs):
+            raise ConfigError(f"--objective {name}: tokenizer {tokenizer.name!r} has no "
+                              f"{'FIM sentinels' if name == 'fim' else '<|r2l|>'}"
+                              + ("; import the model with `codelm import-hf --add-tokens fim,mim`" if init_from
+                                 else ""))
 
 
 def _pretraining_schedule(init) -> dict | None:

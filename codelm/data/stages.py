@@ -30,7 +30,8 @@ class DataConfig:
     text_field: str = option("content", "JSONL/Parquet/hub column holding the code")
     hf_split: str = option("train", "split of a hf:NAME source")
     max_docs: int = option(0, "read at most this many rows from a Parquet/hub source (0 = all)")
-    tokenizer: str = option("cl100k_base:16384", "tokenizer: cl100k_base or cl100k_base:N (ranks below N)")
+    tokenizer: str = option("cl100k_base:16384", "tokenizer: cl100k_base, cl100k_base:N (ranks below N), or hf:DIR "
+                                                 "(a Hugging Face model's or imported checkpoint's tokenizer.json)")
     val_fraction: float = option(0.02, "share of documents held out for validation")
     min_bytes: int = option(16, "drop documents smaller than this")
     max_bytes: int = option(1_000_000, "drop documents larger than this")
