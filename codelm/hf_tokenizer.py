@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from codelm.errors import CheckpointError, ConfigError
-from codelm.tokenizer import R2L, check_same, roles
+from codelm.special_tokens import R2L, check_same, roles
 
 HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
 HF_CONFIG, HF_TOKENIZER, HF_TOKENIZER_CONFIG = "config.json", "tokenizer.json", "tokenizer_config.json"

@@ -30,13 +30,10 @@ import hashlib
 
 import tiktoken
 
-from codelm.errors import ConfigError, TokenizerMismatch
+from codelm.errors import ConfigError
 
-EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
-L2R, R2L, PAD = "<|l2r|>", "<|r2l|>", "<|pad|>"
-SPECIAL_NAMES = (EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, L2R, R2L, PAD)
-
-ROLES = ("eot", "l2r", "r2l", "fim_prefix", "fim_middle", "fim_suffix", "pad")
+from codelm.special_tokens import (EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, L2R, PAD, R2L,  # noqa: F401 (API)
+                                   ROLES, SPECIAL_NAMES, check_same, roles)
 
 CL100K_RANKS = 100256  # mergeable ranks 0..100255 (the MIM paper's "100,257" counts end-of-text too)
 
@@ -115,22 +112,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, n_vocab={self.n_vocab}, hash={self.hash[:12]})"
-
-
-def roles(tok) -> dict[str, int | None]:
-    """The special ids by role (None where the tokenizer has no token for it)."""
-    return {role: getattr(tok, f"{role}_id", None) for role in ROLES}
-
-
-def check_same(tok, other, what: str) -> None:
-    """Refuse to combine artefacts made with different tokenizers, naming both, in one line."""
-    if isinstance(other, dict):
-        other_hash, other_name = other.get("hash"), other.get("name")
-    else:  # any tokenizer object
-        other_hash, other_name = getattr(other, "hash", None), getattr(other, "name", type(other).__name__)
-    if other_hash != tok.hash:
-        raise TokenizerMismatch(f"{what} was made with tokenizer {other_name!r} ({str(other_hash)[:12]}), "
-                                f"not {tok.name!r} ({tok.hash[:12]})")
 
 
 def _identity(ranks: dict[bytes, int], pattern: str, specials: dict[str, int]) -> str:
