@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from codelm.generate import SamplingParams, decode_batch
+from codelm.fast_paths import apply_fast_paths
 from codelm.model import Transformer, preset_config
 from codelm.tokenizer import get_tokenizer
 
@@ -178,7 +179,7 @@ def load_model(args):
                              f"+ --new-tokens + 1 = {args.prompt_len + args.new_tokens + 1}")
         return ckpt.model, ckpt.tokenizer, f"checkpoint {ckpt.path.name}"
     cfg = preset_config(args.preset, context_length=max(512, args.prompt_len + args.new_tokens + 1))
-    return Transformer(cfg).eval(), get_tokenizer(cfg.tokenizer), f"{args.preset}, random weights"
+    return apply_fast_paths(Transformer(cfg)).eval(), get_tokenizer(cfg.tokenizer), f"{args.preset}, random weights"
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import codelm.model
+import codelm.fast_paths
 from codelm.data.shards import write_shards
 from codelm.model import flops_per_token, preset_config
 from codelm.tokenizer import get_tokenizer
@@ -49,7 +49,7 @@ MODELS = {  # name -> (preset, model overrides, batch size)
 
 # --ablate: the optimizations one at a time, each row adding one to the row above it (label -> trainer options), all
 # in one process, where malloc keeps freed memory (PROCESSES below measures that one).
-# "explicit_attention=False" sets codelm.model.EXPLICIT_ATTENTION_MAX_T to 0 (SDPA's flash kernel on CPU).
+# "explicit_attention=False" sets codelm.fast_paths.EXPLICIT_ATTENTION_MAX_T to 0 (SDPA's flash kernel on CPU).
 LADDER = {
     "SDPA attention": {"explicit_attention": False},
     "+ explicit CPU attention (default)": {},
@@ -93,12 +93,12 @@ def random_shards(root: Path, tokenizer_name: str) -> Path:
 @contextlib.contextmanager
 def attention_kernel(explicit: bool):
     """Explicit CPU attention on (the default) or off (SDPA everywhere) for the duration of one step."""
-    default = codelm.model.EXPLICIT_ATTENTION_MAX_T
-    codelm.model.EXPLICIT_ATTENTION_MAX_T = default if explicit else 0
+    default = codelm.fast_paths.EXPLICIT_ATTENTION_MAX_T
+    codelm.fast_paths.EXPLICIT_ATTENTION_MAX_T = default if explicit else 0
     try:
         yield
     finally:
-        codelm.model.EXPLICIT_ATTENTION_MAX_T = default
+        codelm.fast_paths.EXPLICIT_ATTENTION_MAX_T = default
 
 
 def direct_mim_loss(self, model, batch):

@@ -24,7 +24,10 @@ import torch
 from codelm import code_version
 from codelm.atomic import atomic_directory
 from codelm.errors import CheckpointError
+from codelm.fast_paths import apply_fast_paths
 from codelm.model import ModelConfig, Transformer
+from codelm.prompts import FIM_FORMATS
+from codelm.terms import FIM, FIM_FORMATS_KEY, MIM, can
 
 FORMAT = "codelm-checkpoint/1"
 WEIGHTS, CONFIG, TRAINER = "model.safetensors", "config.json", "trainer.pt"
@@ -47,9 +50,9 @@ def default_capabilities(tokenizer, context_length: int, objectives: dict[str, f
     return {
         "objectives": objectives,
         "can_l2r": True,  # every codelm window's forward direction is plain left-to-right
-        "can_fim": "fim" in objectives,
-        "can_mim": "mim" in objectives,
-        "fim_formats": ["psm", "spm"] if "fim" in objectives else [],
+        can(FIM): FIM in objectives,
+        can(MIM): MIM in objectives,
+        FIM_FORMATS_KEY: list(FIM_FORMATS) if FIM in objectives else [],
         "markers": {"l2r": tokenizer.l2r_id, "r2l": tokenizer.r2l_id},
         "sentinels": {"eot": tokenizer.eot_id, "fim_prefix": tokenizer.fim_prefix_id,
                       "fim_middle": tokenizer.fim_middle_id, "fim_suffix": tokenizer.fim_suffix_id},
@@ -64,9 +67,8 @@ def default_capabilities(tokenizer, context_length: int, objectives: dict[str, f
 def _unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """state_dict without the tied duplicate (safetensors refuses shared storage)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if getattr(model, "config", None) is not None and model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    return state
+    config = getattr(model, "config", None)
+    return Transformer.state_for_saving(config, state) if config is not None else state
 
 
 def save_checkpoint(path: str | os.PathLike, model: Transformer, tokenizer, *, capabilities: dict | None = None,
@@ -204,9 +206,8 @@ def load_native_checkpoint(path: str | os.PathLike, device: str | torch.device =
         raise CheckpointError(f"{path / CONFIG}: bad model config ({e})") from None
     tokenizer = build_tokenizer(config["tokenizer"], path)
     state = load_state_dict(path, config.get("files", {}).get(WEIGHTS, {}).get("bytes"))
-    model = Transformer(model_cfg)
-    if model_cfg.tie_embeddings:
-        state.setdefault("lm_head.weight", state.get("embed.weight"))
+    model = apply_fast_paths(Transformer(model_cfg))
+    state = Transformer.state_for_loading(model_cfg, state)
     load_matching_state(model, state, f"{path / WEIGHTS}", "its config")
     model.to(device=device, dtype=dtype).eval()
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, config=model_cfg,

@@ -9,7 +9,8 @@
     codelm info [PRESET ...]          parameters and FLOPs/token of the presets
     codelm export --hf DIR CHECKPOINT Hugging Face Llama directory (transformers, vLLM)
     codelm export --gguf FILE CHECKPOINT  one GGUF file (llama.cpp, Ollama, llama.vim / llama.vscode)
-    codelm import-hf HF_DIR --out CKPT  a local HF Llama model as a checkpoint, keeping its tokenizer
+    codelm import-hf HF_DIR --out CKPT  a local HF Llama/Qwen2 model as a checkpoint, keeping its tokenizer
+                    [--add-tokens fim,mim]  ... with the tokens FIM/MIM training needs
     codelm eval ...                   (evals/, imported lazily)
     codelm serve CHECKPOINT           the infill API and playground (web/, imported lazily)
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from codelm.config import (UNSET, ArgumentParser, add_dataclass_arguments, add_options_command, option, resolve_config,
                            save_config)
 from codelm.errors import UserError
+from codelm.terms import FIM, INFILL_MODES
 
 log = logging.getLogger("codelm")
 
@@ -151,6 +153,12 @@ class SamplingOptions:
     lookup_draft: int = option(4, "greedy, one sample: draft up to this many tokens per pass from earlier text and "
                                   "keep what the model agrees with (same output, fewer passes on repetitive code; "
                                   "0 = off)")
+    backend: str = option("auto", "codelm (codelm checkpoints, Llama-architecture HF dirs) or transformers (any "
+                                  "AutoModelForCausalLM); auto picks codelm for what it loads",
+                          choices=("auto", "codelm", "transformers"))
+    dtype: str = option("auto", "transformers backend: auto, float32, bfloat16, float16")
+    device: str = option("auto", "transformers backend: auto, cpu, cuda, cuda:N")
+    trust_remote_code: bool = option(False, "transformers backend: run the code a model directory ships")
 
 
 @dataclass
@@ -167,8 +175,8 @@ class InfillConfig(SamplingOptions):
     suffix_file: str = option("", "the text after the hole")
     prefix: str = option("", "prefix text (instead of --prefix-file)")
     suffix: str = option("", "suffix text (instead of --suffix-file)")
-    mode: str = option("fim", "fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding",
-                       choices=("fim", "mim"))
+    mode: str = option(FIM, "fim: a fill-in-the-middle prompt; mim: meet-in-the-middle decoding",
+                       choices=INFILL_MODES)
     fim_format: str = option("psm", "FIM prompt order", choices=("psm", "spm"))
     json: bool = option(False, "print one JSON object (middle, samples, steps)")
     max_new_tokens: int = option(64, "tokens to generate")
@@ -207,6 +215,18 @@ def _checkpoint(cfg) -> str:
     return cfg.checkpoint
 
 
+def _transformers_lm(cfg):
+    """The transformers backend's model when --backend (or auto, for an architecture codelm cannot convert) picks
+    it; None for the codelm backend."""
+    from codelm.backends import auto_backend
+
+    path = _checkpoint(cfg)
+    if (cfg.backend if cfg.backend != "auto" else auto_backend(path)) != "transformers":
+        return None
+    from codelm.backends.transformers_lm import TransformersLM
+    return TransformersLM.load(path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+
+
 def cmd_sample(args) -> int:
     cfg = resolve_config(SampleConfig, args, args.config)
     prompt = _read_text(cfg.prompt_file, "--prompt-file") if cfg.prompt_file else cfg.prompt
@@ -216,6 +236,12 @@ def cmd_sample(args) -> int:
     from codelm.loader import load_checkpoint
     from codelm.generate import generate_batch
 
+    lm = _transformers_lm(cfg)
+    if lm is not None:
+        for i, c in enumerate(lm.complete([prompt], params, None if seeds is None else [seeds], cfg.n)[0]):
+            print(f"----- sample {i + 1}/{cfg.n} ({c.finish_reason}, mean logprob {c.mean_logprob:.3f})")
+            print(prompt + c.text)
+        return 0
     ckpt = load_checkpoint(_checkpoint(cfg))
     if cfg.n == 1:  # stream the one sample as it is generated
         sys.stdout.write(prompt)
@@ -245,12 +271,20 @@ def cmd_infill(args) -> int:
     suffix = _read_text(cfg.suffix_file, "--suffix-file") if cfg.suffix_file else cfg.suffix
     params, seeds = _sampling_params(cfg), _seeds(cfg)
     from codelm.loader import load_checkpoint
-    from codelm.infill import infill, require_mode
+    from codelm.infill import Infill, best_of, infill, require_mode
 
-    ckpt = load_checkpoint(_checkpoint(cfg))
-    require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format)
-    result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
-                    capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
+    lm = _transformers_lm(cfg)
+    if lm is not None:  # the family's FIM template (refused in one line for a model without FIM tokens)
+        if cfg.mode != "fim":
+            raise UserError("the transformers backend infills with --mode fim only (meet-in-the-middle needs a "
+                            "codelm model trained with the mim objective)")
+        samples = lm.infill([prefix], [suffix], params, None if seeds is None else [seeds], cfg.n, cfg.fim_format)[0]
+        result = Infill("fim", samples, best_of(samples), [c.passes for c in samples], [False] * len(samples))
+    else:
+        ckpt = load_checkpoint(_checkpoint(cfg))
+        require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format)
+        result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
+                        capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
     if cfg.json:
         print(json.dumps({"mode": cfg.mode, "middle": result.best.text, "finish_reason": result.best.finish_reason,
                           "samples": [c.text for c in result.samples], "steps": result.steps, "met": result.met}))
@@ -295,6 +329,8 @@ class ImportHfConfig:
     hf_dir: str = option("", "local Hugging Face model directory (config.json, safetensors, tokenizer.json)",
                          positional=True)
     out: str = option("", "checkpoint directory to write")
+    add_tokens: str = option("", "fim,mim: add the tokens these objectives need (the family's own FIM tokens are "
+                                 "reused; MIM adds <|r2l|>); new embedding/output rows = the mean of existing rows")
 
 
 def cmd_export(args) -> int:
@@ -326,10 +362,15 @@ def cmd_import_hf(args) -> int:
     cfg = resolve_config(ImportHfConfig, args, args.config)
     if not cfg.hf_dir or not cfg.out:
         raise UserError("give HF_DIR and --out CHECKPOINT_DIR")
-    from codelm.hf import import_hf_to_checkpoint
+    from codelm.hf import import_hf_to_checkpoint, parse_add_tokens
+    from codelm.loader import load_checkpoint
 
-    out = import_hf_to_checkpoint(cfg.hf_dir, cfg.out)
-    print(f"wrote {out} (codelm checkpoint with the model's own tokenizer)")
+    out = import_hf_to_checkpoint(cfg.hf_dir, cfg.out, parse_add_tokens(cfg.add_tokens))
+    caps = load_checkpoint(out).capabilities
+    added = ", ".join(f"{k}={v}" for k, v in caps.get("added_tokens", {}).items())
+    reused = ", ".join(f"{k}: {v}" for k, v in caps.get("reused_tokens", {}).items())
+    print(f"wrote {out} (codelm checkpoint with the model's own tokenizer"
+          + (f"; added {added}" if added else "") + (f"; reused {reused}" if reused else "") + ")")
     return 0
 
 
@@ -406,7 +447,7 @@ COMMANDS = {
     "info": ("parameters and FLOPs/token of model presets", _configure_info),
     "export": ("write a checkpoint as a Hugging Face Llama directory (transformers, vLLM) or a GGUF file "
                "(llama.cpp, Ollama)", _options(ExportConfig, cmd_export)),
-    "import-hf": ("a Hugging Face Llama-architecture directory -> a codelm checkpoint",
+    "import-hf": ("a Hugging Face Llama/Qwen2 directory -> a codelm checkpoint",
                   _options(ImportHfConfig, cmd_import_hf)),
     "runs": ("inspect training runs", _configure_runs),
     "eval": ("evaluate a model or score samples on a code benchmark", _configure_eval),

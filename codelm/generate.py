@@ -26,6 +26,9 @@ from typing import Callable, Sequence
 import torch
 
 from codelm.errors import ConfigError
+from codelm.prompts import completion_prompt
+from codelm.stops import StopMatcher
+from codelm.terms import EOT, LENGTH, STOP
 
 
 @dataclass
@@ -125,11 +128,6 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams,
                         for b in range(probs.shape[0])])
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B], all rows from one generator (kept for callers of the first version)."""
-    return sample_tokens(logits, params, [generator] * logits.shape[0])
-
-
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probabilities (temperature 1) of `tokens` [B] under `logits` [B, V]."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.view(-1, 1)).squeeze(-1)
@@ -152,32 +150,13 @@ def make_generators(seeds: Sequence[int | None], device) -> list[torch.Generator
 # ----------------------------------------------------------------------------------------------------------------
 # Text: incremental UTF-8, stop strings, hold-back
 # ----------------------------------------------------------------------------------------------------------------
-def find_stop(text: str, stop: Sequence[str], start: int = 0) -> int:
-    """Index of the earliest stop string in text[start:] (absolute), or -1."""
-    hits = [i for i in (text.find(s, start) for s in stop if s) if i >= 0]
-    return min(hits) if hits else -1
-
-
-def stop_prefix_len(text: str, stop: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of some stop string: the text that must be held
-    back from a stream because the next token could complete a stop string."""
-    best = 0
-    for s in stop:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
 class TextStream:
     """The decoded text of one generated sequence, released in safe pieces: only whole UTF-8 characters, cut at the
     first stop string, holding back a tail that could still become one. The pieces concatenate to `text`."""
 
     def __init__(self, tokenizer, stop: Sequence[str]):
         self.tokenizer = tokenizer
-        self.stop = [s for s in stop if s]
-        self._longest = max((len(s) for s in self.stop), default=0)
+        self._stops = StopMatcher(stop)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""
         self.emitted = 0
@@ -187,19 +166,18 @@ class TextStream:
         """Add one token; return the newly safe text."""
         if self.stopped:
             return ""
-        scanned = max(0, len(self.text) - self._longest + 1)
         self.text += self._decoder.decode(self.tokenizer.decode_bytes([token_id]))
-        cut = find_stop(self.text, self.stop, scanned)
+        cut = self._stops.feed(self.text)
         if cut >= 0:
             self.text, self.stopped = self.text[:cut], True
             return self._release(len(self.text))
-        return self._release(len(self.text) - stop_prefix_len(self.text, self.stop))
+        return self._release(len(self.text) - self._stops.held())
 
     def finish(self) -> str:
         """The sequence ended: flush a dangling partial character and the held-back tail."""
         if not self.stopped:
             self.text += self._decoder.decode(b"", final=True)
-            cut = find_stop(self.text, self.stop)
+            cut = self._stops.feed(self.text)
             if cut >= 0:
                 self.text, self.stopped = self.text[:cut], True
         return self._release(len(self.text))
@@ -235,19 +213,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tens
     return ids, real, positions
 
 
-def kv_caches(model) -> list[torch.nn.Module]:
-    """The model's per-layer KV cache modules (anything with `k` and `v` buffers set up by setup_cache)."""
-    return [m for m in model.modules() if hasattr(m, "k") and hasattr(m, "v") and isinstance(m.k, torch.Tensor)]
-
-
-def select_cache_rows(model, rows: torch.Tensor) -> None:
-    """Keep (or repeat) the given batch rows of every layer's KV cache: `repeat_interleave` indices expand a
-    prefilled cache to n samples per prompt; a subset drops finished rows."""
-    for cache in kv_caches(model):
-        cache.k = cache.k.index_select(0, rows)
-        cache.v = cache.v.index_select(0, rows)
-
-
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor, positions: torch.Tensor | None = None,
             key_padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,7 +243,7 @@ def verify_draft(model, last: int, draft: list[int], position: int, n_vocab: int
     accepted = 0
     while accepted < len(draft) and predicted[accepted] == draft[accepted]:
         accepted += 1
-    model.cache_length = start + 1 + accepted
+    model.truncate_cache(start + 1 + accepted)
     return logits, accepted
 
 
@@ -310,13 +275,6 @@ class PromptLookup:
                 period = self.tokens[end:]
                 return (period * (k // len(period) + 1))[:k]
         return []
-
-
-def fit_prompt(ids: list[int], context_length: int, bos: int | None) -> list[int]:
-    """BOS + the prompt's last tokens, leaving room for at least one new token in the context."""
-    room = context_length - 1 - (bos is not None)
-    ids = ids[-room:] if room > 0 else []
-    return ([bos] if bos is not None else []) + ids
 
 
 def expand_seeds(seeds, n_prompts: int, n: int, default: int | None) -> list[int | None]:
@@ -354,15 +312,11 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
     B, R = len(prompt_ids), len(prompt_ids) * n
     lengths = [len(p) for p in prompt_ids]
     budget = [min(params.max_new_tokens, limit - lengths[r // n]) for r in range(R)]  # new tokens per row
-    streams = [TextStream(tokenizer, params.stop) for _ in range(R)]
-    tokens_out: list[list[int]] = [[] for _ in range(R)]
-    logprobs_out: list[list[float]] = [[] for _ in range(R)]
-    reasons: list[str | None] = [None] * R
-    passes = [0] * R
+    rows = [RowState(r // n, r % n, TextStream(tokenizer, params.stop), budget[r]) for r in range(R)]
     if R == 0:
         return []
     if max(budget) <= 0:
-        return [[Completion("", [], [], "length") for _ in range(n)] for _ in range(B)]
+        return [[Completion("", [], [], LENGTH) for _ in range(n)] for _ in range(B)]
 
     ids, real, positions = left_pad(prompt_ids)
     T = ids.shape[1]
@@ -374,12 +328,11 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
         logits = prefill(model, ids.to(device), positions.to(device), key_padding[:, :T] if padded else None)
         if n > 1:  # one prefill for all samples: repeat every prompt's cache rows n times
             expand = torch.arange(B, device=device).repeat_interleave(n)
-            select_cache_rows(model, expand)
+            model.select_cache_rows(expand)
             logits, key_padding = logits[expand], key_padding[expand]
         if R == 1 and params.temperature <= 0 and params.lookup_draft > 0:
-            passes[0] = _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, budget[0], streams,
-                                            tokens_out, logprobs_out, reasons, on_token)
-            return [[Completion(streams[0].text, tokens_out[0], logprobs_out[0], reasons[0] or "length", passes[0])]]
+            _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, rows[0], on_token)
+            return [[rows[0].completion()]]
         next_pos = torch.tensor([lengths[r // n] for r in range(R)], device=device)
         alive = list(range(R))  # batch row -> global row
         generators = make_generators(seeds, device)
@@ -389,17 +342,15 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
             lps = token_logprobs(logits, toks).tolist()
             still = []
             for b, (r, t) in enumerate(zip(alive, toks.tolist())):
-                reason = _advance_row(r, t, lps[b], step, budget, tokenizer.eot_id, streams, tokens_out,
-                                      logprobs_out, on_token, n)
-                if reason is None:
+                if rows[r].advance(t, lps[b], step, tokenizer.eot_id, on_token) is None:
                     still.append(b)
                 else:
-                    reasons[r], passes[r] = reason, step + 1
+                    rows[r].passes = step + 1
             if not still:
                 break
             if len(still) < len(alive):  # drop finished rows from the batch and the cache
                 keep = torch.tensor(still, device=device)
-                select_cache_rows(model, keep)
+                model.select_cache_rows(keep)
                 toks, next_pos, key_padding = toks[keep], next_pos[keep], key_padding[keep]
                 alive = [alive[b] for b in still]
             slot = model.cache_length
@@ -409,25 +360,24 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
             next_pos = next_pos + 1
     finally:
         model.clear_cache()
-    return [[Completion(streams[r].text, tokens_out[r], logprobs_out[r], reasons[r] or "length", passes[r])
-             for r in range(i * n, (i + 1) * n)] for i in range(B)]
+    return [[rows[r].completion() for r in range(i * n, (i + 1) * n)] for i in range(B)]
 
 
 def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.Tensor, params: SamplingParams,
-                        budget: int, streams, tokens_out, logprobs_out, reasons, on_token) -> int:
-    """Greedy decoding of one row with prompt-lookup drafts; returns the passes it took (the prefill included).
+                        row: "RowState", on_token) -> None:
+    """Greedy decoding of one row with prompt-lookup drafts; `row.passes` counts its passes (the prefill included).
     Each pass feeds the newest token plus a draft and keeps the longest prefix of the draft that greedy decoding
     agrees with, so one pass yields 1 to 1 + lookup_draft tokens. On a CPU a pass over a few tokens costs little
     more than over one: the weights are read once."""
     lookup = PromptLookup(prompt)
-    position, produced, passes = len(prompt), 0, 1  # position of the next token to feed; tokens emitted so far
+    budget = row.budget
+    position, produced = len(prompt), 0  # position of the next token to feed; tokens emitted so far
+    row.passes = 1
 
     def emit(token: int, logprob: float) -> bool:
         nonlocal produced
-        reason = _advance_row(0, token, logprob, produced, [budget], tokenizer.eot_id, streams, tokens_out,
-                              logprobs_out, on_token, 1)
+        reason = row.advance(token, logprob, produced, tokenizer.eot_id, on_token)
         produced += 1
-        reasons[0] = reason
         return reason is None
 
     logits = logits[0]
@@ -435,40 +385,56 @@ def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.T
         mask_unused_vocab(logits, tokenizer.n_vocab)
         token = logits.argmax().view(1)
         if not emit(int(token), float(token_logprobs(logits.view(1, -1), token))):
-            return passes
+            return
         lookup.extend([int(token)])
         draft = lookup.draft(min(params.lookup_draft, budget - produced))
         fed, accepted = verify_draft(model, int(token), draft, position, tokenizer.n_vocab)
-        position, passes = position + 1 + accepted, passes + 1
+        position, row.passes = position + 1 + accepted, row.passes + 1
         if accepted:
             lps = token_logprobs(fed[:accepted], torch.tensor(draft[:accepted], device=fed.device)).tolist()
             for t, lp in zip(draft[:accepted], lps):
                 if not emit(t, lp):
-                    return passes
+                    return
             lookup.extend(draft[:accepted])
         logits = fed[accepted]
 
 
-def _advance_row(r, t, lp, step, budget, eot_id, streams, tokens_out, logprobs_out, on_token, n) -> str | None:
-    """Record row r's new token; return its finish reason if the row is done."""
-    stream = streams[r]
-    if t == eot_id:
-        reason, piece = "eot", stream.finish()
-    else:
-        tokens_out[r].append(t)
-        logprobs_out[r].append(lp)
-        piece = stream.push(t)
-        reason = "stop" if stream.stopped else ("length" if step + 1 >= budget[r] else None)
-        if reason == "length":
-            piece += stream.finish()
-    if on_token is not None:
-        event = TokenEvent(r // n, r % n, t, piece, lp, reason is not None, reason)
-        if on_token(event) is False and reason is None:
-            reason = "stop"  # the consumer asked to stop this row
-            rest = stream.finish()
-            if rest:
-                on_token(TokenEvent(r // n, r % n, t, rest, lp, True, reason))
-    return reason
+@dataclass
+class RowState:
+    """One sequence being decoded: sample `sample` of prompt `prompt`, its text stream, what it produced so far,
+    and why and after how many passes it ended."""
+    prompt: int
+    sample: int
+    stream: TextStream
+    budget: int                       # new tokens it may produce
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    reason: str | None = None
+    passes: int = 0
+
+    def advance(self, t: int, lp: float, step: int, eot_id: int, on_token: OnToken | None) -> str | None:
+        """Record the new token t (the step-th); return the finish reason if the row is done."""
+        if t == eot_id:
+            reason, piece = EOT, self.stream.finish()
+        else:
+            self.tokens.append(t)
+            self.logprobs.append(lp)
+            piece = self.stream.push(t)
+            reason = STOP if self.stream.stopped else (LENGTH if step + 1 >= self.budget else None)
+            if reason == LENGTH:
+                piece += self.stream.finish()
+        if on_token is not None:
+            if on_token(TokenEvent(self.prompt, self.sample, t, piece, lp, reason is not None, reason)) is False \
+                    and reason is None:
+                reason = STOP  # the consumer asked to stop this row
+                rest = self.stream.finish()
+                if rest:
+                    on_token(TokenEvent(self.prompt, self.sample, t, rest, lp, True, reason))
+        self.reason = reason
+        return reason
+
+    def completion(self) -> Completion:
+        return Completion(self.stream.text, self.tokens, self.logprobs, self.reason or LENGTH, self.passes)
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[str], params: SamplingParams | None = None,
@@ -480,9 +446,10 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], params: SamplingPar
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
     bos = bos_id(tokenizer, capabilities)
-    limit = model.config.context_length
-    prompt_ids = [fit_prompt(ids, limit, bos) for ids in tokenizer.encode_batch(list(prompts))] \
-        if hasattr(tokenizer, "encode_batch") else [fit_prompt(tokenizer.encode(p), limit, bos) for p in prompts]
+    budget = model.config.context_length - 1  # room for one new token
+    encoded = tokenizer.encode_batch(list(prompts)) if hasattr(tokenizer, "encode_batch") else \
+        [tokenizer.encode(p) for p in prompts]
+    prompt_ids = [completion_prompt(ids, budget, bos).ids for ids in encoded]
     row_seeds = expand_seeds(seeds, len(prompts), n, params.seed)
     return decode_batch(model, tokenizer, prompt_ids, params, row_seeds, n, on_token)
 

@@ -1,4 +1,4 @@
-"""Hugging Face interop: export a codelm checkpoint as a Llama-format directory, import a Llama-architecture model.
+"""Hugging Face interop: export a codelm checkpoint as a Llama-format directory, import Llama and Qwen2 models.
 
     codelm export --hf DIR CHECKPOINT    config.json, model.safetensors, generation_config.json,
                                          tokenizer.json, tokenizer_config.json, special_tokens_map.json
@@ -10,18 +10,26 @@ weights map name for name with no permutation; tests/test_hf.py proves logits ma
 tied µP model is exported untied when the two multipliers differ). ALiBi, learned positions, LayerNorm and the GELU
 MLP have no Llama equivalent and are refused.
 
+Families imported (and exported back, tests/test_hf.py): Llama and Code Llama; DeepSeek-Coder 1.3b-33b (Llama with
+linear RoPE scaling, `rope_scaling`); Qwen2/Qwen2.5-Coder (model_type qwen2: biases on q/k/v only, `qkv_bias`;
+exported as qwen2, since Llama's attention_bias would also bias o_proj). Refused, by name: other RoPE types (Llama
+3.1's "llama3", YaRN, dynamic NTK: their frequency rules are not codelm's), Qwen2 with use_sliding_window on,
+StarCoder/StarCoder2 (gpt_bigcode / starcoder2: fused c_attn, LayerNorm + GELU with biases, not mapped),
+DeepSeek-Coder-V2 (MoE with multi-head latent attention), and any other model_type.
+
 codelm's tiktoken vocabularies become a byte-level BPE `tokenizer.json`: vocab = the ranks' bytes through GPT-2's
 byte-to-unicode table, merges recovered by splitting each token into two lower-ranked tokens (the standard
 tiktoken -> HF conversion, as transformers' TikTokenConverter does), the cl100k regex as a Split pre-tokenizer, and
 codelm's special tokens at codelm's ids. `<|l2r|>` is the BOS token, added by the post-processor as codelm adds it.
 `split_special_tokens` is on, so (as in codelm) a special token's *string* in ordinary text is encoded as text.
 
-Imported models keep their tokenizer through `HFTokenizer`, an adapter with codelm's tokenizer interface. Nothing here
+Imported models keep their tokenizer through `HFTokenizer` (codelm/hf_tokenizer.py, `hf:DIR`). Nothing here
 touches the network: directories are local paths only. `transformers` is never needed; `tokenizers` is (the `hf` extra).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,12 +42,12 @@ from codelm.atomic import atomic_directory
 from codelm.checkpoint import (Checkpoint, default_capabilities, load_matching_state, load_native_checkpoint,
                                save_checkpoint)
 from codelm.errors import CheckpointError, ConfigError
+from codelm.fast_paths import apply_fast_paths
 from codelm.hf_tokenizer import (HF_CONFIG, HF_GENERATION_CONFIG, HF_INDEX, HF_TOKENIZER,  # noqa: F401
-                                  HF_TOKENIZER_CONFIG, HF_WEIGHTS, HFTokenizer, _read_json_if, _require_tokenizers,
-                                  bytes_to_unicode)
+                                  HF_TOKENIZER_CONFIG, HF_WEIGHTS, HFTokenizer, _require_tokenizers,
+                                  bytes_to_unicode, read_json_if)
 from codelm.model import ModelConfig, Transformer
-
-
+from codelm.terms import FIM, FIM_FORMATS_KEY, MIM, can
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -121,11 +129,19 @@ def llama_state_dict(model: Transformer) -> tuple[dict[str, torch.Tensor], bool]
 
 
 def llama_config(cfg: ModelConfig, tokenizer, tied: bool, dtype: torch.dtype) -> dict:
-    """config.json for transformers' LlamaForCausalLM. `rope_theta` is written both at the top level
+    """config.json for transformers' LlamaForCausalLM, or Qwen2ForCausalLM when only q/k/v have biases (Llama's
+    attention_bias would also put one on o_proj). The RoPE settings are written both at the top level
     (transformers 4.x) and in `rope_parameters` (5.x)."""
+    qwen2 = cfg.qkv_bias and not cfg.bias
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling != 1.0:
+        rope = {"rope_type": "linear", "factor": cfg.rope_scaling, "rope_theta": cfg.rope_theta}
+    family = ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "use_sliding_window": False,
+               "sliding_window": None, "max_window_layers": cfg.n_layer} if qwen2 else
+              {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": cfg.bias,
+               "mlp_bias": cfg.bias})
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        **family,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.ffn_hidden,
@@ -137,16 +153,12 @@ def llama_config(cfg: ModelConfig, tokenizer, tied: bool, dtype: torch.dtype) ->
         "max_position_embeddings": cfg.context_length,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
+        "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling != 1.0 else None,
+        "rope_parameters": rope,
         "attention_dropout": 0.0,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": tied,
-        "bos_token_id": tokenizer.l2r_id,
-        "eos_token_id": tokenizer.eot_id,
-        "pad_token_id": getattr(tokenizer, "pad_id", None),
+        **_bos_eos_pad(tokenizer),
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
@@ -172,10 +184,17 @@ def export_hf(checkpoint, out_dir: str | os.PathLike, dtype: torch.dtype | None 
         save_file(state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         tok = ckpt.tokenizer
         _write_json(tmp / HF_CONFIG, llama_config(cfg, tok, tied, dtype))
-        _write_json(tmp / HF_GENERATION_CONFIG, {"bos_token_id": tok.l2r_id, "eos_token_id": tok.eot_id,
-                                                 "pad_token_id": getattr(tok, "pad_id", None)})
+        _write_json(tmp / HF_GENERATION_CONFIG, _bos_eos_pad(tok))
         write_hf_tokenizer(tok, tmp, cfg.context_length)
     return out
+
+
+def _bos_eos_pad(tok) -> dict:
+    """The model's own BOS/EOS/PAD ids: an imported model's (which may have no BOS or pad), else codelm's
+    <|l2r|>, <|endoftext|>, <|pad|>."""
+    if isinstance(tok, HFTokenizer):
+        return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.own_pad_id}
+    return {"bos_token_id": tok.l2r_id, "eos_token_id": tok.eot_id, "pad_token_id": getattr(tok, "pad_id", None)}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -243,8 +262,9 @@ def write_hf_tokenizer(tok, out: Path, context_length: int) -> None:
     else:
         tiktoken_to_hf(tok).save(str(out / HF_TOKENIZER))
     names = {i: name for name, i in tok.specials.items()}
-    special_map = {"bos_token": names.get(tok.l2r_id), "eos_token": names.get(tok.eot_id),
-                   "pad_token": names.get(getattr(tok, "pad_id", None))}
+    ids = _bos_eos_pad(tok)
+    special_map = {"bos_token": names.get(ids["bos_token_id"]), "eos_token": names.get(ids["eos_token_id"]),
+                   "pad_token": names.get(ids["pad_token_id"])}
     special_map = {k: v for k, v in special_map.items() if v is not None}
     extra = [name for name in tok.specials if name not in special_map.values()]
     _write_json(out / "special_tokens_map.json", {**special_map, "additional_special_tokens": extra})
@@ -254,8 +274,9 @@ def write_hf_tokenizer(tok, out: Path, context_length: int) -> None:
         "additional_special_tokens": extra,
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
-        # codelm never lets a special token's string in ordinary text become the special token
-        "split_special_tokens": True,
+        # codelm never lets a special token's string in ordinary text become the special token; an imported
+        # model keeps Hugging Face's default, so its FIM/MIM tokens (added or its own) are typed as one id each
+        "split_special_tokens": not isinstance(tok, HFTokenizer),
     })
 
 
@@ -274,40 +295,62 @@ def is_hf_model_dir(path: str | os.PathLike) -> bool:
     return isinstance(d, dict) and "model_type" in d and "format" not in d
 
 
+IMPORTABLE = ("llama", "qwen2")  # model_type values codelm computes exactly (Code Llama, DeepSeek-Coder, Qwen2.5-Coder)
+
+
+def rope_settings(hf: dict, where: str) -> tuple[float, float]:
+    """(rope_theta, linear scaling factor) from config.json, in either transformers' 4.x (`rope_scaling`) or 5.x
+    (`rope_parameters`) spelling. Only the default and linear rope types compute as codelm does."""
+    params = dict(hf.get("rope_parameters") or {})
+    params.update(hf.get("rope_scaling") or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise ConfigError(f"{where}: rope scaling {rope_type!r} is not supported (only none and 'linear')")
+    factor = float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0))), factor
+
+
 def model_config_from_hf(hf: dict, where: str, tokenizer_name: str = "hf") -> ModelConfig:
-    """A Llama config.json -> ModelConfig; anything codelm would compute differently is refused by name."""
+    """A Llama or Qwen2 config.json -> ModelConfig; anything codelm would compute differently is refused by name."""
     def need(key):
         if key not in hf:
             raise ConfigError(f"{where}: missing field {key!r}")
         return hf[key]
 
-    if hf.get("model_type") != "llama":
-        raise ConfigError(f"{where}: model_type {hf.get('model_type')!r} is not supported (only 'llama')")
-    rope = hf.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if hf.get("rope_scaling") or rope_type != "default":
-        raise ConfigError(f"{where}: rope scaling ({hf.get('rope_scaling') or rope_type!r}) is not supported")
+    model_type = hf.get("model_type")
+    if model_type not in IMPORTABLE:
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported (only {', '.join(IMPORTABLE)})")
+    rope_theta, rope_scaling = rope_settings(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu', SwiGLU)")
-    attention_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
-    if attention_bias != mlp_bias:
-        raise ConfigError(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
-                          f"(codelm's `bias` covers both)")
+    if model_type == "qwen2":  # Qwen2 always has q/k/v biases and nothing else; its sliding window is usually off
+        bias, qkv_bias = False, True
+        if hf.get("use_sliding_window"):
+            raise ConfigError(f"{where}: use_sliding_window=true is not supported (codelm attends to the whole "
+                              f"context)")
+        ignored = ("attn_logit_softcapping", "final_logit_softcapping")
+    else:
+        attention_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+        if attention_bias != mlp_bias:
+            raise ConfigError(f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
+                              f"(codelm's `bias` covers both)")
+        bias, qkv_bias = attention_bias, False
+        ignored = ("sliding_window", "attn_logit_softcapping", "final_logit_softcapping")
     d_model, n_head = need("hidden_size"), need("num_attention_heads")
     if hf.get("head_dim") not in (None, d_model // n_head) or d_model % n_head:
         raise ConfigError(f"{where}: head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads is not "
                           f"supported")
-    for key in ("sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
+    for key in ignored:
         if hf.get(key):
             raise ConfigError(f"{where}: {key}={hf[key]} is not supported")
     try:
         return ModelConfig(
             vocab_size=need("vocab_size"), context_length=need("max_position_embeddings"),
             n_layer=need("num_hidden_layers"), n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
-            d_model=d_model, ffn_hidden=need("intermediate_size"),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            d_model=d_model, ffn_hidden=need("intermediate_size"), rope_theta=rope_theta, rope_scaling=rope_scaling,
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=float(hf.get("initializer_range", 0.02)), tokenizer=tokenizer_name, bias=attention_bias)
+            init_std=float(hf.get("initializer_range", 0.02)), tokenizer=tokenizer_name, bias=bias,
+            qkv_bias=qkv_bias)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -319,7 +362,7 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / HF_WEIGHTS).is_file():
         files = [path / HF_WEIGHTS]
     elif (path / HF_INDEX).is_file():
-        index = _read_json_if(path / HF_INDEX).get("weight_map", {})
+        index = read_json_if(path / HF_INDEX).get("weight_map", {})
         files = [path / f for f in sorted(set(index.values()))]
     else:
         raise CheckpointError(f"{path}: no {HF_WEIGHTS} or {HF_INDEX} (only safetensors weights are supported)")
@@ -334,12 +377,72 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def import_hf(path: str | os.PathLike):
-    """A Llama-architecture HF directory -> a loaded codelm Checkpoint (eval mode, fp32) with an HFTokenizer."""
+ADDABLE_TOKENS = ("fim", "mim")
+
+
+def parse_add_tokens(spec: str | None) -> tuple[str, ...]:
+    """`--add-tokens fim,mim` -> ("fim", "mim"); unknown names are refused."""
+    kinds = tuple(k.strip() for k in (spec or "").split(",") if k.strip())
+    for k in kinds:
+        if k not in ADDABLE_TOKENS:
+            raise ConfigError(f"--add-tokens: unknown {k!r}; choose from {', '.join(ADDABLE_TOKENS)}")
+    return kinds
+
+
+def add_objective_tokens(model: Transformer, tokenizer: HFTokenizer, kinds: tuple[str, ...]):
+    """The tokens FIM and MIM need, for an imported model: the family's own FIM sentinels are reused when its
+    vocabulary has them (StarCoder, Qwen2.5-Coder, DeepSeek-Coder, Code Llama spellings), else codelm's
+    <|fim_prefix|> <|fim_middle|> <|fim_suffix|> are added; MIM gets <|r2l|> for its backward direction (its forward
+    direction keeps the model's own BOS). New ids take the embedding's padding rows first (rows past the tokenizer's
+    vocabulary), then the matrices grow to the next multiple of 64. Every new row (embedding and, untied, output) is
+    the mean of the existing vocabulary's rows, the common choice: the model then sees a new token as an average
+    token, and the output head gives it an average logit (a little probability mass moves to it; see the tests).
+    Returns (model, tokenizer, record for the capabilities)."""
+    from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, R2L, padded_vocab_size
+
+    record = {"added_tokens": {}, "reused_tokens": {}, "new_rows_init": "mean of existing rows"}
+    wanted = []
+    if "fim" in kinds:
+        if tokenizer.fim_prefix_id is not None:
+            record["reused_tokens"]["fim"] = tokenizer.fim_family
+        else:
+            wanted += [FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
+    if "mim" in kinds:
+        if tokenizer.r2l_id is not None:
+            record["reused_tokens"]["mim"] = R2L
+        else:
+            wanted.append(R2L)
+    if not wanted:
+        return model, tokenizer, record
+    new_tok = tokenizer.with_added_tokens(wanted)
+    cfg = model.config
+    old_n = tokenizer.n_vocab
+    rows = cfg.vocab_size if new_tok.n_vocab <= cfg.vocab_size else padded_vocab_size(new_tok.n_vocab)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for key in ("embed.weight",) + (() if cfg.tie_embeddings else ("lm_head.weight",)):
+        old = state[key]
+        mean = old[:old_n].mean(0)
+        grown = torch.cat([old, mean.expand(rows - old.shape[0], -1)]) if rows > old.shape[0] else old
+        grown[old_n:new_tok.n_vocab] = mean  # padding rows reused by the new tokens
+        state[key] = grown.contiguous()
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    new_model = apply_fast_paths(Transformer(dataclasses.replace(cfg, vocab_size=rows)))
+    new_model.load_state_dict(state)
+    new_model.eval()
+    record["added_tokens"] = {name: new_tok.specials[name] for name in wanted}
+    record["padding_rows_reused"] = max(0, min(new_tok.n_vocab, cfg.vocab_size) - old_n)
+    record["vocab_rows"] = [cfg.vocab_size, rows]
+    return new_model, new_tok, record
+
+
+def import_hf(path: str | os.PathLike, add_tokens: tuple[str, ...] = ()):
+    """A Llama or Qwen2 HF directory -> a loaded codelm Checkpoint (eval mode, fp32) with an HFTokenizer; with
+    `add_tokens` ("fim", "mim"), the tokens those objectives need (add_objective_tokens)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such Hugging Face model directory")
-    hf = _read_json_if(path / HF_CONFIG)
+    hf = read_json_if(path / HF_CONFIG)
     if not hf:
         raise CheckpointError(f"{path / HF_CONFIG}: missing or not a JSON object")
     tokenizer = HFTokenizer.from_dir(path)
@@ -353,20 +456,25 @@ def import_hf(path: str | os.PathLike):
         try:
             state[hf_to_codelm_name(name)] = tensor
         except KeyError:
-            raise CheckpointError(f"{path}: unexpected tensor {name!r} for a Llama model") from None
-    if cfg.tie_embeddings:
-        state["lm_head.weight"] = state.get("embed.weight")
-    model = Transformer(cfg)
+            raise CheckpointError(f"{path}: unexpected tensor {name!r} for a {hf.get('model_type')} model") from None
+    state = Transformer.state_for_loading(cfg, state)
+    model = apply_fast_paths(Transformer(cfg))
     load_matching_state(model, state, str(path), "config.json", codelm_to_hf_name)  # copies into fp32 params
     model.eval()
+    added = {}
+    if add_tokens:
+        model, tokenizer, added = add_objective_tokens(model, tokenizer, add_tokens)
+        cfg = model.config
     caps = default_capabilities(tokenizer, cfg.context_length)
-    caps.update({"can_fim": False, "imported_from": "hf"})
+    # an imported model reads left to right; FIM/MIM become capabilities once trained with them
+    caps.update({can(FIM): False, can(MIM): False, FIM_FORMATS_KEY: [], "imported_from": "hf", **added})
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, config=cfg, capabilities=caps,
                       meta={"imported_from": str(path.resolve()), "hf_config": hf})
 
 
-def import_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """`codelm import-hf`: write a codelm checkpoint (weights, config, tokenizer.json) for an HF Llama directory."""
-    ckpt = import_hf(hf_dir)
+def import_hf_to_checkpoint(hf_dir: str | os.PathLike, out: str | os.PathLike,
+                            add_tokens: tuple[str, ...] = ()) -> Path:
+    """`codelm import-hf`: write a codelm checkpoint (weights, config, tokenizer.json) for an HF directory."""
+    ckpt = import_hf(hf_dir, add_tokens)
     return save_checkpoint(out, ckpt.model, ckpt.tokenizer, capabilities=ckpt.capabilities,
                            meta={"imported_from": ckpt.meta["imported_from"]})

@@ -1,4 +1,5 @@
-"""An imported model's own tokenizer: a Hugging Face `tokenizers.Tokenizer` behind codelm's tokenizer interface.
+"""An imported model's own tokenizer (`hf:DIR`): a Hugging Face `tokenizers.Tokenizer` behind codelm's tokenizer
+interface (codelm/tokenizer.py lists it).
 
 Its own module so that reading a codelm checkpoint whose tokenizer came from Hugging Face (codelm/checkpoint.py) does
 not import the weight conversion (codelm/hf.py), which itself builds on checkpoints: imports point one way.
@@ -14,10 +15,21 @@ import re
 from pathlib import Path
 
 from codelm.errors import CheckpointError, ConfigError
+from codelm.tokenizer import R2L, check_same, roles
 
-HF_CONFIG, HF_WEIGHTS, HF_INDEX, HF_TOKENIZER = ("config.json", "model.safetensors", "model.safetensors.index.json",
-                                                 "tokenizer.json")
-HF_TOKENIZER_CONFIG, HF_GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
+HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
+HF_CONFIG, HF_TOKENIZER, HF_TOKENIZER_CONFIG = "config.json", "tokenizer.json", "tokenizer_config.json"
+HF_GENERATION_CONFIG = "generation_config.json"
+
+# FIM sentinels (prefix, middle, suffix) as code model families spell them, in codelm's PSM order
+# [prefix-sentinel] prefix [suffix-sentinel] suffix [middle-sentinel] middle
+FIM_SPELLINGS = {
+    "starcoder": ("<fim_prefix>", "<fim_middle>", "<fim_suffix>"),            # StarCoder, SantaCoder
+    "qwen2.5-coder": ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"),  # Qwen2.5-Coder (and codelm's own)
+    "deepseek-coder": ("<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581end\uff5c>", "<\uff5cfim\u2581hole\uff5c>"),
+    "code-llama": ("\u2581<PRE>", "\u2581<MID>", "\u2581<SUF>"),
+}
+R2L_TOKEN = R2L  # MIM's backward marker; added at import when a vocabulary lacks it
 
 
 def _require_tokenizers():
@@ -42,19 +54,25 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# HFTokenizer: a tokenizers.Tokenizer with codelm's tokenizer interface
-# ----------------------------------------------------------------------------------------------------------------
-# FIM sentinel spellings of common code models (StarCoder/SantaCoder and Qwen/DeepSeek-style)
-_FIM_SPELLINGS = [("<fim_prefix>", "<fim_middle>", "<fim_suffix>"),
-                  ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>")]
+def read_json_if(path: Path) -> dict:
+    """A JSON object file, or {} when it is absent (a corrupt one is an error naming the file)."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
+    return value if isinstance(value, dict) else {}
 
 
 class HFTokenizer:
-    """codelm's tokenizer interface (encode, decode, decode_bytes, eot_id, l2r_id, hash, describe, check_same, ...)
-    over a Hugging Face fast tokenizer. `l2r_id` is the model's BOS token (None if it has none), `eot_id` its EOS;
-    `r2l_id` is None (an imported model reads left to right only); FIM ids are set when the vocabulary has
-    StarCoder- or Qwen-style sentinels, else None. As in codelm, special-token strings in text encode as text."""
+    """codelm's tokenizer interface over a Hugging Face fast tokenizer. `l2r_id` is the model's BOS token, or, for a
+    model without one (Qwen2.5), its end-of-text: the separator that preceded every document in its packed
+    pretraining, so the forward direction starts from what the model already knows and nothing untrained is put in
+    front of a window. `eot_id` is its EOS; `pad_id` its pad token, else EOS (inputs past a sequence's end have no
+    loss). FIM ids come from the family's own sentinels (FIM_SPELLINGS), `r2l_id` from `<|r2l|>`, when the
+    vocabulary has them (`codelm import-hf --add-tokens` adds what is missing). As in codelm, special-token strings
+    in text encode as text. encode_batch runs on the `tokenizers` Rayon thread pool (RAYON_NUM_THREADS sizes it)."""
 
     kind = "hf"
 
@@ -71,16 +89,38 @@ class HFTokenizer:
         self.n_vocab = max([self._tok.get_vocab_size(with_added_tokens=True) - 1, *added]) + 1
         if eos_id is None:
             raise ConfigError(f"tokenizer {name!r}: no end-of-sequence token (eos_token) is defined")
-        self.eot_id, self.l2r_id, self.pad_id, self.r2l_id = eos_id, bos_id, pad_id, None
+        self.bos_id, self.eot_id, self.own_pad_id = bos_id, eos_id, pad_id
+        self.l2r_id = bos_id if bos_id is not None else eos_id
+        self.pad_id = pad_id if pad_id is not None else eos_id
+        self.r2l_id = self._tok.token_to_id(R2L_TOKEN)
+        self.fim_family = None
         self.fim_prefix_id = self.fim_middle_id = self.fim_suffix_id = None
-        for spelling in _FIM_SPELLINGS:
+        for family, spelling in FIM_SPELLINGS.items():
             ids = [self._tok.token_to_id(s) for s in spelling]
             if all(i is not None for i in ids):
                 self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id = ids
+                self.fim_family = family
                 break
         self._bytes = self._token_bytes_table()
 
     # --- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> "HFTokenizer":
+        """`hf:DIR`: a codelm checkpoint with a Hugging Face tokenizer (its recorded roles), else a Hugging Face
+        model directory."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"hf:{path}: no such directory (expected a Hugging Face model directory or a codelm "
+                              f"checkpoint imported from one)")
+        config = read_json_if(path / HF_CONFIG)
+        desc = config.get("tokenizer") if "format" in config else None
+        if isinstance(desc, dict):
+            if desc.get("kind") != "hf":
+                raise ConfigError(f"hf:{path}: this checkpoint's tokenizer is {desc.get('name')!r}, not a Hugging "
+                                  f"Face one (use --tokenizer {desc.get('name')})")
+            return cls.from_checkpoint(path, desc)
+        return cls.from_dir(path)
+
     @classmethod
     def from_dir(cls, path: str | os.PathLike, name: str | None = None) -> "HFTokenizer":
         """A Hugging Face model directory's tokenizer: tokenizer.json, with BOS/EOS/PAD from tokenizer_config.json
@@ -91,7 +131,7 @@ class HFTokenizer:
             raise CheckpointError(f"{tj}: missing (only fast tokenizers saved as tokenizer.json are supported)")
         text = tj.read_text(encoding="utf-8")
         probe = _require_tokenizers().Tokenizer.from_str(text)
-        tcfg = _read_json_if(path / HF_TOKENIZER_CONFIG)
+        tcfg = read_json_if(path / HF_TOKENIZER_CONFIG)
         ids = {}
         for key in ("bos", "eos", "pad"):
             token = tcfg.get(f"{key}_token")
@@ -99,7 +139,7 @@ class HFTokenizer:
             ids[key] = probe.token_to_id(token) if token else None
             if ids[key] is None:
                 for extra in (HF_GENERATION_CONFIG, HF_CONFIG):
-                    value = _read_json_if(path / extra).get(f"{key}_token_id")
+                    value = read_json_if(path / extra).get(f"{key}_token_id")
                     value = value[0] if isinstance(value, list) and value else value
                     if isinstance(value, int):
                         ids[key] = value
@@ -118,6 +158,20 @@ class HFTokenizer:
         tok.check_same(desc, f"{tj}")
         return tok
 
+    def with_added_tokens(self, names: list[str]) -> "HFTokenizer":
+        """A copy with these special tokens appended at the next free ids (those it lacks; order kept)."""
+        from tokenizers import AddedToken
+
+        hf = _require_tokenizers().Tokenizer.from_str(self._json)
+        new = [n for n in names if hf.token_to_id(n) is None]
+        first = self.n_vocab
+        hf.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in new])
+        got = [hf.token_to_id(n) for n in new]
+        if got != list(range(first, first + len(new))):  # tokenizers numbers added tokens after the vocabulary
+            raise ConfigError(f"tokenizer {self.name!r}: added tokens got ids {got}, expected {first}...")
+        return HFTokenizer(hf.to_str(), name=self.name, bos_id=self.bos_id, eos_id=self.eot_id,
+                           pad_id=self.own_pad_id)
+
     def to_json(self) -> str:
         return self._json
 
@@ -130,7 +184,9 @@ class HFTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        """Batched, on the tokenizers library's own thread pool (`num_threads` is tiktoken's knob; here the pool
+        size is RAYON_NUM_THREADS, read once per process)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Invalid UTF-8 is replaced (HF tokenizers take text, not bytes)."""
@@ -183,28 +239,16 @@ class HFTokenizer:
         return table
 
     # --- identity -----------------------------------------------------------------------------------------------
+    def roles(self) -> dict[str, int | None]:
+        return roles(self)
+
     def describe(self) -> dict:
         return {"kind": "hf", "name": self.name, "hash": self.hash, "n_vocab": self.n_vocab,
-                "specials": self.specials, "bos_id": self.l2r_id, "eos_id": self.eot_id, "pad_id": self.pad_id}
+                "specials": self.specials, "bos_id": self.bos_id, "eos_id": self.eot_id, "pad_id": self.own_pad_id,
+                "roles": self.roles()}
 
     def check_same(self, other, what: str) -> None:
-        from codelm.errors import TokenizerMismatch
-
-        other_hash = other.get("hash") if isinstance(other, dict) else getattr(other, "hash", None)
-        other_name = other.get("name") if isinstance(other, dict) else getattr(other, "name", None)
-        if other_hash != self.hash:
-            raise TokenizerMismatch(f"{what} was made with tokenizer {other_name!r} ({str(other_hash)[:12]}), "
-                                    f"not {self.name!r} ({self.hash[:12]})")
+        check_same(self, other, what)
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.name!r}, n_vocab={self.n_vocab}, hash={self.hash[:12]})"
-
-
-def _read_json_if(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
-    return value if isinstance(value, dict) else {}

@@ -29,11 +29,12 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import torch
 
 from codelm.errors import CapabilityError, ConfigError
-from codelm.generate import (Completion, SamplingParams, bos_id, decode_batch, expand_seeds, find_stop,
-                             left_pad, make_generators, mask_unused_vocab, sample_tokens)
+from codelm.generate import (Completion, SamplingParams, bos_id, decode_batch, expand_seeds, left_pad,
+                             make_generators, mask_unused_vocab, sample_tokens)
+from codelm.prompts import FIM_FORMATS, document_head, fim_prompt
+from codelm.stops import cut_at_stop, find_stop
+from codelm.terms import ENDED_CLEANLY, EOT, FIM, FIM_FORMATS_KEY, INFILL_MODES, LENGTH, MET, STOP, can
 
-MODES = ("fim", "mim")
-FIM_FORMATS = ("psm", "spm")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -41,16 +42,16 @@ FIM_FORMATS = ("psm", "spm")
 # ----------------------------------------------------------------------------------------------------------------
 def require_mode(capabilities: dict | None, mode: str, fim_format: str = "psm") -> None:
     """Refuse an infilling mode the checkpoint was never trained for (its capabilities record can_fim/can_mim)."""
-    if mode not in MODES:
-        raise ConfigError(f"unknown infill mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode not in INFILL_MODES:
+        raise ConfigError(f"unknown infill mode {mode!r}; choose from {', '.join(INFILL_MODES)}")
     caps = capabilities or {}
     trained = caps.get("objectives", {})
-    if not caps.get(f"can_{mode}", False):
+    if not caps.get(can(mode), False):
         what = ", ".join(f"{k}:{v:g}" for k, v in trained.items()) if trained else "unknown objectives"
         raise CapabilityError(f"this model was not trained for {mode} infilling (trained with {what}); "
                               f"train with --objective {mode} or a mixture such as mim:0.5,fim:0.5")
-    if mode == "fim":
-        formats = caps.get("fim_formats") or list(FIM_FORMATS)
+    if mode == FIM:
+        formats = caps.get(FIM_FORMATS_KEY) or list(FIM_FORMATS)
         if fim_format not in formats:
             raise CapabilityError(f"this model was trained on FIM formats {formats}, not {fim_format!r}")
 
@@ -58,35 +59,6 @@ def require_mode(capabilities: dict | None, mode: str, fim_format: str = "psm") 
 # ----------------------------------------------------------------------------------------------------------------
 # FIM prompts
 # ----------------------------------------------------------------------------------------------------------------
-def fim_prompt_ids(tokenizer, prefix: str, suffix: str, fim_format: str = "psm", bos: int | None = None,
-                   starts_document: bool = True) -> list[int]:
-    """A codelm FIM prompt as token ids (the sentinels are special tokens, never text). `starts_document`: the prefix
-    is the document's beginning, so the prompt opens with end-of-text (see `document_head`)."""
-    return _fim_ids(tokenizer, tokenizer.encode(prefix), tokenizer.encode(suffix), fim_format,
-                    document_head(tokenizer, bos, starts_document))
-
-
-def document_head(tokenizer, bos: int | None, starts_document: bool) -> list[int]:
-    """The tokens before a whole document's FIM example or forward reading: the BOS marker, then end-of-text.
-
-    In a packed training window a whole document always follows the previous document's end-of-text; straight after
-    the `<l2r>` marker come only window-initial fragments, the tails of documents cut by the window start. A prompt
-    whose prefix is a file's beginning is the former, and a micro model trained with `mim:0.5,fim:0.5` reproduces
-    far more memorised middles with it (PSM 45 -> 53 and SPM 57 -> 61 of 61 line holes); a prefix trimmed at its
-    start is the latter and gets no end-of-text. MIM's backward side has the mirror image: the suffix ends with it."""
-    return ([bos] if bos is not None else []) + ([tokenizer.eot_id] if starts_document else [])
-
-
-def fit_fim_context(prefix_ids: list[int], suffix_ids: list[int], room: int) -> tuple[list[int], list[int]]:
-    """Trim the prefix's start and the suffix's end (the parts farthest from the hole) to fit `room` tokens; each
-    side keeps at least half the room when it needs it."""
-    if len(prefix_ids) + len(suffix_ids) <= room:
-        return prefix_ids, suffix_ids
-    keep_suffix = min(len(suffix_ids), max(room // 2, room - len(prefix_ids)))
-    keep_prefix = room - keep_suffix
-    return (prefix_ids[len(prefix_ids) - keep_prefix:] if keep_prefix > 0 else []), suffix_ids[:keep_suffix]
-
-
 @dataclass(frozen=True)
 class FimTemplate:
     """A model family's FIM prompt as text. The tokenizer must treat `sentinels` as special tokens; generation stops
@@ -132,7 +104,7 @@ def best_of(samples: Sequence[Completion]) -> Completion:
     limit; among equals the higher mean log-probability wins."""
     if not samples:
         raise ValueError("best_of needs at least one sample")
-    return max(samples, key=lambda c: (c.finish_reason in ("eot", "stop"), c.mean_logprob))
+    return max(samples, key=lambda c: (c.finish_reason in ENDED_CLEANLY, c.mean_logprob))
 
 
 @torch.no_grad()
@@ -143,23 +115,11 @@ def fim_infill(model, tokenizer, prefixes: Sequence[str], suffixes: Sequence[str
     if len(prefixes) != len(suffixes):
         raise ConfigError(f"got {len(prefixes)} prefixes and {len(suffixes)} suffixes")
     bos = bos_id(tokenizer, capabilities)
-    room = model.config.context_length - 1 - (bos is not None) - 1 - 3 - 1  # end-of-text, 3 sentinels, 1 new token
-    prompts = []
-    for prefix, suffix in zip(prefixes, suffixes):
-        pre_ids = tokenizer.encode(prefix)
-        pre, suf = fit_fim_context(pre_ids, tokenizer.encode(suffix), room)
-        head = document_head(tokenizer, bos, starts_document=len(pre) == len(pre_ids))
-        prompts.append(_fim_ids(tokenizer, pre, suf, fim_format, head))
+    budget = model.config.context_length - 1  # room for one new token
+    prompts = [fim_prompt(tokenizer, prefix, suffix, budget, fim_format, bos).ids
+               for prefix, suffix in zip(prefixes, suffixes)]
     return decode_batch(model, tokenizer, prompts, params, expand_seeds(seeds, len(prompts), n, params.seed), n,
                         on_token)
-
-
-def _fim_ids(tokenizer, pre: list[int], suf: list[int], fim_format: str, head: list[int]) -> list[int]:
-    if fim_format == "psm":
-        return head + [tokenizer.fim_prefix_id] + pre + [tokenizer.fim_suffix_id] + suf + [tokenizer.fim_middle_id]
-    if fim_format == "spm":
-        return head + [tokenizer.fim_prefix_id, tokenizer.fim_suffix_id] + suf + [tokenizer.fim_middle_id] + pre
-    raise ConfigError(f"unknown FIM format {fim_format!r}; choose from {', '.join(FIM_FORMATS)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,7 +221,7 @@ class MimResult:
     token_ids: list[int]        # the middle, in text order
     met: bool                   # the sides met (False: the fallback picked one side's complete generation)
     steps: int                  # sequential model passes, the prefill included
-    finish_reason: str          # "met", or the chosen side's: "eot", "stop", "length"
+    finish_reason: str          # MET, or the chosen side's: EOT, STOP, LENGTH (codelm.terms)
     side: str                   # "join", "forward" or "backward"
     logprob: float = 0.0        # mean log-probability of the chosen side's tokens (fallback only)
     forward_tokens: int = 0     # tokens each side generated (accepted ones included)
@@ -279,31 +239,29 @@ def meet_in_the_middle(sides: TwoSides, prefix: Sequence[int], suffix: Sequence[
     as the other side's target. Joins are checked after every pass; a proposal rides along with the proposing side's
     next decoding step (its newest token, then the candidate), so verifying costs no extra pass."""
     prefix, suffix = list(prefix), list(suffix)
-    gen: list[list[int]] = [[], []]      # each side's tokens in its own order; the last one is not yet read
-    lps: list[list[float]] = [[], []]
-    reason: list[str | None] = [None, None]
+    fw, bw = side = (Side(backward=False), Side(backward=True))
     first = sides.prefill()
     steps = 1
     for s in (0, 1):
-        _take(s, first[s], [], gen, lps, reason, eot_id, max_new_tokens, decode, stop)
+        side[s].take(first[s], [], eot_id, max_new_tokens, decode, stop)
     while True:
         # a side that ends the document where the other side's context is only the document's end (an empty
         # suffix that runs to the end of the file) has generated that whole context: the boundary join
-        if reason[0] == "eot" and suffix == [eot_id]:
-            return _met(Join([], list(gen[0])), steps, gen, decode)
-        if reason[1] == "eot" and prefix == [eot_id]:
-            return _met(Join([], list(reversed(gen[1]))), steps, gen, decode)
-        joins = [propose_forward_join(prefix, gen[0], gen[1], suffix, ngram, confirm),
-                 propose_backward_join(prefix, gen[0], gen[1], suffix, ngram, confirm)]
+        if fw.reason == EOT and suffix == [eot_id]:
+            return _met(Join([], list(fw.tokens)), steps, side, decode)
+        if bw.reason == EOT and prefix == [eot_id]:
+            return _met(Join([], list(reversed(bw.tokens))), steps, side, decode)
+        joins = [propose_forward_join(prefix, fw.tokens, bw.tokens, suffix, ngram, confirm),
+                 propose_backward_join(prefix, fw.tokens, bw.tokens, suffix, ngram, confirm)]
         for s in (0, 1):  # the sides already overlap up to the other's context: nothing left to verify
             if joins[s] is not None and not joins[s].candidate:
-                return _met(joins[s], steps, gen, decode)
-        if reason[0] is not None and reason[1] is not None:
-            return _fallback(gen, lps, reason, steps, decode, stop)
+                return _met(joins[s], steps, side, decode)
+        if fw.reason is not None and bw.reason is not None:
+            return _fallback(side, steps, decode, stop)
         # a side verifies at most what its token budget allows (the candidate's positions must fit the context)
-        candidates = [[] if joins[s] is None else joins[s].candidate[:max(0, max_new_tokens + confirm - len(gen[s]))]
-                      for s in (0, 1)]
-        feeds = [None if reason[s] is not None else [gen[s][-1]] + candidates[s] for s in (0, 1)]
+        candidates = [[] if joins[s] is None else
+                      joins[s].candidate[:max(0, max_new_tokens + confirm - len(side[s].tokens))] for s in (0, 1)]
+        feeds = [None if side[s].reason is not None else [side[s].tokens[-1]] + candidates[s] for s in (0, 1)]
         results = sides.step(feeds)
         steps += 1
         for s in (0, 1):
@@ -311,58 +269,63 @@ def meet_in_the_middle(sides: TwoSides, prefix: Sequence[int], suffix: Sequence[
                 continue
             accepted = candidates[s][:results[s].accepted]
             if joins[s] is not None and len(accepted) == len(joins[s].candidate):
-                return _met(joins[s], steps, gen, decode)
-            _take(s, results[s], accepted, gen, lps, reason, eot_id, max_new_tokens, decode, stop)
+                return _met(joins[s], steps, side, decode)
+            side[s].take(results[s], accepted, eot_id, max_new_tokens, decode, stop)
 
 
-def _take(s, result: StepResult, accepted, gen, lps, reason, eot_id, max_new_tokens, decode, stop):
-    """Append a side's accepted tokens and its next token, or finish the side."""
-    gen[s].extend(accepted)
-    lps[s].extend(result.logprobs[:len(accepted)])
-    if result.next_token == eot_id:
-        reason[s] = "eot"
-        return
-    gen[s].append(result.next_token)
-    lps[s].append(result.logprobs[len(accepted)])
-    if stop and _side_text_hits_stop(s, gen[s], decode, stop):
-        reason[s] = "stop"
-    elif len(gen[s]) >= max_new_tokens:
-        reason[s] = "length"
+@dataclass
+class Side:
+    """One direction's progress: its tokens in its own order (the last one not yet read by the model), their
+    log-probabilities, and why it ended (None while it runs)."""
+    backward: bool
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    reason: str | None = None
+
+    def take(self, result: StepResult, accepted: list[int], eot_id: int, max_new_tokens: int, decode,
+             stop: Sequence[str]) -> None:
+        """Append the accepted tokens and the next token, or finish the side."""
+        self.tokens.extend(accepted)
+        self.logprobs.extend(result.logprobs[:len(accepted)])
+        if result.next_token == eot_id:
+            self.reason = EOT
+            return
+        self.tokens.append(result.next_token)
+        self.logprobs.append(result.logprobs[len(accepted)])
+        if stop and find_stop(decode(self.text_order()), stop) >= 0:
+            self.reason = STOP
+        elif len(self.tokens) >= max_new_tokens:
+            self.reason = LENGTH
+
+    def text_order(self) -> list[int]:
+        return list(reversed(self.tokens)) if self.backward else self.tokens
+
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("-inf")
+
+    def cut_text(self, text: str, stop: Sequence[str]) -> str:
+        """Forward: text before the first stop string. Backward (mirrored): text after the last one."""
+        if not stop:
+            return text
+        if not self.backward:
+            return cut_at_stop(text, stop)[0]
+        ends = [text.rfind(x) + len(x) for x in stop if x and text.rfind(x) >= 0]
+        return text[max(ends):] if ends else text
 
 
-def _side_text_hits_stop(s: int, tokens: list[int], decode, stop) -> bool:
-    text = decode(tokens if s == 0 else list(reversed(tokens)))
-    return find_stop(text, stop) >= 0
+def _met(join: Join, steps: int, side: tuple[Side, Side], decode) -> MimResult:
+    return MimResult(decode(join.middle), list(join.middle), True, steps, MET, "join",
+                     forward_tokens=len(side[0].tokens), backward_tokens=len(side[1].tokens))
 
 
-def _cut_side_text(s: int, text: str, stop: Sequence[str]) -> str:
-    """Forward: text before the first stop string. Backward (mirrored): text after the last one."""
-    if not stop:
-        return text
-    if s == 0:
-        cut = find_stop(text, stop)
-        return text if cut < 0 else text[:cut]
-    ends = [text.rfind(x) + len(x) for x in stop if x and text.rfind(x) >= 0]
-    return text[max(ends):] if ends else text
-
-
-def _met(join: Join, steps: int, gen, decode) -> MimResult:
-    return MimResult(decode(join.middle), list(join.middle), True, steps, "met", "join",
-                     forward_tokens=len(gen[0]), backward_tokens=len(gen[1]))
-
-
-def _fallback(gen, lps, reason, steps, decode, stop: Sequence[str] = ()) -> MimResult:
+def _fallback(side: tuple[Side, Side], steps: int, decode, stop: Sequence[str] = ()) -> MimResult:
     """The sides never met: the more likely complete generation (ended by end-of-text or a stop) wins; a side cut
     off by the length limit only wins when neither ended cleanly."""
-    def rank(s):
-        mean = sum(lps[s]) / len(lps[s]) if lps[s] else float("-inf")
-        return (reason[s] in ("eot", "stop"), bool(gen[s]), mean)
-
-    s = max((0, 1), key=rank)
-    tokens = gen[s] if s == 0 else list(reversed(gen[s]))
-    mean = sum(lps[s]) / len(lps[s]) if lps[s] else float("-inf")
-    return MimResult(_cut_side_text(s, decode(tokens), stop), tokens, False, steps, reason[s] or "length",
-                     ("forward", "backward")[s], mean, len(gen[0]), len(gen[1]))
+    s = max((0, 1), key=lambda s: (side[s].reason in ENDED_CLEANLY, bool(side[s].tokens), side[s].mean_logprob()))
+    chosen = side[s]
+    tokens = chosen.text_order()
+    return MimResult(chosen.cut_text(decode(tokens), stop), tokens, False, steps, chosen.reason or LENGTH,
+                     ("forward", "backward")[s], chosen.mean_logprob(), len(side[0].tokens), len(side[1].tokens))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -424,7 +387,7 @@ class ModelSides:
             self.next_pos[r] += 1 + k
             used = max(used, 1 + k)
         self.key_padding[:, start + used:] = False
-        self.model.cache_length = start + used  # reuse the slots no row kept
+        self.model.truncate_cache(start + used)  # reuse the slots no row kept
         return results
 
     def _next(self, r: int, logits: torch.Tensor, k: int, accepted: list[int],
@@ -501,7 +464,7 @@ def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params
     for. With n > 1, fim samples decode as one batch and mim runs once per seed."""
     params = params or SamplingParams()
     require_mode(capabilities, mode, fim_format)
-    if mode == "fim":
+    if mode == FIM:
         row_seeds = None if seeds is None else [list(seeds)]
         samples = fim_infill(model, tokenizer, [prefix], [suffix], params, row_seeds, n, fim_format, capabilities)[0]
         cut = samples  # decode_batch already cut each text at its first stop string
@@ -510,14 +473,10 @@ def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params
     seeds = list(seeds) if seeds is not None else [None if params.seed is None else params.seed + j for j in range(n)]
     results = [mim_infill(model, tokenizer, prefix, suffix, params, seeds[j], capabilities) for j in range(n)]
     samples = [_mim_completion(r, params.stop) for r in results]
-    best = max(zip(samples, results), key=lambda p: (p[1].met, p[0].finish_reason != "length", p[1].logprob))[0]
+    best = max(zip(samples, results), key=lambda p: (p[1].met, p[0].finish_reason != LENGTH, p[1].logprob))[0]
     return Infill(mode, samples, best, [r.steps for r in results], [r.met for r in results])
 
 
 def _mim_completion(r: MimResult, stop: Sequence[str]) -> Completion:
-    text = r.text
-    cut = find_stop(text, stop) if stop else -1
-    reason = r.finish_reason
-    if cut >= 0:
-        text, reason = text[:cut], "stop"
-    return Completion(text, r.token_ids, [], reason)
+    text, stopped = cut_at_stop(r.text, stop)
+    return Completion(text, r.token_ids, [], STOP if stopped else r.finish_reason)

@@ -11,13 +11,15 @@ Options from the seed papers, each one config field (defaults are the Llama bloc
     position="alibi"                                              ALiBi (Press et al. 2021; BTLM-3B-8K)
     n_kv_head=1 / n_head > n_kv_head > 1                          multi-query (MIM paper) / grouped-query attention
     mup=True                                                      µP (Yang et al. 2022, as in Cerebras-GPT and BTLM):
-        width multiplier m = d_model / mup_base_width; hidden weights init std/sqrt(m) and LR/m (mup_param_groups),
+        width multiplier m = d_model / mup_base_width; hidden weights init std/sqrt(m) and LR/m (optimizer_groups),
         embeddings x mup_embedding_mult, logits x mup_output_mult / m, attention scores q.k/d instead of /sqrt(d).
 The Llama block (with GQA/MQA, biases, tied or untied embeddings, µP folded in) exports to Hugging Face's Llama
 format with identical logits; the GPT-2 options and ALiBi do not (codelm/hf.py says why).
 
 Incremental decoding uses a preallocated KV cache; `forward` takes explicit positions and an optional key-padding
-mask so that left-padded batches (many prompts at once) and both reading directions use the same code.
+mask so that left-padded batches (many prompts at once) and both reading directions use the same code. The model
+owns the cache: callers go through its cache methods (set up, truncate, select rows, install rows).
+Faster CPU kernels for the same computation live in codelm/fast_paths.py, applied to a built model by the loaders.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class ModelConfig:
     mup_base_width: int = 256        # BTLM tuned its proxy models at d_model 256
     mup_embedding_mult: float = 1.0  # BTLM used 14.6 (tuned on its proxy); 1.0 = no change from SP at base width
     mup_output_mult: float = 1.0     # BTLM used 2.22; logits are multiplied by mup_output_mult / width_mult
+    rope_scaling: float = 1.0        # linear RoPE scaling (positions / factor), as DeepSeek-Coder's config sets
+    qkv_bias: bool = False           # biases on q/k/v only (Qwen2); `bias` puts them everywhere
 
     def __post_init__(self):
         if self.n_kv_head == 0:
@@ -75,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.rope_scaling <= 0:
+            raise ValueError(f"rope_scaling={self.rope_scaling} must be positive")
         if self.mup_base_width <= 0:
             raise ValueError(f"mup_base_width={self.mup_base_width} must be positive")
 
@@ -153,9 +159,10 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
-def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [length, head_dim] in HF Llama's "rotate half" layout, so weights port without permutation."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def rotary_tables(head_dim: int, length: int, theta: float, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [length, head_dim] in HF Llama's "rotate half" layout, so weights port without permutation.
+    `scaling` is linear position interpolation: every angle divided by the factor (HF's rope_type "linear")."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)) / scaling
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     emb = torch.cat([angles, angles], dim=-1)
     return emb.cos(), emb.sin()
@@ -178,108 +185,9 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-EXPLICIT_ATTENTION_MAX_T = 1024  # bf16 on CPU up to this context: explicit attention beats SDPA's flash kernel
-SCORE_CHUNK_ELEMENTS = 1 << 21  # attention scores per group of heads: a few MB, which stay in cache
-
-
-def use_explicit_attention(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[2] <= EXPLICIT_ATTENTION_MAX_T
-
-
-def causal_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
-    """Causal attention as baddbmm (scale and causal mask fused into the score matmul), softmax, bmm, a cache-sized
-    group of heads at a time. Why: on CPU in bf16 SDPA's flash kernel is slow, its backward above all; this is
-    1.5-3x faster forward + backward at contexts 128-1024 (benchmarks/bench_train.py --ablate). In fp32 they tie,
-    so fp32 keeps SDPA, as do masked passes and decoding with a KV cache.
-    Trade-offs: scores are rounded to bf16 before the softmax (fp32 inside the kernel), as in nanoGPT's non-flash
-    path and Hugging Face's eager attention, where flash keeps them in fp32; and autograd keeps each layer's
-    probabilities (B * H * T^2 bf16) for the backward pass, which flash recomputes."""
-    B, H, T, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
-    causal = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(
-        torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
-    q, k, v = (t.reshape(B * H, T, D) for t in (q, k, v))
-    heads = max(1, SCORE_CHUNK_ELEMENTS // (T * T))
-    out = []
-    for i in range(0, B * H, heads):
-        scores = torch.baddbmm(causal, q[i:i + heads], k[i:i + heads].transpose(1, 2), alpha=scale)
-        out.append(torch.softmax(scores, dim=-1) @ v[i:i + heads])
-    return torch.cat(out).view(B, H, T, D)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Inference on CPU: projections through oneDNN with weights packed once
-# ----------------------------------------------------------------------------------------------------------------
-# F.linear runs on MKL, which on these machines (AMD EPYC) picks its AVX2 kernels; oneDNN's kernels, with each weight
-# packed once into their layout, are 1.5-1.8x faster at 1-4 rows (a decoding step) and 2.2-2.5x at 8-4096 rows
-# (prefill, scoring), measured. fp32 inference only (no autograd through these ops; bf16 already goes to oneDNN).
-# Where oneDNN is missing, a contiguous [in, out] copy still beats F.linear on few rows (x @ W_t streams the weights
-# at ~30 GB/s, MKL's gemv on [out, in] at ~15). Projections that read the same input (q/k/v, gate/up) are packed
-# side by side: one matmul instead of three. A packed copy costs as many bytes as its weights; it is made on first
-# use and remade whenever a weight changes (an optimizer step, loading a checkpoint, a move to another dtype/device).
-FEW_ROWS = 32
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def use_packed_weights(x: torch.Tensor, linear: nn.Linear) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and (ONEDNN or x.numel() <= FEW_ROWS * x.shape[-1])
-            # not in a DDP/FSDP run: FSDP gathers weights into reused buffers, where a packed copy could go stale
-            and not (torch.distributed.is_available() and torch.distributed.is_initialized()))
-
-
-class PackedWeights:
-    """Some linears' weights (and biases) side by side, packed for inference, kept while they are unchanged."""
-
-    def __init__(self):
-        self.key = None
-        self.weight = self.bias = None
-
-    def matmul(self, x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
-        key = tuple((m.weight.data_ptr(), m.weight._version, m.weight.dtype) for m in linears)
-        if key != self.key:
-            weight = torch.cat([m.weight.detach() for m in linears])
-            has_bias = linears[0].bias is not None
-            self.bias = torch.cat([m.bias.detach() for m in linears]) if has_bias else None
-            self.weight = self._pack(weight)
-            self.key = key
-        if self.weight.is_mkldnn:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
-
-    @staticmethod
-    def _pack(weight: torch.Tensor) -> torch.Tensor:
-        global ONEDNN
-        if ONEDNN:
-            try:
-                return torch.ops.mkldnn._reorder_linear_weight(weight, FEW_ROWS)
-            except (RuntimeError, NotImplementedError):  # a build or CPU without these kernels: the fallback below
-                ONEDNN = False
-        return weight.t().contiguous()
-
-    def __deepcopy__(self, memo):  # a copied model packs its own (oneDNN's packed tensors cannot be copied)
-        return PackedWeights()
-
-    def __getstate__(self):
-        return {"key": None, "weight": None, "bias": None}
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose fp32 inference on CPU runs on a packed copy of the weight (see above)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.packed = PackedWeights()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_packed_weights(x, self):
-            return self.packed.matmul(x, self)
-        return F.linear(x, self.weight, self.bias)
-
-
 class KVCache(nn.Module):
-    """Preallocated keys/values for one layer (gpt-fast's shape). `length` is shared by all layers of a model."""
+    """Preallocated keys/values for one layer (gpt-fast's shape). The model owns it: only `Transformer`'s cache
+    methods create, trim or reorder it; how many slots are filled is the model's `cache_length`."""
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
         super().__init__()
@@ -287,70 +195,73 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, Hkv, T, D] at cache slots [T] (a tensor, as gpt-fast's input_pos, so that a compiled step
+        does not specialise on it); returns the first n_keys slots, the keys this pass attends to."""
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k[:, :, :n_keys], self.v[:, :, :n_keys]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.k = self.k.index_select(0, rows)
+        self.v = self.v.index_select(0, rows)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.wq = Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
-        self.wk = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.wv = Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.wo = Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         # µP scores q.k/d: q and k become correlated as training aligns them, so their dot product grows like d,
         # not sqrt(d) (Yang et al. 2022, section 4). None = SDPA's default 1/sqrt(d).
         self.scale = 1.0 / cfg.head_dim if cfg.mup else None
         self.cache: KVCache | None = None
-        self.qkv_packed = PackedWeights()
 
-    def forward(self, x, cos, sin, mask, cache_start: int):
+    def forward(self, x, cos, sin, mask, cache_slots: torch.Tensor | None, n_keys: int):
         """cos/sin: rotary tables at each token's position, or None (ALiBi / learned positions).
-        mask: None (plain causal), a bool mask, or a float bias with -inf where masked (ALiBi)."""
+        mask: None (plain causal), a bool mask, or a float bias with -inf where masked (ALiBi).
+        cache_slots: where this pass's keys/values go in the KV cache; n_keys: how many cached keys it sees."""
         B, T, _ = x.shape
-        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        if use_packed_weights(x, self.wq):  # inference on CPU: q, k, v in one matmul, q and k rotated together
-            qkv = self.qkv_packed.matmul(x, self.wq, self.wk, self.wv).view(B, T, H + 2 * Hkv, D).transpose(1, 2)
-            qk = apply_rotary(qkv[:, :H + Hkv], cos, sin) if cos is not None else qkv[:, :H + Hkv]
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
-        else:
-            q = self.wq(x).view(B, T, H, D).transpose(1, 2)
-            k = self.wk(x).view(B, T, Hkv, D).transpose(1, 2)
-            v = self.wv(x).view(B, T, Hkv, D).transpose(1, 2)
-            if cos is not None:
-                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)
         if self.cache is not None:
-            k, v = self.cache.update(cache_start, k, v)
+            k, v = self.cache.update(cache_slots, k, v, n_keys)
         if self.n_kv_head != self.n_head:  # expand shared K/V heads (grouped/multi-query attention)
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        if mask is None and self.cache is None and use_explicit_attention(q):  # bf16 on CPU: faster than SDPA
-            y = causal_attention_explicit(q, k, v, self.scale)
-        elif mask is None:  # plain causal pass (or one decoding step, which sees all its keys): SDPA's fused kernel
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=self.scale)
-        else:
-            if mask.is_floating_point():
-                mask = mask.to(q.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        y = self.attend(q, k, v, mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, H, T, D], k and v [B, Hkv, T, D], q and k rotated."""
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def attend(self, q, k, v, mask) -> torch.Tensor:
+        if mask is None:  # plain causal pass (or one decoding step, which sees all its keys): SDPA's fused kernel
+            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=self.scale)
+        if mask.is_floating_point():
+            mask = mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
 
 
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w_gate = Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
-        self.w_up = Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
-        self.w_down = Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
-        self.gate_up_packed = PackedWeights()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x):
-        if use_packed_weights(x, self.w_gate):  # inference on CPU: gate and up in one matmul
-            gate, up = self.gate_up_packed.matmul(x, self.w_gate, self.w_up).chunk(2, dim=-1)
-            return self.w_down(F.silu(gate) * up)
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
@@ -359,8 +270,8 @@ class GeluMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w_up = Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
-        self.w_down = Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x):
         return self.w_down(F.gelu(self.w_up(x), approximate="tanh"))
@@ -374,8 +285,8 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = GeluMLP(cfg) if cfg.mlp == "gelu" else SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, mask, cache_start: int):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache_start)
+    def forward(self, x, cos, sin, mask, cache_slots: torch.Tensor | None, n_keys: int):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache_slots, n_keys)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -391,16 +302,15 @@ class Transformer(nn.Module):
             self.pos_embed = nn.Embedding(cfg.context_length, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = make_norm(cfg)
-        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tie_weights()
         if cfg.position == "rope":
-            cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
+            cos, sin = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.position == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
-        self.cache_length = 0  # tokens already in the KV cache (0 when no cache is set up)
+        self._cache_length = 0  # slots filled in the KV cache (see cache_length)
         self.apply(self._init_weights)
         # GPT-2's scaled init of residual projections: keeps the residual stream's variance flat with depth.
         # µP: hidden matrices' init variance scales as 1/fan_in, i.e. std / sqrt(width_mult).
@@ -417,23 +327,81 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    # --- KV cache ---------------------------------------------------------------------------------------------------
-    def setup_cache(self, batch: int, max_len: int | None = None, dtype=None):
+    # --- tied embeddings: the output head is the embedding matrix; state dicts on disk hold it once --------------
+    def tie_weights(self) -> None:
+        """Make the head share the embedding's parameter (again, after `load_state_dict(..., assign=True)`)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @staticmethod
+    def state_for_saving(cfg: ModelConfig, state: dict) -> dict:
+        """The state dict without the tied head's duplicate (safetensors refuses shared storage)."""
+        return {k: v for k, v in state.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+
+    @staticmethod
+    def state_for_loading(cfg: ModelConfig, state: dict) -> dict:
+        """A saved state dict with the tied head filled in from the embedding, as `load_state_dict` expects."""
+        if cfg.tie_embeddings and "embed.weight" in state:
+            state = {**state, "lm_head.weight": state["embed.weight"]}
+        return state
+
+    # --- KV cache: the model owns it; callers set it up, trim it, reorder its rows or install rows they kept -----
+    def setup_cache(self, batch: int, max_len: int | None = None, dtype=None) -> None:
+        """An empty cache of `batch` rows and `max_len` slots (default: the context length) in every layer."""
         max_len = max_len or self.config.context_length
         dtype = dtype or self.embed.weight.dtype
         device = self.embed.weight.device
         for layer in self.layers:
             layer.attn.cache = KVCache(batch, self.config.n_kv_head, max_len, self.config.head_dim, dtype, device)
-        self.cache_length = 0
+        self._cache_length = 0
 
-    def clear_cache(self):
+    def clear_cache(self) -> None:
         for layer in self.layers:
             layer.attn.cache = None
-        self.cache_length = 0
+        self._cache_length = 0
 
     @property
     def has_cache(self) -> bool:
         return self.layers[0].attn.cache is not None
+
+    @property
+    def cache_length(self) -> int:
+        """Slots filled in every row (0 when no cache is set up); the next pass writes after them."""
+        return self._cache_length
+
+    @property
+    def cache_capacity(self) -> int:
+        return self.layers[0].attn.cache.k.shape[2] if self.has_cache else 0
+
+    def truncate_cache(self, length: int) -> None:
+        """Forget the slots from `length` on (a rejected draft's tokens); the next pass overwrites them."""
+        if not 0 <= length <= self._cache_length:
+            raise ValueError(f"cannot truncate a cache of {self._cache_length} slots to {length}")
+        self._cache_length = length
+
+    def select_cache_rows(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) these batch rows of the cache: `repeat_interleave` indices expand one prefilled prompt
+        to n samples; a subset drops finished rows."""
+        for layer in self.layers:
+            layer.attn.cache.select_rows(rows)
+
+    def cache_rows(self, row: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One row's newest `length` keys/values per layer [(k [Hkv, length, D], v)], views into the cache; they
+        outlive it, so a caller can keep them across `setup_cache` and `install_cache_rows`."""
+        S = self._cache_length
+        return [(layer.attn.cache.k[row, :, S - length:S], layer.attn.cache.v[row, :, S - length:S])
+                for layer in self.layers]
+
+    def install_cache_rows(self, rows: list[list[tuple[torch.Tensor, torch.Tensor]]], capacity: int) -> None:
+        """A fresh cache holding these rows (each a `cache_rows` list), right-aligned: every row ends at the longest
+        one's length, which becomes `cache_length`; the slots left of a shorter row are for key_padding to mask."""
+        S = max(kv[0][0].shape[1] for kv in rows)
+        self.setup_cache(len(rows), max(capacity, S), rows[0][0][0].dtype)
+        for j, kv in enumerate(rows):
+            for layer, (k, v) in zip(self.layers, kv):
+                layer.attn.cache.k[j, :, S - k.shape[1]:S] = k
+                layer.attn.cache.v[j, :, S - v.shape[1]:S] = v
+        self._cache_length = S
 
     # --- forward ----------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
@@ -447,12 +415,13 @@ class Transformer(nn.Module):
         """
         cfg = self.config
         B, T = idx.shape
-        start = self.cache_length if self.has_cache else 0
+        start = self._cache_length if self.has_cache else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)
         if positions.dim() == 1:
             positions = positions.unsqueeze(0).expand(B, T)
         self._check_positions(positions)
+        cache_slots = torch.arange(start, start + T, device=idx.device) if self.has_cache else None
         cos = sin = None
         if cfg.position == "rope":
             cos = self.rope_cos[positions].unsqueeze(1)
@@ -467,9 +436,9 @@ class Transformer(nn.Module):
         if cfg.mup:
             x = x * cfg.mup_embedding_mult
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, start)
+            x = layer(x, cos, sin, mask, cache_slots, start + T)
         if self.has_cache:
-            self.cache_length = start + T
+            self._cache_length = start + T
         x = self.norm(x)
         if return_hidden:
             return x
@@ -528,24 +497,24 @@ class Transformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# µP optimizer hook
+# Optimizer parameter groups
 # ----------------------------------------------------------------------------------------------------------------
-def mup_param_groups(model: Transformer, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups. Hidden matrices (everything 2-D inside the blocks) get lr / width_mult under µP
-    (Adam's update size does not shrink with fan-in, so the step must); embeddings, the output head, norms and biases
-    keep the base lr. Matrices decay, vectors do not (GPT-3/Llama). Each group carries `lr_scale`: a scheduler must set
+def optimizer_groups(model: Transformer, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups, the one place that decides which parameters decay and at what lr they learn.
+    Matrices decay, vectors (norm gains, biases) do not (GPT-3/Llama). Under µP, hidden matrices (everything 2-D
+    inside the blocks) get lr / width_mult (Adam's update size does not shrink with fan-in, so the step must), while
+    embeddings and the output head keep the base lr. Each group carries `lr_scale`: a scheduler must set
     `group["lr"] = lr_now * group["lr_scale"]`, not overwrite every group with the same lr.
-    Without µP (width_mult 1) this is the plain decay/no-decay split with lr_scale 1 everywhere."""
+    Without µP this is the plain two-group decay/no-decay split, parameters in model order (so optimizer states
+    saved by earlier runs still line up)."""
     m = model.config.width_mult
     hidden, other_matrices, vectors = [], [], []
-    seen: set[int] = set()
     for name, p in model.named_parameters():  # named_parameters yields a tied weight once
-        if not p.requires_grad or id(p) in seen:
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
         if p.dim() < 2:
             vectors.append(p)
-        elif name.startswith("layers."):
+        elif name.startswith("layers.") and model.config.mup:
             hidden.append(p)
         else:
             other_matrices.append(p)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from codelm.errors import ConfigError, DataError
+from codelm.prompts import fim_layout
 
 IGNORE = -100  # target id excluded from the loss (padding, prompts in completion-only fine-tuning)
 
@@ -78,7 +79,22 @@ def with_marker(marker: int, tokens: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # l2r
 # ----------------------------------------------------------------------------------------------------------------
-class LeftToRight:
+class NextTokenObjective:
+    """An objective whose loss is plain next-token cross-entropy on its batch (l2r, fim, sft); `name` keys its
+    metrics."""
+    name = ""
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
+        loss = next_token_loss(model(batch.x), batch.y)
+        return loss, {f"loss_{self.name}": loss.detach()}
+
+    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
+        """Summed nats and token counts per reported stream, for exact averaging over many batches."""
+        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
+        return {self.name: (float(nats), batch.n_tokens)}
+
+
+class LeftToRight(NextTokenObjective):
     name = "l2r"
 
     def __init__(self, tokenizer, **_):
@@ -87,15 +103,6 @@ class LeftToRight:
     def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
         w = torch.from_numpy(windows.astype(np.int64))
         return Batch(with_marker(self.marker, w), w, self.name)
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
-        return loss, {"loss_l2r": loss.detach()}
-
-    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        """Summed nats and token counts per reported stream, for exact averaging over many batches."""
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {self.name: (float(nats), batch.n_tokens)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,7 +136,7 @@ def fim_split_lines(text: str, rng: np.random.Generator) -> tuple[str, str, str]
 FIM_SPLITS = {"char": fim_split_text, "line": fim_split_lines}
 
 
-class FillInTheMiddle:
+class FillInTheMiddle(NextTokenObjective):
     """Context-level FIM, applied per document segment as it appears in the window.
 
     Trade-offs, on purpose:
@@ -162,7 +169,6 @@ class FillInTheMiddle:
         self.rate, self.spm_rate = fim_rate, fim_spm_rate
         self.split = FIM_SPLITS[fim_split]
         self.marker, self.eot, self.pad = tokenizer.l2r_id, tokenizer.eot_id, tokenizer.pad_id
-        self.pre, self.mid, self.suf = tokenizer.fim_prefix_id, tokenizer.fim_middle_id, tokenizer.fim_suffix_id
 
     def _text(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="surrogateescape")
@@ -171,10 +177,8 @@ class FillInTheMiddle:
         return self.tokenizer.encode_bytes(text.encode("utf-8", errors="surrogateescape"))
 
     def fim_format(self, prefix: str, middle: str, suffix: str, spm: bool) -> list[int]:
-        pre, mid, suf = self._encode(prefix), self._encode(middle), self._encode(suffix)
-        if spm:  # SPM variant 2 (FIM paper, section 3.1 and its appendix): the prefix runs straight into the middle
-            return [self.pre, self.suf] + suf + [self.mid] + pre + mid
-        return [self.pre] + pre + [self.suf] + suf + [self.mid] + mid
+        return fim_layout(self.tokenizer, self._encode(prefix), self._encode(suffix), "spm" if spm else "psm",
+                          self._encode(middle))
 
     def transform_window(self, window: np.ndarray, rng: np.random.Generator) -> list[int]:
         """One raw window -> its FIM token sequence (not yet trimmed to the window length)."""
@@ -200,14 +204,6 @@ class FillInTheMiddle:
             x[b, 0] = self.marker
             x[b, 1:len(seq)] = seq[:-1]
         return Batch(x, y, self.name)
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
-        return loss, {"loss_fim": loss.detach()}
-
-    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {self.name: (float(nats), batch.n_tokens)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,7 +388,7 @@ def read_completion_examples(path: str | Path) -> list[tuple[str, str]]:
     return examples
 
 
-class CompletionOnly:
+class CompletionOnly(NextTokenObjective):
     """Fine-tuning on (prompt, completion) pairs with the loss masked to the completion and its end-of-text.
 
     The shard window only sets the batch size and the length budget; examples are drawn with the trainer's seeded
@@ -440,14 +436,6 @@ class CompletionOnly:
             x[b, :len(xs)] = torch.tensor(xs)
             y[b, :len(ys)] = torch.tensor(ys)
         return Batch(x, y, self.name)
-
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
-        return loss, {"loss_sft": loss.detach()}
-
-    def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
-        return {self.name: (float(nats), batch.n_tokens)}
 
 
 OBJECTIVES = {"l2r": LeftToRight, "fim": FillInTheMiddle, "mim": MeetInTheMiddle, "sft": CompletionOnly}

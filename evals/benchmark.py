@@ -6,6 +6,7 @@ sequences and post-processing. The runner (evals/runner.py) only uses the method
 
 from dataclasses import dataclass
 
+from codelm.stops import cut_at_stop
 from evals.models import CompletionModel
 
 
@@ -16,16 +17,6 @@ class Sampling:
     temperature: float
     top_p: float
     max_new_tokens: int
-
-
-def truncate_at_stop(text: str, stop: list[str]) -> str:
-    """Cut text at the earliest stop sequence (Codex paper, section 2.3: stop at "\\nclass", "\\ndef", ...)."""
-    cut = len(text)
-    for s in stop:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
 
 
 class Benchmark:
@@ -70,7 +61,7 @@ class Benchmark:
         return [[self.postprocess(text) for text in texts] for texts in outputs]
 
     def postprocess(self, completion: str) -> str:
-        return truncate_at_stop(completion, self.stop)
+        return cut_at_stop(completion, self.stop)[0]  # Codex paper, section 2.3: stop at "\nclass", "\ndef", ...
 
     def sample_fields(self, problem: dict, completion: str) -> dict:
         """Extra per-sample fields for results.jsonl (infilling adds exact_match)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.config import ArgumentParser, add_options_command, option
+from codelm.terms import FIM, INFILL_MODES
 from evals.models import MODEL_BACKENDS
 
 BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
@@ -81,7 +82,7 @@ class EvalConfig:
     mbpp_format: str = option("bigcode", "prompt: bigcode's docstring with one test or the paper's 3-shot "
                                          "[BEGIN]/[DONE]", choices=("bigcode", "3shot"))
     infilling_set: str = option("single-line", "which infilling benchmark", flag="--set", choices=INFILLING_SETS)
-    mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle", choices=("fim", "mim"))
+    mode: str = option(FIM, "decoding: fill-in-the-middle prompt or meet-in-the-middle", choices=INFILL_MODES)
     language: str | None = option(None, "HumanEval-X language (all: each in turn, one output directory each)",
                                   choices=(*HUMANEVAL_X_LANGUAGES, "all"))
     x_set: str = option("generation", "generation, or single-line infilling built from the canonical solutions",
@@ -104,8 +105,8 @@ class TrainingEvalOptions:
                                        "divisor of N; 0 = off)", metavar="N")
     eval_infill_set: str = option("random-span-light", "which HumanEval-infilling set", choices=INFILLING_SETS)
     eval_infill_limit: int = option(20, "first N tasks")
-    eval_infill_mode: str = option("fim", "decoding: fill-in-the-middle prompt or meet-in-the-middle",
-                                   choices=("fim", "mim"))
+    eval_infill_mode: str = option(FIM, "decoding: fill-in-the-middle prompt or meet-in-the-middle",
+                                   choices=INFILL_MODES)
 
 
 ONLY_FOR = {"plus": ("humaneval", "mbpp"), "mbpp_format": ("mbpp",), "infilling_set": ("infilling",),

@@ -40,7 +40,8 @@ import tarfile
 from functools import partial
 from pathlib import Path
 
-from evals.benchmark import Benchmark, truncate_at_stop
+from codelm.stops import cut_at_stop
+from evals.benchmark import Benchmark
 from evals.data import EvalInputError, find_local_file, find_or_download, read_jsonl
 from evals.infilling import Infilling
 
@@ -79,8 +80,8 @@ class HumanEvalX(Benchmark):
         return problem["canonical_solution"]
 
     def postprocess(self, completion):
-        cut = truncate_at_stop(completion, self.stop)
-        return cut + "\n}\n" if cut != completion else completion
+        cut, stopped = cut_at_stop(completion, self.stop)
+        return cut + "\n}\n" if stopped else completion
 
     def unavailable(self, problem) -> str | None:
         return UNAVAILABLE.get(problem["task_id"])

@@ -22,6 +22,7 @@ line and blank lines at either end are ignored (indentation still counts: it cha
 
 from pathlib import Path
 
+from codelm.terms import INFILL_MODES
 from evals.benchmark import Benchmark, Sampling
 from evals.data import EvalInputError, find_or_download, read_jsonl
 
@@ -33,7 +34,7 @@ SETS = {
 }
 UPSTREAM = "https://github.com/openai/human-eval-infilling/raw/master/data/"
 CACHE_DIR = Path.home() / ".cache" / "codelm" / "humaneval-infilling"
-MODES = ("fim", "mim")
+MODES = INFILL_MODES
 
 
 def normalize_for_match(code: str) -> str:

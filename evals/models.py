@@ -50,6 +50,7 @@ def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str 
     if not path_or_name:
         raise EvalInputError("no model given")
     if backend == "auto":
+        from codelm.backends import auto_backend
         backend = auto_backend(path_or_name)
     if backend == "transformers":
         from codelm.backends.transformers_lm import TransformersLM
@@ -71,24 +72,6 @@ def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str 
             raise EvalInputError(f"--dtype: unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
         torch_dtype = DTYPES[dtype]
     return CodelmModel(load_checkpoint(path_or_name, device=device, dtype=torch_dtype))
-
-
-def auto_backend(path: str) -> str:
-    """codelm for a codelm checkpoint or run directory, and for a Hugging Face directory codelm can convert (Llama
-    architecture, tokenizer.json); transformers for any other Hugging Face directory. Reads config files only."""
-    import json
-    from pathlib import Path
-
-    from codelm.errors import ConfigError
-    from codelm.hf import is_hf_model_dir, model_config_from_hf
-
-    if not is_hf_model_dir(path):
-        return "codelm"
-    try:
-        model_config_from_hf(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")), path)
-    except ConfigError:
-        return "transformers"
-    return "codelm" if (Path(path) / "tokenizer.json").is_file() else "transformers"
 
 
 def backend_versions(*names: str) -> dict:

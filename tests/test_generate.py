@@ -7,8 +7,9 @@ import torch
 
 from codelm.errors import ConfigError
 from codelm.generate import (SamplingParams, TextStream, decode_batch, generate, generate_batch, left_pad,
-                             logits_to_probs, stop_prefix_len)
+                             logits_to_probs)
 from codelm.model import ModelConfig, Transformer
+from codelm.stops import StopMatcher, cut_at_stop, find_stop, stop_prefix_len
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n\nclass Config:\n    def __init__(self):", "x = [1, 2"]
 
@@ -164,6 +165,44 @@ def test_the_stream_never_emits_half_a_utf8_character():
     snake = "🐍".encode()  # four bytes, delivered one per token
     stream, shown = stream_of([b"x = '", snake[:1], snake[1:2], snake[2:], b"'"], [])
     assert shown == ["x = '", "", "", "🐍", "'", ""]
+
+
+def test_cut_at_stop_cuts_at_the_earliest_stop_and_ignores_empty_ones():
+    assert cut_at_stop("a\nclass B\ndef f", ["\ndef", "\nclass"]) == ("a", True)
+    assert cut_at_stop("abc", ["", "x"]) == ("abc", False)
+
+
+def _held_reference(text, stop):  # the definition, checked prefix by prefix
+    return max([k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
+
+
+def test_the_stop_matcher_agrees_with_the_definitions_on_text_fed_piece_by_piece():
+    import random
+    rng = random.Random(0)
+    for _ in range(300):
+        stop = ["".join(rng.choice("ab\n") for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 3))]
+        text = "".join(rng.choice("ab\n") for _ in range(rng.randint(0, 40)))
+        matcher, fed, cut = StopMatcher(stop), 0, -1
+        while fed < len(text) and cut < 0:
+            fed = min(len(text), fed + rng.randint(1, 4))
+            cut = matcher.feed(text[:fed])
+            if cut < 0:
+                assert matcher.held() == _held_reference(text[:fed], stop)
+        assert cut == find_stop(text[:fed], stop)
+        assert stop_prefix_len(text, stop) == _held_reference(text, stop)
+
+
+def test_a_long_stop_string_costs_linear_time_not_quadratic():
+    """A client may send a stop string as long as the text: checking each of its prefixes against the text's end at
+    every token was quadratic in their length. The matcher reads each character once."""
+    stop = ["a" * 50_000 + "b"]
+    matcher = StopMatcher(stop)
+    text = ""
+    for _ in range(2_000):  # a stream of 2,000 tokens of 50 characters each, all on the stop's path
+        text += "a" * 50
+        assert matcher.feed(text) == -1
+    assert matcher.held() == 50_000
+    assert matcher.feed(text + "b") == len(text) - 50_000
 
 
 def test_stop_prefix_len():

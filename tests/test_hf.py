@@ -2,6 +2,7 @@
 the exported tokenizer.json encodes exactly as codelm's tiktoken vocabulary; options with no Llama equivalent are
 refused. Everything is local: random tiny models, HF_HUB_OFFLINE=1 (conftest)."""
 
+import dataclasses
 import json
 import shutil
 import sysconfig
@@ -54,6 +55,9 @@ EXPORTABLE = {
     # µP multipliers are folded into the weights; a tied µP model with different multipliers is exported untied
     "mup-tied": dict(mup=True, mup_base_width=16, mup_embedding_mult=3.0, mup_output_mult=2.0),
     "mup-untied": dict(mup=True, mup_base_width=32, mup_embedding_mult=1.5, tie_embeddings=False, n_kv_head=2),
+    # DeepSeek-Coder's linear RoPE scaling; Qwen2's q/k/v-only biases (exported as a qwen2 model)
+    "rope-linear": dict(rope_scaling=4.0, rope_theta=100000.0, tie_embeddings=False),
+    "qkv-bias": dict(qkv_bias=True, n_kv_head=2),
 }
 
 
@@ -68,7 +72,15 @@ def test_exported_model_gives_the_same_logits_in_transformers(tmp_path, name):
         ours = ckpt.model(ids)
     assert (ours - hf_logits(out, ids)).abs().max() <= 1e-4
     config = json.loads((out / "config.json").read_text())
-    assert config["tie_word_embeddings"] == (name == "tied" or name == "mqa-bias")
+    assert config["tie_word_embeddings"] == (name in ("tied", "mqa-bias", "qkv-bias"))
+    assert config["model_type"] == ("qwen2" if name == "qkv-bias" else "llama")
+    if name == "rope-linear":  # the positions really are scaled: the same weights unscaled give other logits
+        with torch.no_grad():
+            plain = Transformer(dataclasses.replace(ckpt.config, rope_scaling=1.0)).eval()
+            plain.load_state_dict(ckpt.model.state_dict())
+            assert (plain(ids) - ours).abs().max() > 1e-3  # 10x the parity tolerance
+        # and codelm reads the export back as the same model
+        assert import_hf(out).config.rope_scaling == 4.0
 
 
 def test_greedy_generation_is_identical(tmp_path):
@@ -170,15 +182,20 @@ def test_autotokenizer_loads_the_export_with_bos_and_specials(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # import: transformers -> codelm
 # ----------------------------------------------------------------------------------------------------------------
-def random_hf_llama(path: Path, tokenizer_dir: Path, max_shard_size: str | None = None, **kw) -> Path:
-    """A random tiny LlamaForCausalLM saved by transformers itself, with a tokenizer from `tokenizer_dir`."""
+def random_hf_llama(path: Path, tokenizer_dir: Path, max_shard_size: str | None = None, family: str = "llama",
+                    **kw) -> Path:
+    """A random tiny LlamaForCausalLM (or Qwen2ForCausalLM) saved by transformers itself, with a tokenizer from
+    `tokenizer_dir`."""
     tok = HFTokenizer.from_dir(tokenizer_dir)
     values = dict(vocab_size=1088, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
                   rope_theta=50000.0, tie_word_embeddings=False, bos_token_id=tok.l2r_id, eos_token_id=tok.eot_id)
     values.update(kw)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**values)).eval()
+    if family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**values)).eval()
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**values)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -195,19 +212,35 @@ def exported_tokenizer_dir(tmp_path_factory) -> Path:
     return export_hf(random_checkpoint(tmp / "ckpt"), tmp / "hf")
 
 
-@pytest.mark.parametrize("options", [{}, dict(tie_word_embeddings=True, num_key_value_heads=1),
-                                     dict(attention_bias=True, mlp_bias=True, num_key_value_heads=4),
-                                     dict(max_shard_size="100KB")])
-def test_imported_model_gives_the_same_logits_as_transformers(tmp_path, exported_tokenizer_dir, options):
+IMPORTABLE = {
+    "llama": {}, "llama-mqa-tied": dict(tie_word_embeddings=True, num_key_value_heads=1),
+    "llama-bias": dict(attention_bias=True, mlp_bias=True, num_key_value_heads=4),
+    "llama-sharded": dict(max_shard_size="100KB"),
+    # DeepSeek-Coder: Llama with linear RoPE scaling (factor 4 in its 1.3b/6.7b/33b configs)
+    "deepseek-coder": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    # Qwen2.5-Coder: qwen2 = Llama's block with biases on q/k/v only; sliding window present but off
+    "qwen2.5-coder": dict(family="qwen2", tie_word_embeddings=True, use_sliding_window=False, sliding_window=32),
+}
+
+
+@pytest.mark.parametrize("name", list(IMPORTABLE))
+def test_imported_model_gives_the_same_logits_as_transformers(tmp_path, exported_tokenizer_dir, name):
+    options = IMPORTABLE[name]
     hf_dir = random_hf_llama(tmp_path / "llama", exported_tokenizer_dir, **options)
     if "max_shard_size" in options:
         assert (hf_dir / "model.safetensors.index.json").is_file()
     ckpt = import_hf(hf_dir)
     assert ckpt.config.rope_theta == 50000.0 and ckpt.config.ffn_hidden == 160
-    ids = torch.randint(0, 1088, (2, 40))
+    assert ckpt.config.rope_scaling == (4.0 if name == "deepseek-coder" else 1.0)
+    assert ckpt.config.qkv_bias == (name == "qwen2.5-coder")
+    ids = torch.randint(0, 1088, (2, 60))
     with torch.no_grad():
         ours = ckpt.model(ids)
     assert (ours - hf_logits(hf_dir, ids)).abs().max() <= 1e-4
+    # and back: the export is the same model in transformers
+    out = export_hf(ckpt, tmp_path / "back")
+    assert json.loads((out / "config.json").read_text())["model_type"] == options.get("family", "llama")
+    assert (ours - hf_logits(out, ids)).abs().max() <= 1e-4
 
 
 def test_import_hf_command_writes_a_checkpoint_that_samples(tmp_path, exported_tokenizer_dir, capsys):
@@ -217,7 +250,7 @@ def test_import_hf_command_writes_a_checkpoint_that_samples(tmp_path, exported_t
     ckpt = load_checkpoint(tmp_path / "ckpt")
     direct = load_checkpoint(hf_dir)  # an HF directory works wherever a checkpoint does
     assert isinstance(ckpt.tokenizer, HFTokenizer) and ckpt.tokenizer.hash == direct.tokenizer.hash
-    assert ckpt.tokenizer.describe()["kind"] == "hf" and ckpt.tokenizer.r2l_id is None
+    assert ckpt.tokenizer.describe()["kind"] == "hf" and not ckpt.capabilities["can_mim"]
     ids = torch.randint(0, 1088, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(ckpt.model(ids), direct.model(ids))
@@ -281,7 +314,9 @@ def test_hf_tokenizer_adapter_handles_sentencepiece_style_vocabularies(tmp_path)
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope scaling"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope scaling 'llama3'"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope scaling 'yarn'"),
+    (dict(model_type="qwen2", use_sliding_window=True), "use_sliding_window"),
     (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
     (dict(attention_bias=True, mlp_bias=False), "attention_bias=True with mlp_bias=False"),
     (dict(model_type="mistral"), "model_type 'mistral'"),

@@ -71,24 +71,11 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     assert {"codelm.hf", "codelm.loader"} <= imports_of(source, {"codelm.loader"})
 
 
-# The data room's streaming pipeline and its stage definitions import each other (its own issue owns that room);
-# every other edge is checked, and the strict xfail below fails the day that cycle is gone, to retire this exemption.
-KNOWN = {("codelm.data.pipeline", "codelm.data.prepare")}
-
-
 def test_no_import_cycle_among_codelm_modules():
     graph = import_graph("codelm")
     assert {"codelm.checkpoint", "codelm.hf", "codelm.loader", "codelm.cli"} <= set(graph)
     assert "codelm.checkpoint" in graph["codelm.hf"]  # the one direction: hf.py builds on checkpoint.py
-    for a, b in KNOWN:
-        graph[a].discard(b)
     cycle = find_cycle(graph)
-    assert cycle is None, " -> ".join(cycle)
-
-
-@pytest.mark.xfail(strict=True, reason="codelm.data.prepare <-> codelm.data.pipeline (the data room's issue)")
-def test_no_import_cycle_in_the_data_room():
-    cycle = find_cycle(import_graph("codelm"))
     assert cycle is None, " -> ".join(cycle)
 
 

@@ -98,45 +98,87 @@ def test_bad_head_configuration_is_rejected():
         ModelConfig(d_model=30, n_head=4)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(n_kv_head=1), dict(bias=True, mlp="gelu", position="learned",
-                                                                        norm="layernorm")])
-@pytest.mark.parametrize("onednn", [True, False])  # oneDNN's packed weights, or the transposed-copy fallback
-def test_inference_on_packed_weights_equals_the_plain_projections(options, onednn, monkeypatch):
-    """fp32 inference on CPU runs the projections on packed copies of the weights (q/k/v and gate/up side by side):
-    the logits are those of the plain projections, and a weight changed in place (an optimizer step, loading a
-    checkpoint) is seen at once, not a stale copy. A model that has run inference can still be copied."""
-    import copy
-
-    import codelm.model
-    if onednn and not codelm.model.ONEDNN:
-        pytest.skip("this torch build has no oneDNN")
-    monkeypatch.setattr(codelm.model, "ONEDNN", onednn)
-    model = micro(**options)
-    x = torch.randint(0, 128, (1, 5))
-
-    def both():
-        with torch.no_grad():
-            fast = model(x)
-        with torch.enable_grad():
-            plain = model(x).detach()  # autograd on: the plain F.linear path
-        return fast, plain
-
-    fast, plain = both()
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+def test_cache_api_truncates_selects_and_installs_rows_as_a_full_forward_would():
+    """A draft's rejected slots are forgotten, rows can be repeated or dropped, and rows kept from one cache and
+    installed right-aligned in another decode as they would have in their own: the same logits as a full pass."""
+    model = micro()
+    a, b = torch.randint(0, 128, (1, 10)), torch.randint(0, 128, (1, 5))
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    fast2, plain2 = both()
-    assert not torch.allclose(plain2, plain, atol=1e-3)
-    torch.testing.assert_close(fast2, plain2, rtol=1e-5, atol=1e-5)
-    model.load_state_dict(micro(**options).state_dict())  # back to the first weights, copied in place
-    fast3, _ = both()
-    torch.testing.assert_close(fast3, plain, rtol=1e-5, atol=1e-5)
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), fast3)
-    long = torch.randint(0, 128, (3, 40))  # many rows (a prefill) take the packed path too
-    with torch.enable_grad():
-        plain_long = model(long).detach()
-    with torch.no_grad():
-        torch.testing.assert_close(model(long), plain_long, rtol=1e-5, atol=1e-5)
+        full_a, full_b = model(a), model(b)
+        model.setup_cache(1, 32)
+        model(a[:, :6])
+        model(torch.randint(0, 128, (1, 3)))  # a draft, all rejected
+        model.truncate_cache(6)
+        torch.testing.assert_close(model(a[:, 6:9]), full_a[:, 6:9], rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError):
+            model.truncate_cache(12)
+        model.select_cache_rows(torch.tensor([0, 0]))  # one prompt, two samples
+        kept_a = model.cache_rows(1, 9)
+        model.setup_cache(1, 8)
+        model(b[:, :4])
+        kept_b = model.cache_rows(0, 4)
+        model.install_cache_rows([kept_a, kept_b], capacity=20)
+        assert (model.cache_length, model.cache_capacity) == (9, 20)
+        key_padding = torch.ones(2, 10, dtype=torch.bool)
+        key_padding[1, :5] = False  # row b is right-aligned: its 4 tokens sit in slots 5-8
+        step = model(torch.cat([a[:, 9:], b[:, 4:]]), positions=torch.tensor([[9], [4]]), key_padding=key_padding)
+        model.clear_cache()
+    torch.testing.assert_close(step[0, -1], full_a[0, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step[1, -1], full_b[0, -1], rtol=1e-4, atol=1e-4)
+
+
+CACHE_STATE = {"cache_length", "_cache_length", "cache", "k", "v"}
+
+
+def _writes_to_cache_state(tree) -> list[str]:
+    """Assignments (plain, augmented, annotated, deletions) to the cache's attributes, and setattr/delattr calls
+    naming one (a name computed at run time, as in config.py's dataclass filling, is not the cache's)."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Attribute) and sub.attr in CACHE_STATE:
+                    found.append(f"line {sub.lineno}: .{sub.attr} =")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and name.value in CACHE_STATE:
+                found.append(f"line {node.lineno}: {node.func.id}(...)")
+    return found
+
+
+def test_only_the_model_writes_its_cache_state():
+    """The model owns its KV cache: no module outside codelm/model.py assigns cache_length or a layer's cache (or
+    its k/v buffers), by assignment or setattr; they use the model's cache methods."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = {}
+    for folder in ("codelm", "web", "evals"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path == root / "codelm" / "model.py":
+                continue
+            found = _writes_to_cache_state(ast.parse(path.read_text(), str(path)))
+            if found:
+                offenders[str(path.relative_to(root))] = found
+    assert offenders == {}
+    planted = ast.parse("model.cache_length = 3\nlayer.attn.cache = c\nsetattr(m, 'cache_length', 1)\n"
+                        "x.k += y\ndel m.attn.cache\nsetattr(m, name, 1)\n")
+    assert len(_writes_to_cache_state(planted)) == 5  # the check sees each kind of write
+
+
+def test_the_model_file_has_no_cpu_fast_paths():
+    """model.py reads top to bottom: the oneDNN packing and the malloc setting live in codelm/fast_paths.py."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "codelm" / "model.py").read_text()
+    assert "torch.ops.mkldnn" not in text and "ctypes" not in text

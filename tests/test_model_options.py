@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codelm.model import ModelConfig, Transformer, alibi_slopes, count_parameters, mup_param_groups
+from codelm.model import ModelConfig, Transformer, alibi_slopes, count_parameters, optimizer_groups
 
 OPTIONS = {
     "llama": {},
@@ -158,9 +158,9 @@ def test_mup_init_shrinks_hidden_weights_with_width():
     assert abs(narrow.embed.weight.std() / wide.embed.weight.std() - 1) < 0.1
 
 
-def test_mup_param_groups_scale_hidden_lr_only():
+def test_optimizer_groups_scale_hidden_lr_only():
     model = micro(mup=True, d_model=64, mup_base_width=16, tie_embeddings=False, bias=True)
-    groups = mup_param_groups(model, lr=0.01, weight_decay=0.1)
+    groups = optimizer_groups(model, lr=0.01, weight_decay=0.1)
     by_id = {id(p): g for g in groups for p in g["params"]}
     assert len(by_id) == sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     params = dict(model.named_parameters())
@@ -170,8 +170,13 @@ def test_mup_param_groups_scale_hidden_lr_only():
         assert by_id[id(params[name])]["lr"] == 0.01 and by_id[id(params[name])]["weight_decay"] == 0.1
     for name in ("layers.0.attn_norm.weight", "layers.0.attn.wq.bias", "norm.weight"):
         assert by_id[id(params[name])]["lr"] == 0.01 and by_id[id(params[name])]["weight_decay"] == 0.0
-    # without µP: the plain decay/no-decay split, every lr_scale 1
-    assert {g["lr_scale"] for g in mup_param_groups(micro(), 0.01, 0.1)} == {1.0}
+    # without µP: the plain decay/no-decay split, every lr_scale 1, matrices in model order (saved optimizer states
+    # index parameters by position)
+    plain = micro(bias=True)
+    groups = optimizer_groups(plain, 0.01, 0.1)
+    assert {g["lr_scale"] for g in groups} == {1.0} and [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert groups[0]["params"] == [p for p in plain.parameters() if p.dim() >= 2]
+    assert groups[1]["params"] == [p for p in plain.parameters() if p.dim() < 2]
 
 
 def _markov_batches(steps: int, vocab: int = 32, length: int = 32, batch: int = 16) -> list[torch.Tensor]:
@@ -193,7 +198,7 @@ def _final_loss(width: int, lr: float, mup: bool, data: list[torch.Tensor]) -> f
     cfg = ModelConfig(vocab_size=32, context_length=32, n_layer=1, n_head=4, d_model=width, tie_embeddings=False,
                       mup=mup, mup_base_width=64)
     model = Transformer(cfg)
-    opt = torch.optim.AdamW(mup_param_groups(model, lr, 0.0), betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(optimizer_groups(model, lr, 0.0), betas=(0.9, 0.95))
     losses = []
     for x in data:
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())

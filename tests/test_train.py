@@ -70,47 +70,6 @@ def test_tokenizer_mismatch_between_model_and_shards_is_refused(tmp_path, small_
         Trainer(cfg)
 
 
-# ---- the CPU attention path for training (codelm/model.py: causal_attention_explicit) ----
-def _qkv(dtype, B=2, H=3, T=40, D=16):
-    torch.manual_seed(0)
-    return [torch.randn(B, H, T, D).to(dtype).requires_grad_() for _ in range(3)]
-
-
-@pytest.mark.parametrize("chunk_elements", [1 << 21, 2 * 40 * 40])  # all heads at once; two (then one) at a time
-@pytest.mark.parametrize("scale", [None, 1 / 16])  # SDPA's default, µP's 1/d
-def test_explicit_attention_is_causal_sdpa(monkeypatch, chunk_elements, scale):
-    import torch.nn.functional as F
-    import codelm.model
-    from codelm.model import causal_attention_explicit
-    monkeypatch.setattr(codelm.model, "SCORE_CHUNK_ELEMENTS", chunk_elements)
-    q, k, v = _qkv(torch.float32)
-    go = torch.randn_like(q)
-    ours = causal_attention_explicit(q, k, v, scale)
-    grads = torch.autograd.grad(ours, (q, k, v), go)
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    ref_grads = torch.autograd.grad(ref, (q, k, v), go)
-    assert torch.allclose(ours, ref, atol=1e-5)
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, atol=1e-5)
-
-
-def test_explicit_attention_in_bf16_is_within_bf16_rounding_of_the_exact_result():
-    import torch.nn.functional as F
-    from codelm.model import causal_attention_explicit
-    q, k, v = _qkv(torch.bfloat16)
-    exact = F.scaled_dot_product_attention(*(t.detach().double() for t in (q, k, v)), is_causal=True)
-    ours = causal_attention_explicit(q, k, v, None).detach().double()
-    assert float((ours - exact).norm() / exact.norm()) < 0.02  # a few bf16 roundings (2^-9 each)
-
-
-def test_bf16_on_cpu_takes_the_explicit_path_and_fp32_or_long_contexts_do_not():
-    from codelm.model import use_explicit_attention
-    q = torch.zeros(1, 2, 256, 8, dtype=torch.bfloat16)
-    assert use_explicit_attention(q)
-    assert not use_explicit_attention(q.float())  # fp32: SDPA is as fast, and exact
-    assert not use_explicit_attention(torch.zeros(1, 2, 4096, 8, dtype=torch.bfloat16))  # long: flash wins
-
-
 def test_a_short_validation_split_shortens_the_validation_window_instead_of_losing_the_run(tmp_path, tokenizer,
                                                                                           caplog):
     """Tried by a user on a small corpus: all steps ran, then the final validation stopped the run with no

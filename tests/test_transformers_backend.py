@@ -125,3 +125,27 @@ def test_llama_weights_decode_the_same_through_codelm_and_transformers(tokenizer
     assert [[c.token_ids for c in row] for row in a] == [[c.token_ids for c in row] for row in b]
     assert [[c.text for c in row] for row in a] == [[c.text for c in row] for row in b]
     assert theirs.describe()["architecture"] == "LlamaForCausalLM"
+
+
+def test_sample_and_infill_commands_use_the_transformers_backend(tmp_path, capsys):
+    """`codelm sample` and `codelm infill` on an architecture codelm cannot convert (StarCoder2, with StarCoder's
+    FIM tokens): auto picks the transformers backend and infills with the family template; a model without FIM
+    tokens is refused in one `codelm: error:` line."""
+    import json
+
+    from codelm.cli import main
+    tok = make_tokenizer("starcoder")
+    make_model("starcoder2", len(tok.get_vocab())).save_pretrained(tmp_path / "sc2")
+    tok.save_pretrained(tmp_path / "sc2")
+    assert main(["sample", str(tmp_path / "sc2"), "--prompt", "def f(x):", "--max-new-tokens", "3"]) == 0
+    assert "----- sample 1/1" in capsys.readouterr().out
+    assert main(["infill", str(tmp_path / "sc2"), "--prefix", "def f(x):\n    return ", "--suffix", "\n",
+                 "--max-new-tokens", "3", "--json", "--n", "2", "--temperature", "0.8", "--seed", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mode"] == "fim" and len(result["samples"]) == 2
+    plain = make_tokenizer(None)
+    make_model("phi", len(plain.get_vocab())).save_pretrained(tmp_path / "phi")
+    plain.save_pretrained(tmp_path / "phi")
+    assert main(["infill", str(tmp_path / "phi"), "--prefix", "a", "--suffix", "b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("codelm: error: ") and "no FIM tokens" in err[-1]  # (above it: transformers' bars)

@@ -22,15 +22,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from codelm.generate import SamplingParams
+from codelm.infill import mim_infill
+from codelm.prompts import completion_prompt, fim_prompt
+from codelm.terms import EOT, ERROR, FIM, INFILL_MODES, LENGTH, MIM, STOP, can
 from web.config import ServeConfig
 from web.engine import Engine, Event, Job, QueueFull, RowSpec
-from web.prompts import FIM_TEMPLATE, completion_prompt, fim_prompt, split_sentinel_prompt
+from web.prompts import FIM_TEMPLATE, split_sentinel_prompt
 from web.schemas import CompletionRequest, InfillRequest
 
 log = logging.getLogger("codelm.web")
@@ -60,16 +63,11 @@ def default_model_id(ckpt, can_fim: bool) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Meet-in-the-middle, from codelm.infill when it is there
+# Meet-in-the-middle
 # ----------------------------------------------------------------------------------------------------------------
 def mim_infill_function(capabilities: dict):
     """An adapter `(model, tokenizer, prefix, suffix, params) -> (text, tokens decoded, details)` over
-    codelm.infill.mim_infill, or None when this build has no meet-in-the-middle decoding."""
-    try:
-        from codelm.infill import mim_infill
-    except ImportError:
-        return None
-
+    codelm.infill.mim_infill, which the engine runs between decode steps."""
     def run(model, tokenizer, prefix, suffix, params: SamplingParams):
         r = mim_infill(model, tokenizer, prefix, suffix, params, capabilities=capabilities)
         details = {"met": r.met, "steps": r.steps, "side": r.side, "mim_finish": r.finish_reason}
@@ -106,9 +104,90 @@ class Channel:
 class Plan:
     """What one request asks the engine for."""
     rows: list[RowSpec]
-    mode: str                       # "completion" | "fim" | "mim"
+    mode: str                       # "completion", or an infilling mode (codelm.terms.INFILL_MODES)
     truncated: bool
     mim: tuple[str, str] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planning: request text -> the rows the engine decodes
+# ----------------------------------------------------------------------------------------------------------------
+class Planner:
+    """Checks a request against the server's limits and the model's capabilities and builds its prompts."""
+
+    def __init__(self, ckpt, config: ServeConfig, has_mim_decoding: bool):
+        self.tokenizer, self.config = ckpt.tokenizer, config
+        context = ckpt.config.context_length
+        self.prompt_budget = config.max_prompt_tokens or max(context - 16, context // 2)
+        self.caps = ckpt.capabilities or {}
+        self.can = {FIM: bool(self.caps.get(can(FIM))), MIM: bool(self.caps.get(can(MIM))) and has_mim_decoding}
+        self.model_id = config.model_id or default_model_id(ckpt, self.can[FIM])
+
+    def check_bounds(self, max_tokens: int, n: int, max_param: str) -> None:
+        if max_tokens > self.config.max_tokens:
+            raise ApiError(422, f"{max_param}: at most {self.config.max_tokens} on this server (got {max_tokens})",
+                           max_param)
+        if n > self.config.max_batch:
+            raise ApiError(422, f"n: at most {self.config.max_batch} on this server (got {n})", "n")
+
+    def choose_mode(self, asked: str | None) -> str:
+        trained = sorted(self.caps.get("objectives") or {"l2r": 1})
+        if asked is None:
+            for mode in INFILL_MODES:
+                if self.can[mode]:
+                    return mode
+            raise ApiError(400, f"model {self.model_id} cannot infill: it was trained with objectives "
+                                f"{trained} (infilling needs fim or mim)", "suffix")
+        if not self.can[asked]:
+            why = ("this server has no meet-in-the-middle decoding (codelm.infill)"
+                   if asked == MIM and self.caps.get(can(MIM)) else f"it was trained with objectives {trained}")
+            raise ApiError(400, f"model {self.model_id} cannot infill with mode {asked!r}: {why}", "mode")
+        return asked
+
+    def plan(self, prefix: str, suffix: str | None, mode: str | None, params: SamplingParams, n: int,
+             logprobs: int | None, middle_start: str = "") -> Plan:
+        tok, budget = self.tokenizer, self.prompt_budget
+        if suffix is None:
+            p = completion_prompt(tok.encode(prefix), budget, tok.l2r_id)
+            kind = "completion"
+        else:
+            kind = self.choose_mode(mode)
+            if kind == MIM:  # the engine's infill builds its own contexts: this prompt is for accounting only
+                p = completion_prompt(tok.encode(prefix + middle_start), budget, tok.l2r_id)
+            else:
+                p = fim_prompt(tok, prefix, suffix, budget, "psm", tok.l2r_id, middle_start)
+        rows = []
+        for i in range(n):
+            seed = None if params.seed is None else params.seed + i
+            rows.append(RowSpec(p.ids, SamplingParams(**{**params.__dict__, "seed": seed}), logprobs))
+        mim = (prefix + middle_start, suffix) if kind == MIM else None
+        return Plan(rows, kind, p.truncated, mim)
+
+
+@dataclass
+class Server:
+    """What the routes share: held in `app.state.server`."""
+    ckpt: object
+    config: ServeConfig
+    engine: Engine
+    planner: Planner
+
+    @property
+    def model_id(self) -> str:
+        return self.planner.model_id
+
+    def submit(self, p: Plan) -> tuple[Job, Channel]:
+        channel = Channel(len(p.rows))
+        job = Job(p.rows, channel.sink, mim=p.mim)
+        try:
+            self.engine.submit(job)
+        except QueueFull as e:
+            raise ApiError(429, str(e), None, "rate_limit_error") from None
+        return job, channel
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.server
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,15 +196,8 @@ class Plan:
 def create_app(ckpt, config: ServeConfig | None = None, engine: Engine | None = None) -> FastAPI:
     """The FastAPI app serving a loaded checkpoint. The engine starts and stops with the app (lifespan)."""
     config = config or ServeConfig()
-    mim_infill = mim_infill_function(ckpt.capabilities or {})
     engine = engine or Engine(ckpt.model, ckpt.tokenizer, max_batch=config.max_batch, max_queue=config.max_queue,
-                              mim_infill=mim_infill)
-    tokenizer = ckpt.tokenizer
-    context = ckpt.config.context_length
-    prompt_budget = config.max_prompt_tokens or max(context - 16, context // 2)
-    caps = ckpt.capabilities or {}
-    can = {"fim": bool(caps.get("can_fim")), "mim": bool(caps.get("can_mim")) and engine.mim_infill is not None}
-    model_id = config.model_id or default_model_id(ckpt, can["fim"])
+                              mim_infill=mim_infill_function(ckpt.capabilities or {}))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -137,217 +209,189 @@ def create_app(ckpt, config: ServeConfig | None = None, engine: Engine | None = 
 
     app = FastAPI(title="codelm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.engine = engine
+    app.state.server = Server(ckpt, config, engine, Planner(ckpt, config, engine.mim_infill is not None))
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"])
-
-    # --- errors ---------------------------------------------------------------------------------------------------
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(request, exc: RequestValidationError):
-        parts, param = [], None
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-            param = param or (".".join(loc) or None)
-            parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-        return error_response(422, "; ".join(parts), param)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, exc: ApiError):
-        headers = {"Retry-After": "1"} if exc.status == 429 else None
-        return error_response(exc.status, exc.message, exc.param, exc.kind, headers)
-
-    def check_key(request: Request) -> None:
-        if not config.api_key:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not secrets.compare_digest(given.encode(), config.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (send `Authorization: Bearer KEY`)", None,
-                           "authentication_error")
-
-    # --- planning ---------------------------------------------------------------------------------------------------
-    def check_bounds(max_tokens: int, n: int, max_param: str) -> None:
-        if max_tokens > config.max_tokens:
-            raise ApiError(422, f"{max_param}: at most {config.max_tokens} on this server (got {max_tokens})",
-                           max_param)
-        if n > config.max_batch:
-            raise ApiError(422, f"n: at most {config.max_batch} on this server (got {n})", "n")
-
-    def choose_mode(asked: str | None) -> str:
-        if asked is None:
-            for mode in ("fim", "mim"):
-                if can[mode]:
-                    return mode
-            raise ApiError(400, f"model {model_id} cannot infill: it was trained with objectives "
-                                f"{sorted((caps.get('objectives') or {'l2r': 1}))} (infilling needs fim or mim)",
-                           "suffix")
-        if not can[asked]:
-            why = ("this server has no meet-in-the-middle decoding (codelm.infill)"
-                   if asked == "mim" and caps.get("can_mim") else
-                   f"it was trained with objectives {sorted((caps.get('objectives') or {'l2r': 1}))}")
-            raise ApiError(400, f"model {model_id} cannot infill with mode {asked!r}: {why}", "mode")
-        return asked
-
-    def plan(prefix: str, suffix: str | None, mode: str | None, params: SamplingParams, n: int,
-             logprobs: int | None, middle_start: str = "") -> Plan:
-        if suffix is None:
-            p = completion_prompt(tokenizer, prefix, prompt_budget)
-            kind = "completion"
-        else:
-            kind = choose_mode(mode)
-            if kind == "mim":
-                p = completion_prompt(tokenizer, prefix + middle_start, prompt_budget)  # for accounting only
-            else:
-                p = fim_prompt(tokenizer, prefix, suffix, prompt_budget, middle_start)
-        rows = []
-        for i in range(n):
-            seed = None if params.seed is None else params.seed + i
-            rows.append(RowSpec(p.ids, SamplingParams(**{**params.__dict__, "seed": seed}), logprobs))
-        mim = (prefix + middle_start, suffix) if kind == "mim" else None
-        return Plan(rows, kind, p.truncated, mim)
-
-    def submit(p: Plan) -> tuple[Job, Channel]:
-        channel = Channel(len(p.rows))
-        job = Job(p.rows, channel.sink, mim=p.mim)
-        try:
-            engine.submit(job)
-        except QueueFull as e:
-            raise ApiError(429, str(e), None, "rate_limit_error") from None
-        return job, channel
-
-    async def collect(job: Job, channel: Channel, request: Request) -> list[dict]:
-        """Wait for every row's text; a client that goes away cancels the job."""
-        rows = [{"text": "", "tokens": [], "finish_reason": None, "timings": None} for _ in job.rows]
-        loop = asyncio.get_running_loop()
-        checked = loop.time()
-        while True:
-            try:
-                event = await asyncio.wait_for(channel.next(), timeout=0.25)
-            except asyncio.TimeoutError:
-                event = False
-            # look for a gone client every 0.25 s of wall time, also while tokens keep arriving
-            if loop.time() - checked >= 0.25:
-                checked = loop.time()
-                if await request.is_disconnected():
-                    job.cancel()
-                    raise ApiError(499, "client closed the request")
-            if event is False:
-                continue
-            if event is None:
-                break
-            row = rows[event.index]
-            row["text"] += event.text
-            row["tokens"] += event.tokens
-            if event.finish_reason:
-                row["finish_reason"], row["timings"] = event.finish_reason, event.timings
-        if any(r["finish_reason"] == "error" for r in rows):
-            raise ApiError(500, "generation failed (see the server log)", None, "server_error")
-        return rows
-
-    # --- routes -----------------------------------------------------------------------------------------------------
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_id, **engine.stats()}
-
-    @app.get("/v1/models", dependencies=[Depends(check_key)])
-    async def models():
-        return {"object": "list", "data": [{
-            "id": model_id, "object": "model", "created": int(Path(ckpt.path).stat().st_mtime), "owned_by": "codelm",
-            "context_length": context, "capabilities": {"completion": True, **{k: v for k, v in can.items()}},
-            "objectives": caps.get("objectives"), "fim_template": FIM_TEMPLATE if can["fim"] else None,
-            "infill_modes": [m for m in ("fim", "mim") if can[m]],
-        }]}
-
-    @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(body: CompletionRequest, request: Request):
-        check_bounds(body.max_tokens, body.n, "max_tokens")
-        prefix, suffix = body.prompt, body.suffix
-        if suffix is None and config.raw_fim:
-            split = split_sentinel_prompt(prefix)
-            if split is not None and can["fim"]:
-                prefix, suffix = split
-        params = SamplingParams(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                stop=body.stop, seed=body.seed)
-        p = plan(prefix, suffix, body.mode, params, body.n, body.logprobs)
-        job, channel = submit(p)
-        cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-        echo = body.prompt if body.echo else ""
-        if body.stream:
-            return sse(openai_chunks(job, channel, cid, created, echo, p))
-        rows = await collect(job, channel, request)
-        choices = [{"text": echo + r["text"], "index": i, "finish_reason": openai_finish(r["finish_reason"]),
-                    "logprobs": openai_logprobs(r["tokens"], len(echo)) if body.logprobs is not None else None}
-                   for i, r in enumerate(rows)]
-        completion_tokens = sum(r["timings"]["predicted_tokens"] for r in rows)
-        prompt_tokens = len(p.rows[0].prompt_ids)
-        return {"id": cid, "object": "text_completion", "created": created, "model": model_id, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
-                "timings": rows[0]["timings"], "mode": p.mode, "truncated": p.truncated}
-
-    async def openai_chunks(job: Job, channel: Channel, cid: str, created: int, echo: str, p: Plan):
-        def chunk(index, text, finish=None, extra=None):
-            return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
-                    "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
-                    **(extra or {})}
-        try:
-            if echo:
-                for i in range(len(job.rows)):
-                    yield chunk(i, echo)
-            while (event := await channel.next()) is not None:
-                if event.finish_reason == "error":
-                    yield {"error": {"message": "generation failed (see the server log)", "type": "server_error"}}
-                    continue
-                finish = openai_finish(event.finish_reason)
-                extra = {"timings": event.timings, "mode": p.mode} if event.finish_reason else None
-                if event.text or finish:
-                    yield chunk(event.index, event.text, finish, extra)
-            yield "[DONE]"
-        finally:
-            job.cancel()  # the client went away (or we are done: then this changes nothing)
-
-    @app.post("/infill", dependencies=[Depends(check_key)])
-    async def infill(body: InfillRequest, request: Request):
-        n_predict = config.max_tokens if body.n_predict < 0 else body.n_predict
-        check_bounds(n_predict, 1, "n_predict")
-        extra = "".join(c.text if c.text.endswith("\n") else c.text + "\n" for c in body.input_extra if c.text)
-        params = SamplingParams(max_new_tokens=n_predict, temperature=body.temperature, top_k=body.top_k,
-                                top_p=body.top_p, stop=body.stop, seed=None if body.seed < 0 else body.seed)
-        p = plan(extra + body.input_prefix, body.input_suffix, body.mode, params, 1, None, body.prompt)
-        job, channel = submit(p)
-        if body.stream:
-            return sse(llama_chunks(job, channel, p))
-        row = (await collect(job, channel, request))[0]
-        return llama_result(row["text"], row["finish_reason"], row["timings"], p)
-
-    def llama_result(text: str, finish: str, timings: dict, p: Plan) -> dict:
-        stop_type = {"stop": "eos", "length": "limit"}.get(finish, finish)
-        return {"content": text, "stop": True, "model": model_id, "stop_type": stop_type,
-                "tokens_predicted": timings["predicted_tokens"], "tokens_evaluated": timings["prompt_tokens"],
-                "truncated": p.truncated, "timings": timings, "mode": p.mode}
-
-    async def llama_chunks(job: Job, channel: Channel, p: Plan):
-        try:
-            while (event := await channel.next()) is not None:
-                if event.finish_reason == "error":
-                    yield {"error": {"message": "generation failed (see the server log)", "type": "server_error"}}
-                elif event.finish_reason:
-                    yield llama_result(event.text, event.finish_reason, event.timings, p)
-                elif event.text:
-                    yield {"content": event.text, "stop": False}
-        finally:
-            job.cancel()
-
-    # --- the playground -----------------------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC / "index.html")
-
+    app.add_exception_handler(RequestValidationError, bad_body)
+    app.add_exception_handler(ApiError, api_error)
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+# --- errors -------------------------------------------------------------------------------------------------------
+async def bad_body(request, exc: RequestValidationError):
+    parts, param = [], None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        param = param or (".".join(loc) or None)
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    return error_response(422, "; ".join(parts), param)
+
+
+async def api_error(request, exc: ApiError):
+    headers = {"Retry-After": "1"} if exc.status == 429 else None
+    return error_response(exc.status, exc.message, exc.param, exc.kind, headers)
+
+
+def check_key(request: Request) -> None:
+    api_key = server_of(request).config.api_key
+    if not api_key:
+        return
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if not secrets.compare_digest(given.encode(), api_key.encode()):
+        raise ApiError(401, "missing or wrong API key (send `Authorization: Bearer KEY`)", None,
+                       "authentication_error")
+
+
+async def collect(job: Job, channel: Channel, request: Request) -> list[dict]:
+    """Wait for every row's text; a client that goes away cancels the job."""
+    rows = [{"text": "", "tokens": [], "finish_reason": None, "timings": None} for _ in job.rows]
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
+    while True:
+        try:
+            event = await asyncio.wait_for(channel.next(), timeout=0.25)
+        except asyncio.TimeoutError:
+            event = False
+        # look for a gone client every 0.25 s of wall time, also while tokens keep arriving
+        if loop.time() - checked >= 0.25:
+            checked = loop.time()
+            if await request.is_disconnected():
+                job.cancel()
+                raise ApiError(499, "client closed the request")
+        if event is False:
+            continue
+        if event is None:
+            break
+        row = rows[event.index]
+        row["text"] += event.text
+        row["tokens"] += event.tokens
+        if event.finish_reason:
+            row["finish_reason"], row["timings"] = event.finish_reason, event.timings
+    if any(r["finish_reason"] == ERROR for r in rows):
+        raise ApiError(500, "generation failed (see the server log)", None, "server_error")
+    return rows
+
+
+# --- routes -------------------------------------------------------------------------------------------------------
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request):
+    server = server_of(request)
+    return {"status": "ok", "model": server.model_id, **server.engine.stats()}
+
+
+@router.get("/v1/models", dependencies=[Depends(check_key)])
+async def models(request: Request):
+    server = server_of(request)
+    planner, caps = server.planner, server.planner.caps
+    return {"object": "list", "data": [{
+        "id": server.model_id, "object": "model", "created": int(Path(server.ckpt.path).stat().st_mtime),
+        "owned_by": "codelm", "context_length": server.ckpt.config.context_length,
+        "capabilities": {"completion": True, **planner.can}, "objectives": caps.get("objectives"),
+        "fim_template": FIM_TEMPLATE if planner.can[FIM] else None,
+        "infill_modes": [m for m in INFILL_MODES if planner.can[m]],
+    }]}
+
+
+@router.post("/v1/completions", dependencies=[Depends(check_key)])
+async def completions(body: CompletionRequest, request: Request):
+    server = server_of(request)
+    planner = server.planner
+    planner.check_bounds(body.max_tokens, body.n, "max_tokens")
+    prefix, suffix = body.prompt, body.suffix
+    if suffix is None and server.config.raw_fim:
+        split = split_sentinel_prompt(prefix)
+        if split is not None and planner.can[FIM]:
+            prefix, suffix = split
+    params = SamplingParams(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                            stop=body.stop, seed=body.seed)
+    p = planner.plan(prefix, suffix, body.mode, params, body.n, body.logprobs)
+    job, channel = server.submit(p)
+    cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+    echo = body.prompt if body.echo else ""
+    if body.stream:
+        return sse(openai_chunks(server.model_id, job, channel, cid, created, echo, p))
+    rows = await collect(job, channel, request)
+    choices = [{"text": echo + r["text"], "index": i, "finish_reason": openai_finish(r["finish_reason"]),
+                "logprobs": openai_logprobs(r["tokens"], len(echo)) if body.logprobs is not None else None}
+               for i, r in enumerate(rows)]
+    completion_tokens = sum(r["timings"]["predicted_tokens"] for r in rows)
+    prompt_tokens = len(p.rows[0].prompt_ids)
+    return {"id": cid, "object": "text_completion", "created": created, "model": server.model_id,
+            "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                          "total_tokens": prompt_tokens + completion_tokens},
+            "timings": rows[0]["timings"], "mode": p.mode, "truncated": p.truncated}
+
+
+async def openai_chunks(model_id: str, job: Job, channel: Channel, cid: str, created: int, echo: str, p: Plan):
+    def chunk(index, text, finish=None, extra=None):
+        return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
+                "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
+                **(extra or {})}
+    try:
+        if echo:
+            for i in range(len(job.rows)):
+                yield chunk(i, echo)
+        while (event := await channel.next()) is not None:
+            if event.finish_reason == ERROR:
+                yield {"error": {"message": "generation failed (see the server log)", "type": "server_error"}}
+                continue
+            finish = openai_finish(event.finish_reason)
+            extra = {"timings": event.timings, "mode": p.mode} if event.finish_reason else None
+            if event.text or finish:
+                yield chunk(event.index, event.text, finish, extra)
+        yield "[DONE]"
+    finally:
+        job.cancel()  # the client went away (or we are done: then this changes nothing)
+
+
+@router.post("/infill", dependencies=[Depends(check_key)])
+async def infill(body: InfillRequest, request: Request):
+    server = server_of(request)
+    n_predict = server.config.max_tokens if body.n_predict < 0 else body.n_predict
+    server.planner.check_bounds(n_predict, 1, "n_predict")
+    extra = "".join(c.text if c.text.endswith("\n") else c.text + "\n" for c in body.input_extra if c.text)
+    params = SamplingParams(max_new_tokens=n_predict, temperature=body.temperature, top_k=body.top_k,
+                            top_p=body.top_p, stop=body.stop, seed=None if body.seed < 0 else body.seed)
+    p = server.planner.plan(extra + body.input_prefix, body.input_suffix, body.mode, params, 1, None, body.prompt)
+    job, channel = server.submit(p)
+    if body.stream:
+        return sse(llama_chunks(server.model_id, job, channel, p))
+    row = (await collect(job, channel, request))[0]
+    return llama_result(server.model_id, row["text"], row["finish_reason"], row["timings"], p)
+
+
+def llama_result(model_id: str, text: str, finish: str, timings: dict, p: Plan) -> dict:
+    return {"content": text, "stop": True, "model": model_id, "stop_type": llama_stop_type(finish),
+            "tokens_predicted": timings["predicted_tokens"], "tokens_evaluated": timings["prompt_tokens"],
+            "truncated": p.truncated, "timings": timings, "mode": p.mode}
+
+
+async def llama_chunks(model_id: str, job: Job, channel: Channel, p: Plan):
+    try:
+        while (event := await channel.next()) is not None:
+            if event.finish_reason == ERROR:
+                yield {"error": {"message": "generation failed (see the server log)", "type": "server_error"}}
+            elif event.finish_reason:
+                yield llama_result(model_id, event.text, event.finish_reason, event.timings, p)
+            elif event.text:
+                yield {"content": event.text, "stop": False}
+    finally:
+        job.cancel()
+
+
+@router.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC / "index.html")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,8 +406,17 @@ def sse(chunks) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+# The API edges: codelm's finish reasons (codelm.terms) in each API's words; anything else passes as it is.
+OPENAI_FINISH = {LENGTH: "length"}                     # OpenAI: "length", else "stop"
+LLAMA_STOP_TYPE = {EOT: "eos", STOP: "eos", LENGTH: "limit"}  # llama.cpp's stop_type
+
+
 def openai_finish(reason: str | None) -> str | None:
-    return None if reason is None else ("length" if reason == "length" else "stop")
+    return None if reason is None else OPENAI_FINISH.get(reason, "stop")
+
+
+def llama_stop_type(reason: str) -> str:
+    return LLAMA_STOP_TYPE.get(reason, reason)
 
 
 def openai_logprobs(tokens: list[dict], offset: int) -> dict:

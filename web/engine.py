@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from codelm.generate import SamplingParams, TextStream, mask_unused_vocab, prefill, sample_tokens
-from codelm.model import KVCache
+from codelm.terms import CANCELLED, EOT, ERROR, LENGTH, STOP
 
 log = logging.getLogger("codelm.web")
 
@@ -54,7 +54,7 @@ class Event:
     index: int
     text: str = ""
     tokens: list[dict] = field(default_factory=list)   # per token: text, logprob, top (only when logprobs asked)
-    finish_reason: str | None = None                     # "stop" | "length" | "cancelled" | "error"
+    finish_reason: str | None = None                     # a codelm.terms finish reason
     timings: dict | None = None
 
 
@@ -95,16 +95,16 @@ class Row:
         logits = mask_unused_vocab(logits.unsqueeze(0), self.tokenizer.n_vocab)
         token = int(sample_tokens(logits, self.params, [self.generator])[0])
         if token == self.tokenizer.eot_id:
-            self._end("stop", self.stream.finish())
+            self._end(EOT, self.stream.finish())
             return
         self.generated.append(token)
         self.next_token = token
         info = self._logprob_info(logits[0], token) if self.spec.logprobs is not None else None
         text = self.stream.push(token)
         if self.stream.stopped:
-            self._end("stop", text + self.stream.finish(), info)
+            self._end(STOP, text + self.stream.finish(), info)
         elif len(self.generated) >= self.budget:
-            self._end("length", text + self.stream.finish(), info)
+            self._end(LENGTH, text + self.stream.finish(), info)
         elif text or info:
             self.job.sink(Event(self.index, text, [info] if info else []))
 
@@ -127,7 +127,7 @@ class Row:
         self.next_token = None
         self.job.sink(Event(self.index, text, [info] if info else [], reason, self.timings()))
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = CANCELLED) -> None:
         if self.finish is None:
             self.finish = reason
             self.job.sink(Event(self.index, "", [], reason, self.timings()))
@@ -157,8 +157,6 @@ class Engine:
         self._pending: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition()
         self._rows: list[Row] = []
-        self._caches: list[KVCache] = []
-        self._cache_len = 0
         self._stopping = False
         # counters read by /health, tests and the load benchmark
         self.generated_tokens = 0
@@ -215,15 +213,16 @@ class Engine:
             except Exception:  # a bug must not kill the worker silently: fail the live rows, keep serving
                 log.exception("model worker step failed")
                 for row in self._rows:
-                    row.cancel("error")
+                    row.cancel(ERROR)
                 self._rows = []
                 self._rebuild([])
         for row in self._rows:
-            row.cancel("cancelled")
+            row.cancel(CANCELLED)
 
     def _admit(self) -> None:
         """Prefill waiting jobs' rows while the batch has room; they join before the next decode step."""
         joined: list[tuple[Row, list]] = []
+        kept = None  # the live rows' keys/values, read before a prefill replaces the model's cache
         while self._pending and len(self._rows) + len(joined) < self.max_batch:
             with self._wake:
                 job = self._pending[0]
@@ -233,16 +232,18 @@ class Engine:
                 self._pending.popleft()
             if job.cancelled.is_set():
                 for i, _ in enumerate(job.rows):
-                    job.sink(Event(i, "", [], "cancelled"))
+                    job.sink(Event(i, "", [], CANCELLED))
                 continue
+            if kept is None:
+                kept = [(row, self._row_kv(j)) for j, row in enumerate(self._rows)]
             try:
                 joined += self._admit_job(job)
             except Exception:  # fail this request, keep serving the others
                 log.exception("admitting a request failed")
                 for i, _ in enumerate(job.rows):
-                    job.sink(Event(i, "", [], "error"))
-        if joined:
-            self._rebuild([(row, self._row_kv(j)) for j, row in enumerate(self._rows)] + joined)
+                    job.sink(Event(i, "", [], ERROR))
+        if kept is not None:  # the model's cache now holds a prefill's or an infill's rows: put the batch back
+            self._rebuild(kept + joined)
 
     def _admit_job(self, job: Job) -> list[tuple[Row, list]]:
         """Prefill a job's rows (or run its MIM infill whole); the rows still generating, with their keys/values."""
@@ -266,13 +267,13 @@ class Engine:
         self.model.setup_cache(1, ids.shape[1])
         try:
             logits = prefill(self.model, ids)[0]
-            kv = [(layer.attn.cache.k[0], layer.attn.cache.v[0]) for layer in self.model.layers]
+            kv = self.model.cache_rows(0, ids.shape[1])
         finally:
             self.model.clear_cache()
         row.prefill_ms = (time.perf_counter() - t) * 1000
         row.t0 = t
         if row.budget <= 0:
-            row.cancel("length")
+            row.cancel(LENGTH)
             return kv
         row.take(logits)
         self.generated_tokens += 1
@@ -280,19 +281,14 @@ class Engine:
 
     def _step(self) -> None:
         """One decode step: feed every active row its last sampled token, sample the next one."""
-        if self._cache_len + 1 > self._caches[0].k.shape[2]:
+        if self.model.cache_length + 1 > self.model.cache_capacity:
             self._rebuild([(row, self._row_kv(j)) for j, row in enumerate(self._rows)], headroom=64)
-        S = self._cache_len
+        S = self.model.cache_length
         tokens = torch.tensor([[row.next_token] for row in self._rows], device=self.device)
         positions = torch.tensor([[row.length] for row in self._rows], device=self.device)
         starts = torch.tensor([S - row.length for row in self._rows], device=self.device)
         key_padding = torch.arange(S + 1, device=self.device).unsqueeze(0) >= starts.unsqueeze(1)
-        self._install()
-        try:
-            logits = self.model(tokens, positions=positions, key_padding=key_padding)[:, -1]
-        finally:
-            self.model.clear_cache()
-        self._cache_len = S + 1
+        logits = self.model(tokens, positions=positions, key_padding=key_padding)[:, -1]
         self.steps += 1
         for j, row in enumerate(self._rows):
             row.length += 1
@@ -311,40 +307,25 @@ class Engine:
         if len(live) == len(self._rows):
             return
         for row in self._rows:
-            if row.finish == "cancelled":
+            if row.finish == CANCELLED:
                 self.cancelled_rows += 1
             elif row.finish is not None:
                 self.completed_rows += 1
         self._rebuild([(row, self._row_kv(j)) for row, j in live])
 
-    # --- the shared, right-aligned KV cache ---------------------------------------------------------------------------
+    # --- the shared, right-aligned KV cache (the model's; between steps it holds exactly self._rows) ----------------
     def _row_kv(self, j: int) -> list:
         """Row j's live keys/values per layer: the last `length` slots of its cache row."""
-        row, S = self._rows[j], self._cache_len
-        return [(c.k[j, :, S - row.length:S], c.v[j, :, S - row.length:S]) for c in self._caches]
+        return self.model.cache_rows(j, self._rows[j].length)
 
     def _rebuild(self, rows_kv: list[tuple[Row, list]], headroom: int = 32) -> None:
         """A fresh cache holding exactly these rows, right-aligned at the longest one, with room to grow."""
         self._rows = [row for row, _ in rows_kv]
         if not rows_kv:
-            self._caches, self._cache_len = [], 0
+            self.model.clear_cache()
             return
-        S = max(row.length for row in self._rows)
-        capacity = S + headroom
-        cfg = self.model.config
-        dtype = self.model.embed.weight.dtype
-        caches = [KVCache(len(rows_kv), cfg.n_kv_head, capacity, cfg.head_dim, dtype, self.device)
-                  for _ in range(cfg.n_layer)]
-        for j, (row, kv) in enumerate(rows_kv):
-            for cache, (k, v) in zip(caches, kv):
-                cache.k[j, :, S - row.length:S] = k
-                cache.v[j, :, S - row.length:S] = v
-        self._caches, self._cache_len = caches, S
-
-    def _install(self) -> None:
-        for layer, cache in zip(self.model.layers, self._caches):
-            layer.attn.cache = cache
-        self.model.cache_length = self._cache_len
+        capacity = max(row.length for row in self._rows) + headroom
+        self.model.install_cache_rows([kv for _, kv in rows_kv], capacity)
 
     # --- meet-in-the-middle -------------------------------------------------------------------------------------------
     def _run_mim(self, job: Job) -> None:
@@ -352,7 +333,7 @@ class Engine:
         prefix, suffix = job.mim
         for i, spec in enumerate(job.rows):
             if job.cancelled.is_set():
-                job.sink(Event(i, "", [], "cancelled"))
+                job.sink(Event(i, "", [], CANCELLED))
                 continue
             t = time.perf_counter()
             try:
@@ -360,7 +341,7 @@ class Engine:
                                                           spec.params)
             except Exception as e:
                 log.exception("meet-in-the-middle infill failed")
-                job.sink(Event(i, "", [], "error", {"error": f"{type(e).__name__}: {e}"}))
+                job.sink(Event(i, "", [], ERROR, {"error": f"{type(e).__name__}: {e}"}))
                 continue
             ms = (time.perf_counter() - t) * 1000
             self.generated_tokens += n_tokens
@@ -368,4 +349,4 @@ class Engine:
             timings = {"prompt_tokens": len(spec.prompt_ids), "prompt_ms": 0.0, "predicted_tokens": n_tokens,
                        "predicted_ms": round(ms, 3), "total_ms": round(ms, 3),
                        "predicted_per_second": round(n_tokens / max(ms, 1e-6) * 1000, 3), **details}
-            job.sink(Event(i, text, [], "stop", timings))
+            job.sink(Event(i, text, [], STOP, timings))

@@ -6,3 +6,22 @@ generate with the same contract (codelm/generate.py's Completion, SamplingParams
 
 Each is imported lazily by whoever needs it (eval, sample, infill, serve), so codelm itself never needs transformers.
 """
+
+
+def auto_backend(path: str) -> str:
+    """`--backend auto`: codelm for a codelm checkpoint or run directory, and for a Hugging Face directory codelm
+    converts (Llama architecture, tokenizer.json); transformers for any other Hugging Face directory. Reads config
+    files only."""
+    import json
+    from pathlib import Path
+
+    from codelm.errors import ConfigError
+    from codelm.hf import is_hf_model_dir, model_config_from_hf
+
+    if not is_hf_model_dir(path):
+        return "codelm"
+    try:
+        model_config_from_hf(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")), path)
+    except ConfigError:
+        return "transformers"
+    return "codelm" if (Path(path) / "tokenizer.json").is_file() else "transformers"

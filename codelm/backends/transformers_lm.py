@@ -30,7 +30,8 @@ import torch
 from codelm.errors import CapabilityError, CheckpointError, ConfigError
 from codelm.generate import (Completion, SamplingParams, TextStream, expand_seeds, left_pad, make_generators,
                              mask_unused_vocab, sample_tokens, token_logprobs)
-from codelm.infill import FIM_FORMATS, FIM_TEMPLATES, fit_fim_context
+from codelm.infill import FIM_TEMPLATES
+from codelm.prompts import FIM_FORMATS, fit_fim_context
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -143,7 +144,7 @@ class HFPrompts:
     def fim_prompt_ids(self, prefix: str, suffix: str, fim_format: str = "psm") -> list[int]:
         """The family's template as ids: sentinel ids, and each text between two sentinels encoded whole (as the
         family's tokenizer encodes the template text). A prompt longer than the context keeps the end of the
-        prefix and the start of the suffix (codelm.infill.fit_fim_context)."""
+        prefix and the start of the suffix (codelm.prompts.fit_fim_context)."""
         family = self.require_fim(fim_format)
         template = FIM_TEMPLATES[family]
         pattern = template.psm if fim_format == "psm" else template.spm

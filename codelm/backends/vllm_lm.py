@@ -18,7 +18,8 @@ from typing import Sequence
 
 from codelm.backends.transformers_lm import HFPrompts
 from codelm.errors import CheckpointError, ConfigError
-from codelm.generate import Completion, SamplingParams, expand_seeds, find_stop
+from codelm.generate import Completion, SamplingParams, expand_seeds
+from codelm.stops import find_stop
 
 NOT_INSTALLED = ("the vllm backend needs vLLM, which pins its own torch and transformers: `make vllm-env`, then run "
                  "codelm from .venv-vllm/bin/codelm")

@@ -34,13 +34,11 @@ bytes) and the duplicate pairs.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
 import os
 import shutil
-import struct
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +52,8 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
 from codelm.data.sources import Document as CodeDocument
+from codelm.data.stages import (RUNTIME_ONLY, decontaminator, filter_stages, histogram, is_validation,
+                                 reason_kind)
 from codelm.errors import DataError
 
 log = logging.getLogger("codelm.data")
@@ -300,7 +300,6 @@ class TokenizeSplit(PipelineStep):
         self.work, self.tokenizer_name, self.val_fraction, self.single = work, tokenizer_name, val_fraction, single
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from codelm.data.prepare import is_validation
         from codelm.data.shards import token_dtype
         from codelm.tokenizer import get_tokenizer
         tok = get_tokenizer(self.tokenizer_name)
@@ -399,7 +398,6 @@ def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
     keys = [np.load(folder / f"{r:05d}.keys.npy", mmap_mode="r") for r in range(n_tasks)]
     drop: dict[int, dict[int, str]] = {r: {} for r in range(n_tasks)}  # rank -> {idx: reason}
     exact_stats, near_stats = StageCounter("exact_dedup"), StageCounter("near_dedup")
-    info = {}  # (rank, idx) -> (order, bytes): for the documents the decisions touch
     # exact: every task's keys are sorted by (key, order); a k-way merge meets each key's copies together, first
     # the one first in source order
     if exact:
@@ -585,13 +583,11 @@ class _FilterStage:
         self.cfg, self.index = cfg, index
 
     def __call__(self):
-        from codelm.data.prepare import filter_stages
         return filter_stages(self.cfg)[self.index]
 
 
 def run(cfg) -> dict:
     """Run the whole pipeline for `cfg` and assemble the shard directory; returns its index."""
-    from codelm.data.prepare import RUNTIME_ONLY, decontaminator, filter_stages
     from codelm.tokenizer import get_tokenizer
     _quiet_datatrove()
     tokenizer = get_tokenizer(cfg.tokenizer)  # fail early on a bad name
@@ -666,7 +662,6 @@ def _read_all(folder: Path) -> list[dict]:
 
 def assemble_manifest(cfg, work: Path, config: dict, filter_names: list[str]):
     """One manifest from every task's stats: the same for the same inputs and options, whatever the task count."""
-    from codelm.data.prepare import histogram
     stats = work / "stats"
     reads = _read_all(stats / "read")
     rejects = sorted((tuple(r) for p in reads for r in p["rejects"]))
@@ -706,12 +701,11 @@ def assemble_manifest(cfg, work: Path, config: dict, filter_names: list[str]):
     n_docs = {name: sum(e["n_docs"] for _, e in files[name]) for name in files}
     if not n_docs["train"]:
         raise DataError(f"source {cfg.source!r}: too few documents to make a training split")
-    from codelm.data.prepare import _reason_kind
     manifest = {
         "source": cfg.source,
         "config": config,
         "unreadable": {"count": len(rejects), "examples": [list(r) for r in rejects[:20]],
-                       "reasons": dict(sorted(Counter(_reason_kind(why) for _, why in rejects).items()))},
+                       "reasons": dict(sorted(Counter(reason_kind(why) for _, why in rejects).items()))},
         "input": {"docs": read["docs_in"], "bytes": read["bytes_in"]},
         "stages": stage_list,
         "decontaminated": bool(cfg.decontaminate),

@@ -26,7 +26,7 @@ def hf_dir(root: Path, arch: str, family=None) -> Path:
 
 
 def test_auto_backend_choice(tmp_path):
-    from evals.models import auto_backend
+    from codelm.backends import auto_backend
     assert auto_backend(str(hf_dir(tmp_path, "phi"))) == "transformers"
     assert auto_backend(str(hf_dir(tmp_path, "llama"))) == "codelm"
     assert auto_backend(str(tmp_path / "a-codelm-run")) == "codelm"

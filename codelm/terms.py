@@ -1,0 +1,26 @@
+"""The shared vocabulary: finish reasons, infilling modes and capability names, defined once. Decoding, infilling,
+checkpoints and the server use these words; only the API edges translate them (web/app.py: OpenAI's
+`stop`/`length`, llama.cpp's `eos`/`limit`). Plain strings, so results and JSON files carry them as they are."""
+
+from __future__ import annotations
+
+# Why a sequence ended
+EOT = "eot"              # the model wrote end-of-text
+STOP = "stop"            # a stop string matched (or the consumer stopped the row)
+LENGTH = "length"        # max_new_tokens, or the context, ran out
+MET = "met"              # meet-in-the-middle: the two sides joined
+CANCELLED = "cancelled"  # the server: the client went away or the server stopped
+ERROR = "error"          # the server: generation failed
+ENDED_CLEANLY = (EOT, STOP)  # the sequence decided to end (FIM's EOT-aware ranking prefers these)
+
+# Infilling modes: fill-in-the-middle prompts (Bavarian et al. 2022) or meet-in-the-middle decoding (MIM paper)
+FIM, MIM = "fim", "mim"
+INFILL_MODES = (FIM, MIM)
+
+
+def can(mode: str) -> str:
+    """The capability a checkpoint records when it was trained for an infilling mode: `can_fim`, `can_mim`."""
+    return f"can_{mode}"
+
+
+FIM_FORMATS_KEY = "fim_formats"  # the FIM layouts (codelm.prompts.FIM_FORMATS) a checkpoint was trained on
