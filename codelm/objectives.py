@@ -254,7 +254,7 @@ class _MimLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool):
-        B2, T, V = logits.shape
+        T, V = logits.shape[1:]
         flat = logits.reshape(-1, V)
         n_fwd_rows = n_forward * T
         # forward row b*T + i and the backward row that predicts the same token: (n_forward + b)*T + T-1-i

@@ -11,8 +11,8 @@ import torch
 
 from codelm.errors import ConfigError, DataError
 from codelm.objectives import (IGNORE, Batch, CompletionOnly, FillInTheMiddle, LeftToRight, MeetInTheMiddle,
-                               build_objectives, fim_split_text, parse_mixture, read_completion_examples,
-                               split_segments, total_variation, mim_loss, IGNORE, next_token_loss)
+                               build_objectives, fim_split_text, mim_loss, next_token_loss, parse_mixture,
+                               read_completion_examples, split_segments, total_variation)
 from support import micro_train_config
 
 
