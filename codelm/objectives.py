@@ -224,20 +224,25 @@ def total_variation(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.
     return (rows * weight).sum() / weight.sum().clamp(min=1)
 
 
-def _softmax_rows(logits: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, log-sum-exp) of [c, V] rows, computed in `dtype` (float32, or float64 for checks)."""
-    lse = torch.logsumexp(logits.to(dtype), dim=-1, keepdim=True)
-    return torch.sub(logits, lse).exp_(), lse
-
-
-def _nll_grad_(p: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, scale: float):
-    """Turns the softmax rows `p` into scale * (p - onehot(y)) in place, zero on rows whose target is IGNORE;
-    returns the summed NLL of the other rows."""
+def _softmax_rows(logits: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities of [c, V] rows computed in `dtype` — float32, or float64 for checks —, summed NLL of the rows
+    whose target is not IGNORE). One fused log-softmax, then exp in place: the fewest passes over the rows."""
+    logp = torch.log_softmax(logits.to(dtype), dim=-1)
     valid = y != IGNORE
-    yv = torch.where(valid, y, 0).unsqueeze(1)
+    nll = -(logp.gather(1, torch.where(valid, y, 0).unsqueeze(1)).squeeze(1) * valid).sum()
+    return logp.exp_(), nll
+
+
+def _nll_grad_(p: torch.Tensor, y: torch.Tensor, scale: float) -> None:
+    """Turns the softmax rows `p` into scale * (p - onehot(y)) in place, zero on rows whose target is IGNORE."""
+    valid = y != IGNORE
     p.mul_(valid.unsqueeze(1).to(p.dtype) * scale)
-    p.scatter_add_(1, yv, (valid.to(p.dtype) * -scale).unsqueeze(1))
-    return ((lse.squeeze(1) - logits.gather(1, yv).squeeze(1).to(p.dtype)) * valid).sum()
+    p.scatter_add_(1, torch.where(valid, y, 0).unsqueeze(1), (valid.to(p.dtype) * -scale).unsqueeze(1))
+
+
+def _row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[c, V] x [c, V] -> [c, 1]: each row's dot product, as a batched matrix product (no [c, V] temporary)."""
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1, 1)
 
 
 class _MimLoss(torch.autograd.Function):
@@ -264,25 +269,26 @@ class _MimLoss(torch.autograd.Function):
         n_f = max(int((y_fwd != IGNORE).sum()), 1)
         n_b = max(int((y_bwd != IGNORE).sum()), 1)
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        grad = torch.zeros(flat.shape, dtype=dtype, device=flat.device)
+        grad = torch.empty(flat.shape, dtype=dtype, device=flat.device)  # every row is written below
         nll_f = nll_b = tv = torch.zeros((), dtype=dtype, device=flat.device)
         rows = max(1, MIM_CHUNK_ELEMENTS // V)
         for s0 in range(0, n_fwd_rows, rows):
             s1 = min(s0 + rows, n_fwd_rows)
             br = bwd_rows[s0:s1]
             a, b = flat[s0:s1], flat.index_select(0, br)
-            p_a, lse_a = _softmax_rows(a, dtype)
-            p_b, lse_b = _softmax_rows(b, dtype)
+            p_a, chunk_nll_a = _softmax_rows(a, y_fwd[s0:s1], dtype)
+            p_b, chunk_nll_b = _softmax_rows(b, y_bwd[s0:s1], dtype)
             if beta > 0:
                 w = (y_fwd[s0:s1] != IGNORE).to(p_a.dtype).unsqueeze(1)  # TV on positions with a target
                 d = p_a - p_b
                 sign = torch.sign(d)
-                tv = tv + (torch.linalg.vecdot(d, sign) * w.squeeze(1)).sum()
+                tv = tv + (torch.linalg.vector_norm(d, ord=1, dim=-1) * w.squeeze(1)).sum()
                 w = w * (0.5 * beta / n_f)
-                g_a = torch.sub(sign, torch.linalg.vecdot(sign, p_a).unsqueeze(1), out=d).mul_(p_a).mul_(w)
-                g_b = None if stop_grad else (torch.linalg.vecdot(sign, p_b).unsqueeze(1) - sign).mul_(p_b).mul_(w)
-            nll_f = nll_f + _nll_grad_(p_a, a, lse_a, y_fwd[s0:s1], 1.0 / n_f)
-            nll_b = nll_b + _nll_grad_(p_b, b, lse_b, y_bwd[s0:s1], 1.0 / n_b)
+                g_a = torch.sub(sign, _row_dot(sign, p_a), out=d).mul_(p_a).mul_(w)
+                g_b = None if stop_grad else (_row_dot(sign, p_b) - sign).mul_(p_b).mul_(w)
+            nll_f, nll_b = nll_f + chunk_nll_a, nll_b + chunk_nll_b
+            _nll_grad_(p_a, y_fwd[s0:s1], 1.0 / n_f)
+            _nll_grad_(p_b, y_bwd[s0:s1], 1.0 / n_b)
             if beta > 0:
                 p_a.add_(g_a)
                 if g_b is not None:
