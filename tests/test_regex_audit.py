@@ -45,6 +45,7 @@ AUDITED = {
     r"<0x[0-9A-Fa-f]{2}>": ("fullmatch", 0),                        # hf_tokenizer: byte-fallback tokens
     r"layers\.(\d+)\.(.+?)(\.weight|\.bias)?": ("fullmatch", 0),    # hf: codelm -> HF weight names
     r"model\.layers\.(\d+)\.(.+)": ("fullmatch", 0),                # hf: HF -> codelm weight names
+    r"model\.layers\.(\d+)\.(.+)\.(weight|bias)": ("fullmatch", 0),  # gguf: HF -> GGUF tensor names
     r"(\{\d+(?:,\d*)?\})\+": ("sub", 0),                            # hf: tiktoken pattern -> Oniguruma
     r"[^\w.-]+": ("sub", 0),                                        # evals/cli: model name -> directory name
     r"^\s": ("match", 0),                                           # evals/execution: traceback frame lines

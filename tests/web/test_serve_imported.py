@@ -25,7 +25,7 @@ def no_bos_llama(tmp_path_factory):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     ckpt = load_checkpoint(path, device="cpu")
-    assert ckpt.tokenizer.l2r_id is None
+    assert ckpt.tokenizer.bos_id is None  # its forward marker falls back to end-of-text (codelm/hf_tokenizer.py)
     return ckpt
 
 
@@ -36,5 +36,6 @@ def test_completions_of_a_model_without_bos(no_bos_llama):
                                                  "temperature": 0})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["usage"]["prompt_tokens"] == len(no_bos_llama.tokenizer.encode("def add(a, b):\n    return"))
+        # the prompt's tokens after the forward marker, here the end-of-text (no None, nothing untrained)
+        assert body["usage"]["prompt_tokens"] == 1 + len(no_bos_llama.tokenizer.encode("def add(a, b):\n    return"))
         assert body["choices"][0]["finish_reason"] in ("length", "stop")
