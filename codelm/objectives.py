@@ -259,6 +259,13 @@ class _MimLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool):
+        # in float32 whatever the caller's autocast: under bf16 autocast the row dot products would each cast two
+        # [rows x vocab] operands and run as tiny bf16 matrix products (measured slower than the unfused loss)
+        with torch.autocast(logits.device.type, enabled=False):
+            return _MimLoss._forward(ctx, logits, y, n_forward, beta, stop_grad)
+
+    @staticmethod
+    def _forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool):
         T, V = logits.shape[1:]
         flat = logits.reshape(-1, V)
         n_fwd_rows = n_forward * T
