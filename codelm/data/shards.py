@@ -69,6 +69,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _finish(tmp: Path, out_dir: Path, index: dict, manifest: dict, timings: dict | None) -> None:
+    """The manifest, timings and index beside the token files, everything fsync'd, then swapped in for out_dir."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    if timings is not None:
+        (tmp / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True, default=str) + "\n")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    replace_directory(tmp, out_dir)
+
+
 def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] | list[np.ndarray]],
                  split_bytes: dict[str, int], tokenizer, manifest: dict, timings: dict | None = None) -> Path:
     """Write all splits into a fresh temp dir, then swap it in for `out_dir` (a re-run never leaves a mix, and
@@ -90,14 +102,7 @@ def write_shards(out_dir: str | os.PathLike, splits: dict[str, list[list[int]] |
             index["splits"][name] = {"file": f"{name}.bin", "docs_file": f"{name}.docs.npy",
                                      "n_tokens": int(offsets[-1]), "n_docs": len(docs),
                                      "n_bytes": int(split_bytes.get(name, 0))}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        if timings is not None:
-            (tmp / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True, default=str) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_directory(tmp, out_dir)
+        _finish(tmp, out_dir, index, manifest, timings)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -148,14 +153,7 @@ def assemble_shards(out_dir: str | os.PathLike, files: dict[str, list[tuple[Path
                     shutil.copyfile(directory / entry[key], tmp / entry[key])  # the work dir stays valid to resume
             index["splits"][name] = {"files": [e for _, e in entries],
                                      **{k: sum(e[k] for _, e in entries) for k in ("n_tokens", "n_docs", "n_bytes")}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        if timings is not None:
-            (tmp / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True, default=str) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_directory(tmp, out_dir)
+        _finish(tmp, out_dir, index, manifest, timings)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
