@@ -83,3 +83,21 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.02) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+def random_checkpoint(path: Path, tokenizer_name: str = "cl100k_base:1024", **kw) -> Path:
+    """A small random codelm checkpoint for interop tests (HF, GGUF); `kw` overrides the model config."""
+    import torch
+    from codelm.checkpoint import save_checkpoint
+    from codelm.model import ModelConfig, Transformer
+    from codelm.tokenizer import get_tokenizer, padded_vocab_size
+    tok = get_tokenizer(tokenizer_name)
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**dict(vocab_size=padded_vocab_size(tok.n_vocab), context_length=64, n_layer=2, n_head=4,
+                                d_model=64, tokenizer=tok.name), **kw})
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # norm gains and biases start at 1 / 0: randomise them so a mapping mistake shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return save_checkpoint(path, model, tok)

@@ -17,16 +17,15 @@ import torch
 
 gguf = pytest.importorskip("gguf", reason="the `gguf` package is not installed (pip install 'codelm[gguf]')")
 
+import support  # noqa: E402
 from support import stdlib_texts  # noqa: E402
 
-from codelm.checkpoint import save_checkpoint  # noqa: E402
 from codelm.loader import load_checkpoint  # noqa: E402
 from codelm.cli import main  # noqa: E402
 from codelm.errors import ConfigError  # noqa: E402
 from codelm.generate import SamplingParams, decode_batch  # noqa: E402
 from codelm.gguf import export_gguf, rotate_half_to_interleaved  # noqa: E402
-from codelm.model import ModelConfig, Transformer  # noqa: E402
-from codelm.tokenizer import get_tokenizer, padded_vocab_size  # noqa: E402
+from codelm.tokenizer import get_tokenizer  # noqa: E402
 
 SMALL_VOCAB = "cl100k_base:1024"
 N_FILES = 48  # real source files for the tokenizer comparison (the issue asks for at least 40)
@@ -44,16 +43,7 @@ def open_gguf(llama_cpp, path: Path, n_ctx: int = 128, vocab_only: bool = False)
 
 
 def random_checkpoint(path: Path, tokenizer_name: str = SMALL_VOCAB, **kw) -> Path:
-    tok = get_tokenizer(tokenizer_name)
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**dict(vocab_size=padded_vocab_size(tok.n_vocab), context_length=128, n_layer=2,
-                                n_head=4, d_model=64, tokenizer=tok.name), **kw})
-    model = Transformer(cfg).eval()
-    with torch.no_grad():  # norm gains and biases start at 1 / 0: randomise them so a mapping mistake shows
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return save_checkpoint(path, model, tok)
+    return support.random_checkpoint(path, tokenizer_name, **{"context_length": 128, **kw})
 
 
 def metadata(path: Path) -> dict:

@@ -15,28 +15,16 @@ pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
 from codelm.checkpoint import save_checkpoint  # noqa: E402
+from support import random_checkpoint  # noqa: E402
 from codelm.loader import load_checkpoint  # noqa: E402
 from codelm.cli import main  # noqa: E402
 from codelm.errors import ConfigError  # noqa: E402
 from codelm.generate import SamplingParams, generate  # noqa: E402
 from codelm.hf import HFTokenizer, export_hf, import_hf, tiktoken_to_hf  # noqa: E402
-from codelm.model import ModelConfig, Transformer  # noqa: E402
-from codelm.tokenizer import get_tokenizer, padded_vocab_size  # noqa: E402
+from codelm.model import Transformer  # noqa: E402
+from codelm.tokenizer import get_tokenizer  # noqa: E402
 
 SMALL_VOCAB = "cl100k_base:1024"  # a valid truncated BPE; keeps conversion and embeddings tiny
-
-
-def random_checkpoint(path: Path, tokenizer_name: str = SMALL_VOCAB, **kw) -> Path:
-    tok = get_tokenizer(tokenizer_name)
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**dict(vocab_size=padded_vocab_size(tok.n_vocab), context_length=64, n_layer=2, n_head=4,
-                                d_model=64, tokenizer=tok.name), **kw})
-    model = Transformer(cfg).eval()
-    with torch.no_grad():  # norm gains and biases start at 1 / 0: randomise them so a mapping mistake shows
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return save_checkpoint(path, model, tok)
 
 
 def hf_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
