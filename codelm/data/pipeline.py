@@ -2,13 +2,17 @@
 
 Four datatrove executor runs, each a list of pipeline steps, chained (a run starts when the one before finished):
 
-    filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► candidates on disk
-                       + exact-dedup keys, full MinHash signatures, and datatrove's per-bucket signature files
+    filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► decontamination test
+                       (recorded, applied after dedup) ─► candidates on disk + exact-dedup keys, full MinHash
+                       signatures, and datatrove's per-bucket signature files
     buckets (B tasks)  datatrove's MinhashDedupBuckets: candidate near-duplicate pairs, merged from sorted files
     cluster (1 task)   ours: exact duplicates (sorted keys, merged), near duplicates (candidate pairs checked);
                        which documents each task drops
-    shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize
+    shards  (N tasks)  candidates ─► minus duplicates ─► minus contaminated ─► validation split ─► tokenize
                        ─► one token file per split per task
+
+All the heavy per-document work is in the filter run, so the two cores are busy together once, and the later runs
+are short (a task that ends early idles its core until the run's last task ends).
 
 Then this process assembles index.json and one manifest from every task's stats file.
 
@@ -187,6 +191,59 @@ class CodeStage(PipelineStep):
         _atomic_json(self.work / "stats" / self.phase / stage.name / f"{rank:05d}.json",
                      {"stage": counter.to_json(), **extra})
 
+class CheckDecontamination(PipelineStep):
+    """The decontamination test, run in the filter run (with the other per-document work, so that the shards run
+    is light and its tasks end together) and recorded on each candidate; ApplyDecontamination acts on it after
+    dedup, so its counts are those of the stage in its place (after dedup, as in the in-memory pipeline)."""
+    name, type = "decontamination check", "codelm"
+
+    def __init__(self, make_stage, work: Path, doc_seconds: float):
+        super().__init__()
+        self.make_stage, self.work, self.doc_seconds = make_stage, work, doc_seconds
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        stage = self.make_stage()
+        seconds = 0.0
+        for doc in data:
+            t0 = time.perf_counter()
+            code_doc = CodeDocument(doc.id, doc.text, doc.metadata.get("source", ""), doc.metadata)
+            try:
+                with time_budget(self.doc_seconds):
+                    reason = stage.decide(code_doc, stage.analyze(code_doc))
+            except DocumentTimeout:
+                log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
+                reason = f"{TIMED_OUT_REASON} ({stage.name})"
+            seconds += time.perf_counter() - t0
+            if reason:
+                doc.metadata["decontam"] = reason
+                if stage.dropped and stage.dropped[-1]["id"] == doc.id:
+                    doc.metadata["decontam_row"] = stage.dropped.pop()
+            yield doc
+        _atomic_json(self.work / "stats" / "filter_decontaminate" / f"{rank:05d}.json", {"seconds": seconds})
+
+
+class ApplyDecontamination(PipelineStep):
+    """Drops the candidates CheckDecontamination flagged, counting them as the decontaminate stage."""
+    name, type = "decontaminate", "codelm"
+
+    def __init__(self, work: Path):
+        super().__init__()
+        self.work = work
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        counter = StageCounter("decontaminate")
+        dropped = []
+        for doc in data:
+            reason = doc.metadata.get("decontam")
+            counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
+            if reason and doc.metadata.get("decontam_row"):
+                dropped.append((doc.metadata["order"], doc.metadata["decontam_row"]))
+            if reason is None:
+                yield doc
+        _atomic_json(self.work / "stats" / "shards" / "decontaminate" / f"{rank:05d}.json",
+                     {"stage": counter.to_json(), "dropped": sorted(dropped, key=lambda x: x[0])[:1000]})
+
+
 class WriteCandidates(PipelineStep):
     """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted); each
     file renamed into place when complete."""
@@ -207,7 +264,9 @@ class WriteCandidates(PipelineStep):
                 order = doc.metadata["order"]
                 fd.write(json.dumps({"id": doc.id, "text": doc.text, "order": order,
                                      "source": doc.metadata.get("source", ""),
-                                     "edu_score": doc.metadata.get("edu_score")}) + "\n")
+                                     "edu_score": doc.metadata.get("edu_score"),
+                                     "decontam": doc.metadata.get("decontam"),
+                                     "decontam_row": doc.metadata.get("decontam_row")}) + "\n")
                 keys.append((exact_key(doc.text)[:16], order, idx, doc.metadata["n_bytes"]))
                 yield doc
         arr = np.array(keys, dtype=KEY_DTYPE)
@@ -362,8 +421,9 @@ class ReadCandidates(PipelineStep):
                 row = json.loads(line)
                 meta = {"order": row["order"], "n_bytes": len(row["text"].encode("utf-8")),
                         "source": row["source"]}
-                if row.get("edu_score") is not None:
-                    meta["edu_score"] = row["edu_score"]
+                for key in ("edu_score", "decontam", "decontam_row"):
+                    if row.get(key) is not None:
+                        meta[key] = row[key]
                 yield Document(text=row["text"], id=row["id"], metadata=meta)
 
 class TokenizeSplit(PipelineStep):
@@ -668,6 +728,8 @@ def build_executors(cfg, work: Path, stages_before_dedup: list, decontam: bool):
     filter_steps = [ReadSources(cfg, work)]
     for make, name in stages_before_dedup:
         filter_steps.append(CodeStage(make, name, phase="filter", **common))
+    if decontam:
+        filter_steps.append(CheckDecontamination(_load_decontaminator(work), work, cfg.doc_seconds))
     filter_steps.append(WriteCandidates(work))
     filter_steps.append(signer)
     bucket_steps = [MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
@@ -675,7 +737,7 @@ def build_executors(cfg, work: Path, stages_before_dedup: list, decontam: bool):
     cluster_steps = [Cluster(work, cfg.tasks, cfg.exact_dedup, cfg.near_dedup, cfg.near_dedup_threshold)]
     shard_steps = [ReadCandidates(work)]
     if decontam:
-        shard_steps.append(CodeStage(_load_decontaminator(work), "decontaminate", phase="shards", **common))
+        shard_steps.append(ApplyDecontamination(work))
     shard_steps.append(TokenizeSplit(work, cfg.tokenizer, cfg.val_fraction, cfg.tasks == 1))
     runs = [("filter", filter_steps, cfg.tasks), ("buckets", bucket_steps, mh.num_buckets),
             ("cluster", cluster_steps, 1), ("shards", shard_steps, cfg.tasks)]
@@ -799,6 +861,7 @@ def assemble_manifest(cfg, work: Path, config: dict, filter_names: list[str]):
     if cfg.decontaminate:
         parts = _read_all(stats / "shards" / "decontaminate")
         stage_list.append(merge_stage_stats([p["stage"] for p in parts]))
+        stage_list[-1]["seconds"] = sum(p["seconds"] for p in _read_all(stats / "filter_decontaminate"))
         import pickle
         with open(work / "decontaminate.pkl", "rb") as f:
             description = pickle.load(f).describe()
