@@ -677,17 +677,18 @@ def _quiet_datatrove() -> None:
     logger.remove()  # this process: the executors' summaries are INFO/SUCCESS lines
     logger.add(sys.stderr, level="WARNING")
 
+    sinks: dict = {}  # task log file -> its loguru sink; the stderr sink stays (each `add` costs a few ms)
+
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
-        logger.remove()
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(logfile, level="DEBUG")
-        logger.add(sys.stderr, level="WARNING")
+        sinks[id(logfile)] = logger.add(logfile, level="DEBUG")
         return logfile
 
     def close_task_logger(logfile):
         logger.complete()
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING")
+        sink = sinks.pop(id(logfile), None)
+        if sink is not None:
+            logger.remove(sink)
         logfile.close()
     add_task_logger._codelm = True
     base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
