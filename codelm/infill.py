@@ -5,8 +5,8 @@ fim  a fill-in-the-middle prompt (Bavarian et al. 2022, arXiv 2207.14255), decod
          SPM  <l2r> <PRE> <SUF> suffix <MID> prefix  -> middle <EOT>      (SPM variant 2, appendix D)
      the token layout of codelm.objectives.FillInTheMiddle. With n samples, `best_of` ranks them the way the FIM paper
      recommends (section 5.3): samples that ended with end-of-text first, then by likelihood.
-     `FIM_TEMPLATES` gives the string templates of other model families (StarCoder, CodeLlama, DeepSeek-Coder,
-     Qwen2.5-Coder) so imported Hugging Face models infill through the same code.
+     An imported model that codelm never trained for FIM but whose tokenizer carries a family's sentinels (StarCoder,
+     Code Llama, DeepSeek-Coder, Qwen2.5-Coder: codelm.prompts.FIM_TEMPLATES) infills with its family's template.
 
 mim  meet-in-the-middle decoding (Nguyen et al. 2023, arXiv 2303.07295, section 3.3): the forward direction generates
      from `<l2r> prefix` while the backward direction generates, reversed, from `<r2l> reversed(suffix)`, one token
@@ -31,7 +31,8 @@ import torch
 from codelm.errors import CapabilityError, ConfigError
 from codelm.generate import (Completion, SamplingParams, bos_id, decode_batch, expand_seeds, left_pad,
                              make_generators, mask_unused_vocab, sample_tokens)
-from codelm.prompts import FIM_FORMATS, document_head, fim_prompt
+from codelm.prompts import (FIM_FORMATS, FIM_TEMPLATES, document_head, family_fim_prompt, family_stop_ids, fim_prompt,
+                            require_family_format)
 from codelm.stops import cut_at_stop, find_stop
 from codelm.terms import ENDED_CLEANLY, EOT, FIM, FIM_FORMATS_KEY, INFILL_MODES, LENGTH, MET, STOP, can
 
@@ -40,11 +41,30 @@ from codelm.terms import ENDED_CLEANLY, EOT, FIM, FIM_FORMATS_KEY, INFILL_MODES,
 # ----------------------------------------------------------------------------------------------------------------
 # Capabilities
 # ----------------------------------------------------------------------------------------------------------------
-def require_mode(capabilities: dict | None, mode: str, fim_format: str = "psm") -> None:
-    """Refuse an infilling mode the checkpoint was never trained for (its capabilities record can_fim/can_mim)."""
+def family_template(tokenizer, capabilities: dict | None) -> str | None:
+    """The model family whose FIM template (codelm.prompts.FIM_TEMPLATES) the model infills with instead of codelm's
+    layout: a model imported from Hugging Face that codelm never trained for FIM, whose tokenizer carries the
+    family's sentinels (StarCoder's, Code Llama's, ...), and not because `codelm import-hf --add-tokens fim` added
+    them untrained. (A model codelm trained from scratch on such a tokenizer never saw the family's template.)"""
+    caps = capabilities or {}
+    family = getattr(tokenizer, "fim_family", None)
+    if caps.get(can(FIM)) or not caps.get("imported_from") or family is None:
+        return None
+    added = set(caps.get("added_tokens") or ())
+    if any(s in added or "\u2581" + s in added for s in FIM_TEMPLATES[family].sentinels):
+        return None
+    return family
+
+
+def require_mode(capabilities: dict | None, mode: str, fim_format: str = "psm", tokenizer=None) -> None:
+    """Refuse an infilling mode the checkpoint was never trained for (its capabilities record can_fim/can_mim); FIM
+    with an imported model's own family template (`family_template`, given the tokenizer) needs no training."""
     if mode not in INFILL_MODES:
         raise ConfigError(f"unknown infill mode {mode!r}; choose from {', '.join(INFILL_MODES)}")
     caps = capabilities or {}
+    if mode == FIM and (family := family_template(tokenizer, caps)) is not None:
+        require_family_format(family, fim_format, "this model")
+        return
     trained = caps.get("objectives", {})
     if not caps.get(can(mode), False):
         what = ", ".join(f"{k}:{v:g}" for k, v in trained.items()) if trained else "unknown objectives"
@@ -59,46 +79,6 @@ def require_mode(capabilities: dict | None, mode: str, fim_format: str = "psm") 
 # ----------------------------------------------------------------------------------------------------------------
 # FIM prompts
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FimTemplate:
-    """A model family's FIM prompt as text. The tokenizer must treat `sentinels` as special tokens; generation stops
-    at any of `stop` (the family's end-of-middle tokens)."""
-    psm: str
-    spm: str | None
-    sentinels: tuple[str, ...]
-    stop: tuple[str, ...]
-
-
-FIM_TEMPLATES: dict[str, FimTemplate] = {
-    # bigcode StarCoder / StarCoder2 / SantaCoder
-    "starcoder": FimTemplate("<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
-                             "<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}",
-                             ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|endoftext|>", "<file_sep>")),
-    # Code Llama (Rozière et al. 2023): the spaces are part of the format
-    "codellama": FimTemplate("<PRE> {prefix} <SUF>{suffix} <MID>", "<PRE> <SUF>{suffix} <MID> {prefix}",
-                             ("<PRE>", "<SUF>", "<MID>"), ("<EOT>", "</s>")),
-    # DeepSeek-Coder base models (fullwidth bars and U+2581 in the sentinel names)
-    "deepseek-coder": FimTemplate("<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>", None,
-                                  ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
-                                  ("<｜end▁of▁sentence｜>", "<|EOT|>")),
-    # Qwen2.5-Coder base models
-    "qwen2.5-coder": FimTemplate("<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>", None,
-                                 ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-                                 ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>")),
-}
-
-
-def fim_prompt_text(family: str, prefix: str, suffix: str, fim_format: str = "psm") -> str:
-    """The FIM prompt of a model family as text, for tokenizers that map the sentinel strings to special tokens."""
-    if family not in FIM_TEMPLATES:
-        raise ConfigError(f"no FIM template for {family!r}; known: {', '.join(FIM_TEMPLATES)}")
-    template = FIM_TEMPLATES[family]
-    pattern = template.psm if fim_format == "psm" else template.spm if fim_format == "spm" else None
-    if pattern is None:
-        raise ConfigError(f"{family} has no {fim_format!r} FIM format")
-    return pattern.replace("{prefix}", prefix).replace("{suffix}", suffix)  # not str.format: code has braces
-
-
 def best_of(samples: Sequence[Completion]) -> Completion:
     """EOT-aware best-of-n (FIM paper section 5.3): a sample that ended cleanly beats one cut off by the length
     limit; among equals the higher mean log-probability wins."""
@@ -111,15 +91,22 @@ def best_of(samples: Sequence[Completion]) -> Completion:
 def fim_infill(model, tokenizer, prefixes: Sequence[str], suffixes: Sequence[str], params: SamplingParams,
                seeds=None, n: int = 1, fim_format: str = "psm", capabilities: dict | None = None,
                on_token=None) -> list[list[Completion]]:
-    """n FIM middles for each (prefix, suffix), decoded as one batch; a middle ends at end-of-text."""
+    """n FIM middles for each (prefix, suffix), decoded as one batch; a middle ends at end-of-text. An imported
+    model infills with its family's template (`family_template`), ending at the family's end-of-middle tokens."""
     if len(prefixes) != len(suffixes):
         raise ConfigError(f"got {len(prefixes)} prefixes and {len(suffixes)} suffixes")
-    bos = bos_id(tokenizer, capabilities)
     budget = model.config.context_length - 1  # room for one new token
-    prompts = [fim_prompt(tokenizer, prefix, suffix, budget, fim_format, bos).ids
-               for prefix, suffix in zip(prefixes, suffixes)]
+    family, end_ids = family_template(tokenizer, capabilities), None
+    if family is not None:
+        prompts = [family_fim_prompt(tokenizer.encode, tokenizer.vocab, tokenizer.head, family, prefix, suffix,
+                                     budget, fim_format).ids for prefix, suffix in zip(prefixes, suffixes)]
+        end_ids = family_stop_ids(tokenizer.vocab, family, (tokenizer.eot_id,))
+    else:
+        bos = bos_id(tokenizer, capabilities)
+        prompts = [fim_prompt(tokenizer, prefix, suffix, budget, fim_format, bos).ids
+                   for prefix, suffix in zip(prefixes, suffixes)]
     return decode_batch(model, tokenizer, prompts, params, expand_seeds(seeds, len(prompts), n, params.seed), n,
-                        on_token)
+                        on_token, end_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,7 +450,7 @@ def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params
     """The middle between prefix and suffix by `mode` ("fim" or "mim"), refusing a mode the model was not trained
     for. With n > 1, fim samples decode as one batch and mim runs once per seed."""
     params = params or SamplingParams()
-    require_mode(capabilities, mode, fim_format)
+    require_mode(capabilities, mode, fim_format, tokenizer)
     if mode == FIM:
         row_seeds = None if seeds is None else [list(seeds)]
         samples = fim_infill(model, tokenizer, [prefix], [suffix], params, row_seeds, n, fim_format, capabilities)[0]

@@ -115,7 +115,7 @@ class CodelmModel:
     def infill(self, prefixes, suffixes, *, mode, n, temperature, top_p, max_new_tokens, stop, seeds):
         from codelm.infill import fim_infill, infill, require_mode
         ck = self.checkpoint
-        require_mode(self.capabilities, mode)
+        require_mode(self.capabilities, mode, tokenizer=ck.tokenizer)  # imported: its family's template
         params = self._params(temperature, top_p, max_new_tokens, stop)
         if mode == "fim":
             out = fim_infill(ck.model, ck.tokenizer, prefixes, suffixes, params, [list(s) for s in seeds], n,

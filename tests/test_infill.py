@@ -11,9 +11,9 @@ import torch
 
 from codelm.errors import CapabilityError
 from codelm.generate import Completion
-from codelm.infill import (FIM_TEMPLATES, StepResult, best_of, count_agreeing, fim_prompt_text, meet_in_the_middle,
-                           propose_backward_join, propose_forward_join, require_mode)
-from codelm.prompts import fim_prompt_ids, fit_fim_context
+from codelm.infill import (StepResult, best_of, count_agreeing, meet_in_the_middle, propose_backward_join,
+                           propose_forward_join, require_mode)
+from codelm.prompts import FIM_TEMPLATES, fim_prompt_ids, fim_prompt_text, fit_fim_context
 
 EOT = 999
 
