@@ -183,10 +183,10 @@ FEW_QUERIES = 16
 def few_query_attention(q, k, v, mask, scale: float | None) -> torch.Tensor:
     """q [B, H, T, D] (T small), k/v [B, H, S, D], mask bool or float [B, 1|H, T, S] -> [B, H, T, D]."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1) * scale  # [B, H, T, S]
+    scores = (q @ k.transpose(-1, -2)) * scale  # [B, H, T, S]
     scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-    return (probs.unsqueeze(-1) * v.unsqueeze(2)).sum(3)
+    return probs @ v
 
 
 # ----------------------------------------------------------------------------------------------------------------
