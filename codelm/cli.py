@@ -282,7 +282,7 @@ def cmd_infill(args) -> int:
         result = Infill("fim", samples, best_of(samples), [c.passes for c in samples], [False] * len(samples))
     else:
         ckpt = load_checkpoint(_checkpoint(cfg))
-        require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format)
+        require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format, ckpt.tokenizer)
         result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
                         capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
     if cfg.json:

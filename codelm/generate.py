@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 
@@ -300,9 +300,11 @@ def expand_seeds(seeds, n_prompts: int, n: int, default: int | None) -> list[int
 # ----------------------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
-                 seeds: Sequence[int | None], n: int = 1, on_token: OnToken | None = None) -> list[list[Completion]]:
+                 seeds: Sequence[int | None], n: int = 1, on_token: OnToken | None = None,
+                 end_ids: Collection[int] | None = None) -> list[list[Completion]]:
     """Decode n continuations of each token prompt (BOS already included) as one batch. Rows are prompt-major:
-    row i*n + j is sample j of prompt i, seeded by seeds[i*n + j]. The end-of-text token ends a row.
+    row i*n + j is sample j of prompt i, seeded by seeds[i*n + j]. The end-of-text token ends a row (or any of
+    `end_ids`: a model family's FIM template ends its middle with its own tokens).
 
     Runs under inference mode (no autograd bookkeeping on the ~200 small ops of a step; the KV cache it creates is
     dropped before returning). A step's only host reads are the sampled tokens and their log-probabilities, which
@@ -313,6 +315,7 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
     lengths = [len(p) for p in prompt_ids]
     budget = [min(params.max_new_tokens, limit - lengths[r // n]) for r in range(R)]  # new tokens per row
     rows = [RowState(r // n, r % n, TextStream(tokenizer, params.stop), budget[r]) for r in range(R)]
+    ends = frozenset(end_ids) if end_ids else frozenset((tokenizer.eot_id,))
     if R == 0:
         return []
     if max(budget) <= 0:
@@ -331,21 +334,14 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
             model.select_cache_rows(expand)
             logits, key_padding = logits[expand], key_padding[expand]
         if R == 1 and params.temperature <= 0 and params.lookup_draft > 0:
-            _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, rows[0], on_token)
+            _decode_with_lookup(model, tokenizer, prompt_ids[0], logits, params, rows[0], ends, on_token)
             return [[rows[0].completion()]]
         next_pos = torch.tensor([lengths[r // n] for r in range(R)], device=device)
         alive = list(range(R))  # batch row -> global row
         generators = make_generators(seeds, device)
         for step in range(max(budget)):
-            mask_unused_vocab(logits, tokenizer.n_vocab)
-            toks = sample_tokens(logits, params, [generators[r] for r in alive])
-            lps = token_logprobs(logits, toks).tolist()
-            still = []
-            for b, (r, t) in enumerate(zip(alive, toks.tolist())):
-                if rows[r].advance(t, lps[b], step, tokenizer.eot_id, on_token) is None:
-                    still.append(b)
-                else:
-                    rows[r].passes = step + 1
+            toks, still = sample_step(logits, params, tokenizer.n_vocab, rows, alive, generators, step, ends,
+                                      on_token)
             if not still:
                 break
             if len(still) < len(alive):  # drop finished rows from the batch and the cache
@@ -364,7 +360,7 @@ def decode_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], params: 
 
 
 def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.Tensor, params: SamplingParams,
-                        row: "RowState", on_token) -> None:
+                        row: "RowState", ends: Collection[int], on_token) -> None:
     """Greedy decoding of one row with prompt-lookup drafts; `row.passes` counts its passes (the prefill included).
     Each pass feeds the newest token plus a draft and keeps the longest prefix of the draft that greedy decoding
     agrees with, so one pass yields 1 to 1 + lookup_draft tokens. On a CPU a pass over a few tokens costs little
@@ -376,7 +372,7 @@ def _decode_with_lookup(model, tokenizer, prompt: Sequence[int], logits: torch.T
 
     def emit(token: int, logprob: float) -> bool:
         nonlocal produced
-        reason = row.advance(token, logprob, produced, tokenizer.eot_id, on_token)
+        reason = row.advance(token, logprob, produced, ends, on_token)
         produced += 1
         return reason is None
 
@@ -412,9 +408,10 @@ class RowState:
     reason: str | None = None
     passes: int = 0
 
-    def advance(self, t: int, lp: float, step: int, eot_id: int, on_token: OnToken | None) -> str | None:
-        """Record the new token t (the step-th); return the finish reason if the row is done."""
-        if t == eot_id:
+    def advance(self, t: int, lp: float, step: int, ends: Collection[int], on_token: OnToken | None) -> str | None:
+        """Record the new token t (the step-th); return the finish reason if the row is done. A token of `ends`
+        (end-of-text) ends the row and is not part of it."""
+        if t in ends:
             reason, piece = EOT, self.stream.finish()
         else:
             self.tokens.append(t)
@@ -435,6 +432,24 @@ class RowState:
 
     def completion(self) -> Completion:
         return Completion(self.stream.text, self.tokens, self.logprobs, self.reason or LENGTH, self.passes)
+
+
+def sample_step(logits: torch.Tensor, params: SamplingParams, n_vocab: int, rows: Sequence[RowState],
+                alive: Sequence[int], generators: Sequence[torch.Generator | None], step: int, ends: Collection[int],
+                on_token: OnToken | None = None) -> tuple[torch.Tensor, list[int]]:
+    """One step of the live rows (`alive`: batch row -> global row), whatever model computed their logits [B, V]:
+    sample each row's token with its own generator, record it in its RowState. Returns the sampled tokens [B] and
+    the batch indices of the rows still going (a finished row records its passes)."""
+    mask_unused_vocab(logits, n_vocab)
+    toks = sample_tokens(logits, params, [generators[r] for r in alive])
+    lps = token_logprobs(logits, toks).tolist()
+    still = []
+    for b, (r, t) in enumerate(zip(alive, toks.tolist())):
+        if rows[r].advance(t, lps[b], step, ends, on_token) is None:
+            still.append(b)
+        else:
+            rows[r].passes = step + 1
+    return toks, still
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[str], params: SamplingParams | None = None,

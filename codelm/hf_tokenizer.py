@@ -15,20 +15,13 @@ import re
 from pathlib import Path
 
 from codelm.errors import CheckpointError, ConfigError
+from codelm.prompts import FIM_TEMPLATES, detect_fim_family, sentinel_id, special_head
 from codelm.special_tokens import R2L, check_same, roles
 
 HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
 HF_CONFIG, HF_TOKENIZER, HF_TOKENIZER_CONFIG = "config.json", "tokenizer.json", "tokenizer_config.json"
 HF_GENERATION_CONFIG = "generation_config.json"
 
-# FIM sentinels (prefix, middle, suffix) as code model families spell them, in codelm's PSM order
-# [prefix-sentinel] prefix [suffix-sentinel] suffix [middle-sentinel] middle
-FIM_SPELLINGS = {
-    "starcoder": ("<fim_prefix>", "<fim_middle>", "<fim_suffix>"),            # StarCoder, SantaCoder
-    "qwen2.5-coder": ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"),  # Qwen2.5-Coder (and codelm's own)
-    "deepseek-coder": ("<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581end\uff5c>", "<\uff5cfim\u2581hole\uff5c>"),
-    "code-llama": ("\u2581<PRE>", "\u2581<MID>", "\u2581<SUF>"),
-}
 R2L_TOKEN = R2L  # MIM's backward marker; added at import when a vocabulary lacks it
 
 
@@ -70,7 +63,7 @@ class HFTokenizer:
     model without one (Qwen2.5), its end-of-text: the separator that preceded every document in its packed
     pretraining, so the forward direction starts from what the model already knows and nothing untrained is put in
     front of a window. `eot_id` is its EOS; `pad_id` its pad token, else EOS (inputs past a sequence's end have no
-    loss). FIM ids come from the family's own sentinels (FIM_SPELLINGS), `r2l_id` from `<|r2l|>`, when the
+    loss). FIM ids come from the family's own sentinels (codelm.prompts.FIM_TEMPLATES), `r2l_id` from `<|r2l|>`, when the
     vocabulary has them (`codelm import-hf --add-tokens` adds what is missing). As in codelm, special-token strings
     in text encode as text. encode_batch runs on the `tokenizers` Rayon thread pool (RAYON_NUM_THREADS sizes it)."""
 
@@ -93,14 +86,10 @@ class HFTokenizer:
         self.l2r_id = bos_id if bos_id is not None else eos_id
         self.pad_id = pad_id if pad_id is not None else eos_id
         self.r2l_id = self._tok.token_to_id(R2L_TOKEN)
-        self.fim_family = None
+        self.fim_family = detect_fim_family(self._tok.get_vocab(with_added_tokens=True))
         self.fim_prefix_id = self.fim_middle_id = self.fim_suffix_id = None
-        for family, spelling in FIM_SPELLINGS.items():
-            ids = [self._tok.token_to_id(s) for s in spelling]
-            if all(i is not None for i in ids):
-                self.fim_prefix_id, self.fim_middle_id, self.fim_suffix_id = ids
-                self.fim_family = family
-                break
+        if self.fim_family is not None:  # a template's sentinels are (prefix, suffix, middle) in codelm's words
+            self.fim_prefix_id, self.fim_suffix_id, self.fim_middle_id = self.fim_sentinel_ids()
         self._bytes = self._token_bytes_table()
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -215,6 +204,23 @@ class HFTokenizer:
     @functools.cached_property
     def _special_ids(self) -> frozenset[int]:
         return frozenset(self.specials.values())
+
+    # --- the model family's own prompts -------------------------------------------------------------------------
+    @functools.cached_property
+    def vocab(self) -> dict[str, int]:
+        return self._tok.get_vocab(with_added_tokens=True)
+
+    def fim_sentinel_ids(self) -> list[int]:
+        """The ids of the family's FIM sentinels, in its template's order."""
+        return [sentinel_id(self.vocab, s) for s in FIM_TEMPLATES[self.fim_family].sentinels]
+
+    @functools.cached_property
+    def head(self) -> list[int]:
+        """The ids the tokenizer's post-processor puts before a text (its BOS handling: Llama's and DeepSeek-Coder's
+        BOS, nothing for Qwen2.5-Coder and StarCoder)."""
+        probe = "x = 1"
+        return special_head(self._tok.encode(probe, add_special_tokens=False).ids,
+                            self._tok.encode(probe, add_special_tokens=True).ids)
 
     def _token_bytes_table(self) -> list[bytes]:
         """Each id's bytes: byte-level BPE vocabularies are spelled through GPT-2's table; SentencePiece-style ones

@@ -65,7 +65,7 @@ def test_the_model_s_own_bos_handling(tokenizer):
 @pytest.mark.parametrize("family", ["starcoder", "codellama", "deepseek-coder", "qwen2.5-coder"])
 def test_fim_prompts_are_the_family_s_exact_tokens(family):
     from codelm.backends.transformers_lm import TransformersLM
-    from codelm.infill import FIM_TEMPLATES, fim_prompt_text
+    from codelm.prompts import FIM_TEMPLATES, fim_prompt_text
     tok = make_tokenizer(family, bos=family in ("codellama", "deepseek-coder"))
     lm = TransformersLM(make_model("llama", len(tok.get_vocab())), tok)
     assert lm.fim_family == family

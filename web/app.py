@@ -19,8 +19,9 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,11 +29,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from codelm.generate import SamplingParams
-from codelm.infill import mim_infill
-from codelm.prompts import completion_prompt, fim_prompt
+from codelm.infill import family_template, mim_infill
+from codelm.prompts import FIM_TEMPLATES, Prompt, completion_prompt, family_fim_prompt, family_stop_ids, fim_prompt
 from codelm.terms import EOT, ERROR, FIM, INFILL_MODES, LENGTH, MIM, STOP, can
 from web.config import ServeConfig
-from web.engine import Engine, Event, Job, QueueFull, RowSpec
+from web.engine import BackendEngine, Engine, Event, Job, QueueFull, RowSpec
 from web.prompts import FIM_TEMPLATE, split_sentinel_prompt
 from web.schemas import CompletionRequest, InfillRequest
 
@@ -113,14 +114,21 @@ class Plan:
 # Planning: request text -> the rows the engine decodes
 # ----------------------------------------------------------------------------------------------------------------
 class Planner:
-    """Checks a request against the server's limits and the model's capabilities and builds its prompts."""
+    """Checks a request against the server's limits and the model's capabilities and builds its prompts: codelm's
+    layouts for a model codelm trained, the family's FIM template (and the tokenizer's own BOS handling) for a model
+    imported from Hugging Face or served by another backend."""
 
     def __init__(self, ckpt, config: ServeConfig, has_mim_decoding: bool):
         self.tokenizer, self.config = ckpt.tokenizer, config
         context = ckpt.config.context_length
         self.prompt_budget = config.max_prompt_tokens or max(context - 16, context // 2)
         self.caps = ckpt.capabilities or {}
-        self.can = {FIM: bool(self.caps.get(can(FIM))), MIM: bool(self.caps.get(can(MIM))) and has_mim_decoding}
+        backend = isinstance(ckpt, ServedBackend)
+        self.family = self.tokenizer.fim_family if backend else family_template(self.tokenizer, self.caps)
+        self.head = self.tokenizer.head if backend else self.tokenizer.l2r_id  # what a completion prompt opens with
+        self.can = {FIM: bool(self.caps.get(can(FIM))) or self.family is not None,
+                    MIM: bool(self.caps.get(can(MIM))) and has_mim_decoding}
+        self.fim_template = FIM_TEMPLATES[self.family].psm if self.family else FIM_TEMPLATE if self.can[FIM] else None
         self.model_id = config.model_id or default_model_id(ckpt, self.can[FIM])
 
     def check_bounds(self, max_tokens: int, n: int, max_param: str) -> None:
@@ -137,7 +145,8 @@ class Planner:
                 if self.can[mode]:
                     return mode
             raise ApiError(400, f"model {self.model_id} cannot infill: it was trained with objectives "
-                                f"{trained} (infilling needs fim or mim)", "suffix")
+                                f"{trained} (infilling needs fim or mim) and its tokenizer has no FIM tokens of a "
+                                f"known family", "suffix")
         if not self.can[asked]:
             why = ("this server has no meet-in-the-middle decoding (codelm.infill)"
                    if asked == MIM and self.caps.get(can(MIM)) else f"it was trained with objectives {trained}")
@@ -146,22 +155,46 @@ class Planner:
 
     def plan(self, prefix: str, suffix: str | None, mode: str | None, params: SamplingParams, n: int,
              logprobs: int | None, middle_start: str = "") -> Plan:
-        tok, budget = self.tokenizer, self.prompt_budget
+        tok, budget, end_ids = self.tokenizer, self.prompt_budget, None
         if suffix is None:
-            p = completion_prompt(tok.encode(prefix), budget, tok.l2r_id)
+            p = completion_prompt(tok.encode(prefix), budget, self.head)
             kind = "completion"
         else:
             kind = self.choose_mode(mode)
             if kind == MIM:  # the engine's infill builds its own contexts: this prompt is for accounting only
-                p = completion_prompt(tok.encode(prefix + middle_start), budget, tok.l2r_id)
+                p = completion_prompt(tok.encode(prefix + middle_start), budget, self.head)
+            elif self.family is not None:  # the family's template, then the text the middle must begin with
+                mid = tok.encode(middle_start)
+                p = family_fim_prompt(tok.encode, tok.vocab, tok.head, self.family, prefix, suffix,
+                                      budget - len(mid))
+                p = Prompt(p.ids + mid, p.truncated)
+                end_ids = family_stop_ids(tok.vocab, self.family, (tok.eot_id,))
             else:
                 p = fim_prompt(tok, prefix, suffix, budget, "psm", tok.l2r_id, middle_start)
         rows = []
         for i in range(n):
             seed = None if params.seed is None else params.seed + i
-            rows.append(RowSpec(p.ids, SamplingParams(**{**params.__dict__, "seed": seed}), logprobs))
+            rows.append(RowSpec(p.ids, SamplingParams(**{**params.__dict__, "seed": seed}), logprobs, end_ids))
         mim = (prefix + middle_start, suffix) if kind == MIM else None
         return Plan(rows, kind, p.truncated, mim)
+
+
+@dataclass
+class ServedBackend:
+    """A model another backend loaded (codelm.backends.transformers_lm.TransformersLM), as the app sees a checkpoint:
+    its path, tokenizer and context length. Nothing is recorded about its training: it completes, and infills with
+    its family's FIM template when its tokenizer has one."""
+    lm: object
+    path: str
+    capabilities: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    @property
+    def config(self):
+        return SimpleNamespace(context_length=self.lm.context_length)
 
 
 @dataclass
@@ -196,6 +229,8 @@ def server_of(request: Request) -> Server:
 def create_app(ckpt, config: ServeConfig | None = None, engine: Engine | None = None) -> FastAPI:
     """The FastAPI app serving a loaded checkpoint. The engine starts and stops with the app (lifespan)."""
     config = config or ServeConfig()
+    if engine is None and isinstance(ckpt, ServedBackend):
+        engine = BackendEngine(ckpt.lm, max_batch=config.max_batch, max_queue=config.max_queue)
     engine = engine or Engine(ckpt.model, ckpt.tokenizer, max_batch=config.max_batch, max_queue=config.max_queue,
                               mim_infill=mim_infill_function(ckpt.capabilities or {}))
 
@@ -297,7 +332,7 @@ async def models(request: Request):
         "id": server.model_id, "object": "model", "created": int(Path(server.ckpt.path).stat().st_mtime),
         "owned_by": "codelm", "context_length": server.ckpt.config.context_length,
         "capabilities": {"completion": True, **planner.can}, "objectives": caps.get("objectives"),
-        "fim_template": FIM_TEMPLATE if planner.can[FIM] else None,
+        "fim_template": planner.fim_template,
         "infill_modes": [m for m in INFILL_MODES if planner.can[m]],
     }]}
 
@@ -309,8 +344,8 @@ async def completions(body: CompletionRequest, request: Request):
     planner.check_bounds(body.max_tokens, body.n, "max_tokens")
     prefix, suffix = body.prompt, body.suffix
     if suffix is None and server.config.raw_fim:
-        split = split_sentinel_prompt(prefix)
-        if split is not None and planner.can[FIM]:
+        split = split_sentinel_prompt(prefix, planner.fim_template) if planner.fim_template else None
+        if split is not None:
             prefix, suffix = split
     params = SamplingParams(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                             stop=body.stop, seed=body.seed)

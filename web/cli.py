@@ -43,10 +43,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from codelm.loader import load_checkpoint
-    from web.app import create_app
+    from codelm.backends import auto_backend
+    from web.app import ServedBackend, create_app
 
-    ckpt = load_checkpoint(config.checkpoint, device=config.device)
+    if (config.backend if config.backend != "auto" else auto_backend(config.checkpoint)) == "transformers":
+        from codelm.backends.transformers_lm import TransformersLM
+        lm = TransformersLM.load(config.checkpoint, device=config.device, dtype=config.dtype,
+                                 trust_remote_code=config.trust_remote_code)
+        ckpt = ServedBackend(lm, config.checkpoint)
+    else:
+        from codelm.loader import load_checkpoint
+        ckpt = load_checkpoint(config.checkpoint, device=config.device)
     app = create_app(ckpt, config)
     print(f"codelm: serving {ckpt.path} on http://{config.host}:{config.port}/ (playground at /, API at /v1)",
           flush=True)

@@ -16,7 +16,12 @@ class ServeConfig:
     host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 inside a "
                                     "container)")
     port: int = option(8000, "port")
-    device: str = option("cpu", "torch device")
+    device: str = option("cpu", "torch device (cpu, cuda, cuda:N; the transformers backend also takes auto)")
+    backend: str = option("auto", "codelm (codelm checkpoints, Llama-architecture HF dirs: continuous batching) or "
+                                  "transformers (any AutoModelForCausalLM, one request at a time); auto picks codelm "
+                                  "for what it loads", choices=("auto", "codelm", "transformers"))
+    dtype: str = option("auto", "transformers backend: auto, float32, bfloat16, float16")
+    trust_remote_code: bool = option(False, "transformers backend: run the code a model directory ships")
     max_batch: int = option(8, "rows decoded together per step")
     max_queue: int = option(32, "waiting requests before answering 429")
     max_tokens: int = option(256, "cap on max_tokens / n_predict")

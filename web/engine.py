@@ -11,6 +11,10 @@ and each row has its own rotary positions, so rows of any length decode together
 is rebuilt with just the live rows (a copy of a few MB for the CPU presets: simpler than paging, and cheap next to a
 forward pass). Each row samples with its own parameters and its own seeded generator.
 
+A model another backend loaded (codelm.backends: any transformers architecture) is served by `BackendEngine`
+instead: the same submit/stop/stats, one request at a time (its n choices decode together, with the backend's own
+loop and cache), no continuous batching across requests.
+
 Trade-off: meet-in-the-middle infilling runs both directions in its own batch (codelm.infill), so a MIM job runs as
 a whole between two decode steps and pauses the batch meanwhile.
 """
@@ -46,6 +50,7 @@ class RowSpec:
     prompt_ids: list[int]
     params: SamplingParams
     logprobs: int | None = None        # also report the top-k alternatives' log-probabilities
+    end_ids: frozenset[int] | None = None  # tokens that end the row (default: end-of-text; a family's FIM adds its own)
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Row:
         # the model's position table ends at context_length: a row stops before it would pass it
         self.budget = min(spec.params.max_new_tokens, context_length - self.length)
         self.stream = TextStream(tokenizer, spec.params.stop)  # stop strings, held-back tails, partial UTF-8
+        self.ends = spec.end_ids or frozenset((tokenizer.eot_id,))
         self.generated: list[int] = []
         self.next_token: int | None = None   # sampled but not yet fed to the model
         self.finish: str | None = None
@@ -94,7 +100,7 @@ class Row:
         """Sample the next token from this row's logits [V] and emit whatever text became final."""
         logits = mask_unused_vocab(logits.unsqueeze(0), self.tokenizer.n_vocab)
         token = int(sample_tokens(logits, self.params, [self.generator])[0])
-        if token == self.tokenizer.eot_id:
+        if token in self.ends:
             self._end(EOT, self.stream.finish())
             return
         self.generated.append(token)
@@ -145,28 +151,28 @@ class Row:
 # ----------------------------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------------------------
-class Engine:
-    """Owns a model in a worker thread. `submit` is thread-safe; everything else happens in the worker."""
+class Worker:
+    """A model in a worker thread, fed by a queue of jobs: the public side every engine shares. `submit` is
+    thread-safe; everything else happens in the worker (`_run`)."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64, mim_infill=None):
-        self.model, self.tokenizer = model, tokenizer
-        self.context_length = model.config.context_length
+    mim_infill = None
+
+    def __init__(self, max_batch: int, max_queue: int, name: str):
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.mim_infill = mim_infill  # (model, tokenizer, prefix, suffix, params) -> (text, n_tokens, details)
-        self.device = next(model.parameters()).device
         self._pending: collections.deque[Job] = collections.deque()
         self._wake = threading.Condition()
-        self._rows: list[Row] = []
         self._stopping = False
         # counters read by /health, tests and the load benchmark
         self.generated_tokens = 0
         self.steps = 0
         self.completed_rows = 0
         self.cancelled_rows = 0
-        self._thread = threading.Thread(target=self._run, name="codelm-model-worker", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    # --- the public side ----------------------------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> "Worker":
         self._thread.start()
         return self
 
@@ -185,7 +191,7 @@ class Engine:
 
     @property
     def active_rows(self) -> int:
-        return len(self._rows)
+        raise NotImplementedError
 
     @property
     def queued_jobs(self) -> int:
@@ -195,6 +201,22 @@ class Engine:
         return {"active_rows": self.active_rows, "queued_requests": self.queued_jobs, "max_batch": self.max_batch,
                 "max_queue": self.max_queue, "generated_tokens": self.generated_tokens, "decode_steps": self.steps,
                 "completed_rows": self.completed_rows, "cancelled_rows": self.cancelled_rows}
+
+
+class Engine(Worker):
+    """Owns a codelm model in a worker thread and batches the decode steps of all its requests."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64, mim_infill=None):
+        super().__init__(max_batch, max_queue, "codelm-model-worker")
+        self.model, self.tokenizer = model, tokenizer
+        self.context_length = model.config.context_length
+        self.mim_infill = mim_infill  # (model, tokenizer, prefix, suffix, params) -> (text, n_tokens, details)
+        self.device = next(model.parameters()).device
+        self._rows: list[Row] = []
+
+    @property
+    def active_rows(self) -> int:
+        return len(self._rows)
 
     # --- the worker loop ----------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -350,3 +372,83 @@ class Engine:
                        "predicted_ms": round(ms, 3), "total_ms": round(ms, 3),
                        "predicted_per_second": round(n_tokens / max(ms, 1e-6) * 1000, 3), **details}
             job.sink(Event(i, text, [], STOP, timings))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Another backend's model
+# ----------------------------------------------------------------------------------------------------------------
+class BackendEngine(Worker):
+    """Serves a model of another backend (codelm.backends.transformers_lm.TransformersLM): a worker thread decodes
+    one job at a time through the backend's `generate_ids` (its choices as one batch, each with its own seed) and
+    streams text through its per-token callback. The same public side as Engine."""
+
+    def __init__(self, lm, *, max_batch: int = 16, max_queue: int = 64):
+        super().__init__(max_batch, max_queue, "codelm-backend-worker")  # no MIM: it needs a codelm-trained model
+        self.lm, self.tokenizer = lm, lm.tokenizer
+        self._active = 0
+
+    @property
+    def active_rows(self) -> int:
+        return self._active
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._pending:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                job = self._pending.popleft()
+            self._active = len(job.rows)
+            try:
+                self._decode(job)
+            except Exception:  # fail this request, keep serving the others
+                log.exception("generation failed")
+                for i, _ in enumerate(job.rows):
+                    job.sink(Event(i, "", [], ERROR))
+            finally:
+                self._active = 0
+        for job in self._pending:
+            for i, _ in enumerate(job.rows):
+                job.sink(Event(i, "", [], CANCELLED))
+
+    def _decode(self, job: Job) -> None:
+        """A job's rows share one prompt and its sampling parameters but their seeds (web/app.py's Planner)."""
+        first = job.rows[0]
+        if job.cancelled.is_set():
+            for i, _ in enumerate(job.rows):
+                job.sink(Event(i, "", [], CANCELLED))
+            self.cancelled_rows += len(job.rows)
+            return
+        seeds = [spec.params.seed if spec.params.seed is not None else int.from_bytes(os.urandom(6), "little")
+                 for spec in job.rows]
+        t0 = time.perf_counter()
+        first_token: list[float] = []
+
+        def on_token(event) -> bool:
+            if not first_token:
+                first_token.append(time.perf_counter())
+            self.generated_tokens += 1
+            info = ([{"text": self.tokenizer.decode_with_specials([event.token_id]), "logprob": event.logprob,
+                      "top": {}}] if first.logprobs is not None and not (event.finished and event.finish_reason == EOT)
+                    else [])
+            if event.text or info:
+                job.sink(Event(event.sample, event.text, info))
+            return not job.cancelled.is_set()
+
+        out = self.lm.generate_ids([first.prompt_ids], first.params, [seeds], len(job.rows), first.end_ids,
+                                   on_token)[0]
+        total_ms = (time.perf_counter() - t0) * 1000
+        prompt_ms = ((first_token[0] if first_token else time.perf_counter()) - t0) * 1000
+        self.steps += max((c.passes for c in out), default=0)
+        for i, c in enumerate(out):
+            cancelled = job.cancelled.is_set()
+            self.cancelled_rows += cancelled
+            self.completed_rows += not cancelled
+            n = len(c.token_ids)
+            predicted_ms = max(total_ms - prompt_ms, 1e-6)
+            timings = {"prompt_tokens": len(first.prompt_ids), "prompt_ms": round(prompt_ms, 3),
+                       "predicted_tokens": n, "predicted_ms": round(predicted_ms, 3),
+                       "predicted_per_second": round(n / predicted_ms * 1000, 3) if n else 0.0,
+                       "total_ms": round(total_ms, 3)}
+            job.sink(Event(i, "", [], CANCELLED if cancelled else c.finish_reason, timings))

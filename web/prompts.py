@@ -7,19 +7,22 @@ from __future__ import annotations
 
 from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
-# the PSM template clients may send as raw text (Continue's "qwen-coder" template has exactly these sentinels)
+# codelm's PSM template as clients may send it as raw text (Continue's "qwen-coder" template has exactly these
+# sentinels); an imported model's is its family's (codelm.prompts.FIM_TEMPLATES)
 FIM_TEMPLATE = FIM_PREFIX + "{prefix}" + FIM_SUFFIX + "{suffix}" + FIM_MIDDLE
 
 
-def split_sentinel_prompt(text: str) -> tuple[str, str] | None:
-    """(prefix, suffix) when `text` is exactly this model's PSM template filled in, else None.
+def split_sentinel_prompt(text: str, template: str = FIM_TEMPLATE) -> tuple[str, str] | None:
+    """(prefix, suffix) when `text` is exactly the served model's PSM `template` filled in, else None.
 
     Clients such as llm-vscode or Continue format the FIM template themselves and send it as a raw prompt. Only the
     served model's own template is recognised (anything else stays ordinary text), and `--no-raw-fim` turns it off."""
-    if not (text.startswith(FIM_PREFIX) and text.endswith(FIM_MIDDLE)):
+    head, rest = template.split("{prefix}")
+    middle, tail = rest.split("{suffix}")
+    if not (text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail)):
         return None
-    body = text[len(FIM_PREFIX):-len(FIM_MIDDLE)]
-    if body.count(FIM_SUFFIX) != 1 or FIM_PREFIX in body or FIM_MIDDLE in body:
+    body = text[len(head):len(text) - len(tail)]
+    if body.count(middle) != 1 or head in body or tail in body:
         return None
-    prefix, suffix = body.split(FIM_SUFFIX)
+    prefix, suffix = body.split(middle)
     return prefix, suffix

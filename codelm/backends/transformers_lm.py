@@ -8,7 +8,7 @@ sample_tokens), prompts are left-padded with an attention mask and per-row posit
 its seed, the same contract as the codelm backend.
 
 Prompts get the model's own BOS handling: whatever the tokenizer's post-processor puts before a text (Llama and
-DeepSeek-Coder a BOS, Qwen2.5-Coder and StarCoder nothing). Infilling uses the family FIM template codelm.infill
+DeepSeek-Coder a BOS, Qwen2.5-Coder and StarCoder nothing). Infilling uses the family FIM template codelm.prompts
 knows (StarCoder, Code Llama, DeepSeek-Coder, Qwen2.5-Coder), chosen by the sentinel tokens the tokenizer has; the
 prompt is built from the sentinel ids and the encoded text between them, which is the token sequence the family's
 tokenizer gives for the template text (added tokens split the text), except that code which happens to contain a
@@ -27,11 +27,11 @@ from typing import Sequence
 
 import torch
 
-from codelm.errors import CapabilityError, CheckpointError, ConfigError
-from codelm.generate import (Completion, SamplingParams, TextStream, expand_seeds, left_pad, make_generators,
-                             mask_unused_vocab, sample_tokens, token_logprobs)
-from codelm.infill import FIM_TEMPLATES
-from codelm.prompts import FIM_FORMATS, fit_fim_context
+from codelm.errors import CheckpointError, ConfigError
+from codelm.generate import (Completion, OnToken, RowState, SamplingParams, TextStream, expand_seeds, left_pad,
+                             make_generators, sample_step)
+from codelm.prompts import completion_prompt, family_fim_prompt, family_stop_ids, require_family_format
+from codelm.terms import LENGTH
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -66,22 +66,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def sentinel_id(vocab: dict[str, int], sentinel: str) -> int | None:
-    """The id of a FIM sentinel, spelled as the template does or with SentencePiece's leading '▁' (Code Llama)."""
-    for spelling in (sentinel, "\u2581" + sentinel):
-        if spelling in vocab:
-            return vocab[spelling]
-    return None
-
-
-def detect_fim_family(vocab: dict[str, int]) -> str | None:
-    """The first family of codelm.infill.FIM_TEMPLATES whose sentinels are all tokens of this vocabulary."""
-    for family, template in FIM_TEMPLATES.items():
-        if all(sentinel_id(vocab, s) is not None for s in template.sentinels):
-            return family
-    return None
-
-
 class HFPrompts:
     """What every Hugging Face-model backend shares: prompts as the model's tokenizer makes them (its BOS handling,
     its family's FIM template) and codelm's tokenizer interface over the same tokenizer.json for decoding."""
@@ -101,24 +85,13 @@ class HFPrompts:
                                      bos_id=hf_tokenizer.bos_token_id, eos_id=eos if eos is not None else
                                      min(eos_ids), pad_id=hf_tokenizer.pad_token_id)
         self.eos_ids = frozenset(eos_ids)
-        self.head = self._special_head(hf_tokenizer)
-        self.fim_family = detect_fim_family(vocab)
-        self.vocab = vocab
+        self.head = self.tokenizer.head  # the post-processor's BOS handling
+        self.fim_family = self.tokenizer.fim_family
+        self.vocab = self.tokenizer.vocab
         self.context_length = next((int(v) for v in (getattr(model_config, k, None) for k in
                                                      ("max_position_embeddings", "n_positions", "n_ctx",
                                                       "seq_length")) if isinstance(v, int) and v > 0), 1 << 20)
         self.n_vocab = max(self.tokenizer.n_vocab, 1)
-
-    @staticmethod
-    def _special_head(hf_tokenizer) -> list[int]:
-        """The ids the tokenizer's post-processor puts before a text (its BOS handling), found by encoding a probe
-        with and without special tokens. Ids it would append (an EOS after the prompt) have no place in a prompt."""
-        plain = hf_tokenizer("x = 1", add_special_tokens=False)["input_ids"]
-        full = hf_tokenizer("x = 1", add_special_tokens=True)["input_ids"]
-        for start in range(len(full) - len(plain) + 1):
-            if full[start:start + len(plain)] == plain:
-                return list(full[:start])
-        return []
 
     # --- prompts ------------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -126,56 +99,19 @@ class HFPrompts:
         return self.tokenizer.encode(text)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        room = max(self.context_length - 1 - len(self.head), 0)
-        body = self.encode(prompt)
-        return self.head + (body[-room:] if room else [])
+        return completion_prompt(self.encode(prompt), self.context_length - 1, self.head).ids
 
     def require_fim(self, fim_format: str = "psm") -> str:
-        if self.fim_family is None:
-            known = ", ".join(f"{f} ({' '.join(t.sentinels)})" for f, t in FIM_TEMPLATES.items())
-            raise CapabilityError(f"{self.name}: the tokenizer has no FIM tokens of a known family, so this model "
-                                  f"cannot infill; known: {known}")
-        if fim_format not in FIM_FORMATS:
-            raise ConfigError(f"unknown FIM format {fim_format!r}; choose from {', '.join(FIM_FORMATS)}")
-        if fim_format == "spm" and FIM_TEMPLATES[self.fim_family].spm is None:
-            raise CapabilityError(f"{self.name}: the {self.fim_family} FIM template has no 'spm' format")
-        return self.fim_family
+        return require_family_format(self.fim_family, fim_format, self.name)
 
     def fim_prompt_ids(self, prefix: str, suffix: str, fim_format: str = "psm") -> list[int]:
-        """The family's template as ids: sentinel ids, and each text between two sentinels encoded whole (as the
-        family's tokenizer encodes the template text). A prompt longer than the context keeps the end of the
-        prefix and the start of the suffix (codelm.prompts.fit_fim_context)."""
+        """The family's template as ids (codelm.prompts.family_fim_prompt), trimmed to the context."""
         family = self.require_fim(fim_format)
-        template = FIM_TEMPLATES[family]
-        pattern = template.psm if fim_format == "psm" else template.spm
-        segments = _split_at(pattern, template.sentinels)
-
-        def build(fill) -> list[int]:
-            ids = list(self.head)
-            for seg in segments:
-                ids += [sentinel_id(self.vocab, seg)] if seg in template.sentinels else fill(seg)
-            return ids
-
-        whole = build(lambda seg: self.encode(seg.replace("{prefix}", prefix).replace("{suffix}", suffix)))
-        if len(whole) < self.context_length:
-            return whole
-        literal = sum(len(self.encode(part)) for seg in segments if seg not in template.sentinels
-                      for part in _split_at(seg, ("{prefix}", "{suffix}")) if part not in ("{prefix}", "{suffix}"))
-        room = self.context_length - 1 - len(self.head) - literal - len(template.sentinels)
-        pre, suf = fit_fim_context(self.encode(prefix), self.encode(suffix), max(room, 0))
-        values = {"{prefix}": pre, "{suffix}": suf}
-
-        def trimmed(seg: str) -> list[int]:
-            out = []
-            for part in _split_at(seg, ("{prefix}", "{suffix}")):
-                out += values[part] if part in values else self.encode(part)
-            return out
-
-        return build(trimmed)
+        return family_fim_prompt(self.encode, self.vocab, self.head, family, prefix, suffix, self.context_length - 1,
+                                 fim_format).ids
 
     def fim_stop_ids(self) -> frozenset[int]:
-        template = FIM_TEMPLATES[self.fim_family]
-        return self.eos_ids | {i for i in (sentinel_id(self.vocab, s) for s in template.stop) if i is not None}
+        return family_stop_ids(self.vocab, self.fim_family, self.eos_ids)
 
     # --- generation ---------------------------------------------------------------------------------------------
     def complete(self, prompts: Sequence[str], params: SamplingParams, seeds=None,
@@ -241,9 +177,12 @@ class TransformersLM(HFPrompts):
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, seeds=None, n: int = 1,
-                     stop_ids: frozenset[int] | None = None) -> list[list[Completion]]:
+                     stop_ids: frozenset[int] | None = None,
+                     on_token: OnToken | None = None) -> list[list[Completion]]:
         """n completions of each token prompt. seeds as codelm.generate.generate_batch takes them (seeds[i] an int:
-        sample j gets seeds[i] + j; or a list of n ints). Batches are at most max_batch prompts, halved on OOM."""
+        sample j gets seeds[i] + j; or a list of n ints). Batches are at most max_batch prompts, halved on OOM.
+        `on_token` streams as decode_batch's does (TokenEvent.prompt counts within the batch decoded; a batch
+        retried after an out-of-memory error streams again from its start)."""
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         rows = expand_seeds(seeds, len(prompt_ids), n, params.seed)
@@ -256,7 +195,7 @@ class TransformersLM(HFPrompts):
             chunk = list(range(start, min(start + size, len(prompt_ids))))
             try:
                 out += self._decode_oom_safe([prompt_ids[i] for i in chunk], [per_prompt[i] for i in chunk],
-                                             params, stop_ids)
+                                             params, stop_ids, on_token)
             except torch.OutOfMemoryError:
                 if len(chunk) == 1:
                     raise
@@ -266,34 +205,33 @@ class TransformersLM(HFPrompts):
             start += len(chunk)
         return out
 
-    def _decode_oom_safe(self, prompts, seeds, params, stop_ids) -> list[list[Completion]]:
+    def _decode_oom_safe(self, prompts, seeds, params, stop_ids, on_token) -> list[list[Completion]]:
         try:
-            return self._decode(prompts, seeds, params, stop_ids)
+            return self._decode(prompts, seeds, params, stop_ids, on_token)
         except torch.OutOfMemoryError:
             if len(prompts) > 1 or len(seeds[0]) == 1:
                 raise
             _free_memory(self.device)  # one prompt: halve its samples instead
             half = len(seeds[0]) // 2
-            a = self._decode_oom_safe(prompts, [seeds[0][:half]], params, stop_ids)
-            b = self._decode_oom_safe(prompts, [seeds[0][half:]], params, stop_ids)
+            a = self._decode_oom_safe(prompts, [seeds[0][:half]], params, stop_ids, on_token)
+            b = self._decode_oom_safe(prompts, [seeds[0][half:]], params, stop_ids, on_token)
             return [a[0] + b[0]]
 
     @torch.inference_mode()
     def _decode(self, prompts: list[list[int]], seeds: list[list[int | None]], params: SamplingParams,
-                stop_ids: frozenset[int]) -> list[list[Completion]]:
+                stop_ids: frozenset[int], on_token: OnToken | None = None) -> list[list[Completion]]:
+        """codelm.generate.decode_batch's loop (its RowState and sample_step: the same sampling, stop and finish
+        rules) over the transformers model's forward and DynamicCache."""
         from transformers import DynamicCache
 
         n = len(seeds[0])
         B, R = len(prompts), len(prompts) * n
         lengths = [len(p) for p in prompts]
-        budget = [min(params.max_new_tokens, self.context_length - lengths[r // n]) for r in range(R)]
-        streams = [TextStream(self.tokenizer, params.stop) for _ in range(R)]
-        tokens_out: list[list[int]] = [[] for _ in range(R)]
-        logprobs_out: list[list[float]] = [[] for _ in range(R)]
-        reasons: list[str | None] = [None] * R
-        passes = [0] * R
-        if max(budget, default=0) <= 0:
-            return [[Completion("", [], [], "length") for _ in range(n)] for _ in range(B)]
+        rows = [RowState(r // n, r % n, TextStream(self.tokenizer, params.stop),
+                         min(params.max_new_tokens, self.context_length - lengths[r // n])) for r in range(R)]
+        steps = max((row.budget for row in rows), default=0)
+        if steps <= 0:
+            return [[Completion("", [], [], LENGTH) for _ in range(n)] for _ in range(B)]
         ids, real, positions = left_pad(prompts, pad_id=self.tokenizer.pad_id or 0)
         dev = self.device
         mask = real.long().to(dev)
@@ -308,27 +246,8 @@ class TransformersLM(HFPrompts):
         next_pos = torch.tensor([lengths[r // n] for r in range(R)], device=dev)
         generators = make_generators([s for row in seeds for s in row], dev)
         alive = list(range(R))
-        for step in range(max(budget)):
-            mask_unused_vocab(logits, self.n_vocab)
-            toks = sample_tokens(logits, params, [generators[r] for r in alive])
-            lps = token_logprobs(logits, toks).tolist()
-            still = []
-            for b, (r, t) in enumerate(zip(alive, toks.tolist())):
-                stream = streams[r]
-                if t in stop_ids:
-                    stream.finish()
-                    reason = "eot"
-                else:
-                    tokens_out[r].append(t)
-                    logprobs_out[r].append(lps[b])
-                    stream.push(t)
-                    reason = "stop" if stream.stopped else ("length" if step + 1 >= budget[r] else None)
-                    if reason == "length":
-                        stream.finish()
-                if reason is None:
-                    still.append(b)
-                else:
-                    reasons[r], passes[r] = reason, step + 1
+        for step in range(steps):
+            toks, still = sample_step(logits, params, self.n_vocab, rows, alive, generators, step, stop_ids, on_token)
             if not still:
                 break
             if len(still) < len(alive):  # finished rows leave the batch and the cache
@@ -339,8 +258,7 @@ class TransformersLM(HFPrompts):
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             logits = self._forward(toks.view(-1, 1), mask, next_pos.view(-1, 1), cache)
             next_pos = next_pos + 1
-        return [[Completion(streams[r].text, tokens_out[r], logprobs_out[r], reasons[r] or "length", passes[r])
-                 for r in range(i * n, (i + 1) * n)] for i in range(B)]
+        return [[rows[r].completion() for r in range(i * n, (i + 1) * n)] for i in range(B)]
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after `ids`, appending to the cache. Only the last position goes
@@ -348,23 +266,6 @@ class TransformersLM(HFPrompts):
         extra = {self._cache_arg: cache, **({self._keep_arg: 1} if self._keep_arg else {})}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         return out.logits[:, -1].float()
-
-
-def _split_at(text: str, markers: Sequence[str]) -> list[str]:
-    """'<a> x<b>' split at the markers, keeping them: ['<a>', ' x', '<b>'] (empty pieces dropped)."""
-    pieces = [text]
-    for marker in markers:
-        pieces = [q for p in pieces for q in ([p] if p in markers else _interleave(p.split(marker), marker))]
-    return [p for p in pieces if p]
-
-
-def _interleave(parts: list[str], marker: str) -> list[str]:
-    out = []
-    for k, part in enumerate(parts):
-        if k:
-            out.append(marker)
-        out.append(part)
-    return out
 
 
 def _free_memory(device: torch.device) -> None:

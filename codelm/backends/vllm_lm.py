@@ -20,6 +20,7 @@ from codelm.backends.transformers_lm import HFPrompts
 from codelm.errors import CheckpointError, ConfigError
 from codelm.generate import Completion, SamplingParams, expand_seeds
 from codelm.stops import find_stop
+from codelm.terms import EOT, LENGTH, STOP
 
 NOT_INSTALLED = ("the vllm backend needs vLLM, which pins its own torch and transformers: `make vllm-env`, then run "
                  "codelm from .venv-vllm/bin/codelm")
@@ -90,6 +91,6 @@ class VllmLM(HFPrompts):
         text = self.tokenizer.decode(token_ids)
         cut = find_stop(text, params.stop)
         if cut >= 0:
-            return Completion(text[:cut], token_ids, [], "stop", len(token_ids))
-        reason = "eot" if output.finish_reason == "stop" else "length"
+            return Completion(text[:cut], token_ids, [], STOP, len(token_ids))
+        reason = EOT if output.finish_reason == "stop" else LENGTH  # vLLM's words: "stop" = a stop token
         return Completion(text, token_ids, [], reason, len(token_ids))

@@ -20,6 +20,7 @@ malformed line and cannot say which line it was; Parquet and the hub go through 
 from __future__ import annotations
 
 import gzip
+import heapq
 import json
 import os
 import site
@@ -210,8 +211,8 @@ ORDER_SHIFT = 1 << 44  # a document's order: source number * 2^44 + its position
 
 
 def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> Iterator[tuple[int, Document]]:
-    """(order, document) for task `rank` of `world`: files of a directory source dealt round-robin by their sorted
-    position, a JSONL file split into byte ranges at line starts, a Parquet file by row groups; a gzipped JSONL
+    """(order, document) for task `rank` of `world`: files of a directory source dealt by size (see
+    deal_files), a JSONL file split into byte ranges at line starts, a Parquet file by row groups; a gzipped JSONL
     file and a hub stream cannot be split and are read by task 0. The order is the document's position in the
     sources, the same whatever the number of tasks (the pipeline's tie-breaker, see pipeline.py)."""
     extensions = tuple(e.strip() for e in cfg.extensions.split(",") if e.strip())
@@ -223,7 +224,8 @@ def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> I
         path = Path(name).expanduser()
         if name in ("stdlib", "site-packages") or path.is_dir():
             files = list(_source_files(name, extensions))
-            for i in range(rank, len(files), world):
+            owner = deal_files([f[1] for f in files], world, max(1, cfg.max_bytes))
+            for i in np.flatnonzero(owner == rank).tolist():
                 root, file, prefix, label = files[i]
                 text, why = read_text_file(file)
                 if text is None:
@@ -240,6 +242,30 @@ def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> I
             yield from ((base + i, d) for i, d in enumerate(one))
         else:
             _one_source(name, None, extensions, cfg.text_field, cfg.hf_split, cfg.max_docs)  # same errors
+
+
+FILE_COST_BYTES = 4096  # what a file costs beyond its bytes (opening, per-document work), in bytes' worth
+
+
+def deal_files(files: list[Path], world: int, cap: int = MAX_FILE_BYTES) -> np.ndarray:
+    """The task of each file: in sorted order, each file goes to the task with the fewest bytes so far (ties: the
+    lowest rank), so tasks get equal bytes give or take one file (dealing by count can leave one task with most
+    of the corpus' large files, and the other core idle). A file weighs at most `cap` bytes (the size stage drops
+    bigger ones at once).
+    Depends only on the list and the sizes, the same in every task."""
+    owner = np.zeros(len(files), dtype=np.int64)
+    if world == 1:
+        return owner
+    load = [(0, r) for r in range(world)]  # a heap of (bytes so far, rank)
+    for i, f in enumerate(files):
+        try:
+            size = min(f.stat().st_size, cap)
+        except OSError:
+            size = 0
+        cost, r = heapq.heappop(load)
+        owner[i] = r
+        heapq.heappush(load, (cost + size + FILE_COST_BYTES, r))
+    return owner
 
 
 def _source_files(name: str, extensions: tuple[str, ...]) -> Iterator[tuple[Path, Path, str, str]]:
