@@ -229,3 +229,17 @@ def test_docker_steps_get_their_own_limits_and_a_tmpfs(backend):
     r = run("cpp", source, memory_mb=300, max_processes=40, backend=backend)
     assert r.status == "ok", r
     assert r.stdout.split() == [str(300 << 20), "40", "1021994"], r.stdout  # 0x1021994: TMPFS_MAGIC
+
+
+def test_programs_for_the_image_name_only_the_images_artifacts():
+    """What the docker backend sends must not point at this host's toolchain cache (invisible in a container), and
+    needs no toolchain here to be described."""
+    host_paths = (str(toolchains.cache_root()), "/host/vendor")
+    for language in toolchains.LANGUAGES:
+        program = toolchains.program(language, "source", cpp_pch=True, image=True,
+                                     go_module={"go.mod": "module m\n", "vendor": "/host/vendor"})
+        argv = " ".join(arg for step in program.steps for arg in step.argv)
+        assert not any(path in argv for path in host_paths), argv
+        assert program.recipe["language"] == language and program.recipe["source"] == "source"
+        if language != "js":  # the others use a warm artifact of the image's
+            assert toolchains.IMAGE_ROOT in argv, argv
