@@ -4,14 +4,15 @@
 write: `codelm.generate`, `codelm.infill` and the server's worker keep calling `model(...)` and the cache methods.
 What changes underneath:
 
-- **The cache is static.** Its capacity is fixed (the context length) and its rows are padded up to a bucket
-  (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last row, computed and ignored. Every pass writes
+- **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up)
+  and its rows are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last
+  row, computed and ignored. Every pass writes
   its keys at tensor slots and attends over the whole cache through a mask (`Transformer.forward_static`), so a step
   reads no Python-side length: one traced step serves every position.
 - **Passes are bucketed.** A pass of T tokens runs as the next bucket (1: a decoding step; up to 8: a prompt-lookup
   draft being verified, a MIM candidate; 16, 32, ...: a prefill), right-padded with dummy tokens written past the
   real ones: causality keeps real tokens from seeing them and the next pass overwrites their slots.
-- **Each (rows, tokens, hidden-or-logits) bucket is one graph**, compiled the first time it is met
+- **Each (rows, tokens, capacity, hidden-or-logits) bucket is one graph**, compiled the first time it is met
   (`torch.compile(fullgraph=True, dynamic=False)`: a graph break is an error, not a silent eager fallback). On CPU
   inductor writes C++ for everything between the matmuls; the matmuls stay on the packed weights of
   codelm/fast_paths.py where it applies them (an opaque custom op), and on GPU the step can be a CUDA graph.
@@ -23,6 +24,8 @@ decode repay that (see its docstring for the measurements).
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from codelm.model import Transformer
@@ -30,6 +33,7 @@ from codelm.model import Transformer
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 DRAFT_BUCKET = 8        # verification passes (a token plus a prompt-lookup draft, a MIM candidate) up to 8 tokens
 MIN_PREFILL_BUCKET = 16
+MIN_CAPACITY = 128
 COMPILE_SETTINGS = ("auto", "on", "off")
 
 
@@ -38,6 +42,16 @@ def row_bucket(n: int) -> int:
         if n <= b:
             return b
     return -(-n // ROW_BUCKETS[-1]) * ROW_BUCKETS[-1]
+
+
+def capacity_bucket(slots: int) -> int:
+    """Cache capacities are powers of two: every step attends over the whole cache, so a cache sized far past
+    what a decode needs costs attention time (over 512 slots it was a fifth of a tiny model's step), while each
+    capacity is one more set of graphs."""
+    capacity = MIN_CAPACITY
+    while capacity < slots:
+        capacity *= 2
+    return capacity
 
 
 def token_bucket(T: int) -> int:
@@ -57,11 +71,8 @@ class CompiledTransformer(Transformer):
     _steps: "_CompiledSteps"
 
     def setup_cache(self, batch: int, max_len: int | None = None, dtype=None) -> None:
-        """The static cache: rows padded to a bucket, capacity the context length (or, for a caller that asks for
-        more, the next multiple of 256), whatever length the caller needs."""
-        need = max_len or self.config.context_length
-        capacity = self.config.context_length if need <= self.config.context_length else -(-need // 256) * 256
-        super().setup_cache(row_bucket(batch), capacity, dtype)
+        """The static cache: rows padded to a bucket, capacity a power of two (at least MIN_CAPACITY)."""
+        super().setup_cache(row_bucket(batch), capacity_bucket(max_len or self.config.context_length), dtype)
 
     def select_cache_rows(self, rows: torch.Tensor) -> None:
         pad = row_bucket(rows.numel()) - rows.numel()
@@ -109,18 +120,32 @@ class _CompiledSteps:
 
     def __init__(self, model: CompiledTransformer, mode: str | None):
         self.model, self.mode = model, mode
-        self.fn = None
+        self.fns = {}
 
     def run(self, ids, positions, slots, keys, return_hidden: bool) -> torch.Tensor:
-        if self.fn is None:
-            self.fn = torch.compile(self.model.forward_static, fullgraph=True, dynamic=False, mode=self.mode)
-        return self.fn(ids, positions, slots, keys, return_hidden)
+        weight = self.model.embed.weight
+        key = (weight.dtype, weight.device)
+        fn = self.fns.get(key)
+        if fn is None:
+            fn = self.fns[key] = self._compile()
+        return fn(self.model, ids, positions, slots, keys, return_hidden)
+
+    def _compile(self):
+        """A private copy of forward_static's code for this model and dtype, compiled. Dynamo keeps its graphs per
+        code object, so no other model's graphs can serve this one; that is what makes it safe to skip dynamo's
+        guards on the modules' attributes (checking ~100 parameters cost ~0.3 ms per step, a tenth of a tiny
+        model's step): what the graphs depend on (shapes of the passes, the cache's) is in the guarded inputs."""
+        code = Transformer.forward_static.__code__
+        fn = types.FunctionType(code.replace(), Transformer.forward_static.__globals__, "forward_static",
+                                Transformer.forward_static.__defaults__)
+        return torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode,
+                             options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     def __deepcopy__(self, memo):
         return _CompiledSteps(memo.get(id(self.model), self.model), self.mode)
 
     def __getstate__(self):
-        return {"model": self.model, "mode": self.mode, "fn": None}
+        return {"model": self.model, "mode": self.mode, "fns": {}}
 
 
 def compile_decoding(model: Transformer) -> Transformer:

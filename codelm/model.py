@@ -411,13 +411,16 @@ class Transformer(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
-                key_padding: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+                key_padding: torch.Tensor | None = None, return_hidden: bool = False,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, vocab] (float32).
 
         positions: [B, T] or [T] token positions (default: cache_length + arange(T)).
         key_padding: [B, S] bool, True where a key is a real token, over all S = cache_length + T keys seen so far
         (needed for left-padded batches). With a cache, new tokens are appended to it and `cache_length` advances.
         return_hidden: the final normed hidden states [B, T, d_model]; `output_logits` turns them into logits.
+        attn_mask: [B, 1, T, T] bool, True where a query may see a key, in place of the causal mask: document-aware
+        packing's block-causal mask, built by the caller (codelm/packing.py). Passes without a cache only.
         """
         B, T = idx.shape
         start = self._cache_length if self.has_cache else 0
@@ -427,10 +430,13 @@ class Transformer(nn.Module):
             positions = positions.unsqueeze(0).expand(B, T)
         self._check_positions(positions)
         cache_slots = torch.arange(start, start + T, device=idx.device) if self.has_cache else None
+        if attn_mask is not None and (self.has_cache or key_padding is not None):
+            raise ValueError("attn_mask replaces the causal mask of a pass without a cache or key padding")
         if self.config.position == "alibi":
-            mask = self._alibi_bias(B, T, start, key_padding, idx.device)
+            mask = self._alibi_bias(B, T, start, key_padding, idx.device, attn_mask)
         else:
-            mask = self._attention_mask(B, T, start, key_padding, idx.device)
+            mask = attn_mask if attn_mask is not None else self._attention_mask(B, T, start, key_padding,
+                                                                                 idx.device)
         x = self._layers(idx, positions, mask, cache_slots, start + T)
         if self.has_cache:
             self._cache_length = start + T
@@ -514,14 +520,15 @@ class Transformer(nn.Module):
             mask = mask | diag
         return mask
 
-    def _alibi_bias(self, B, T, start, key_padding, device):
+    def _alibi_bias(self, B, T, start, key_padding, device, allowed=None):
         """ALiBi: a float mask [B, H, T, S] = -slope * (query index - key index), -inf where masked. ALiBi only sees
         distances, and within a row whose real tokens are contiguous (left padding included: padding is masked) index
         distance is position distance, so no key positions need to be kept with the cache (nor reordered with it)."""
         S = start + T
         distance = (torch.arange(start, S, device=device)[:, None] - torch.arange(S, device=device)[None, :]).float()
         bias = -self.alibi_slopes[None, :, None, None] * distance  # [1, H, T, S]
-        allowed = self._attention_mask(B, T, start, key_padding, device, always=True)
+        if allowed is None:
+            allowed = self._attention_mask(B, T, start, key_padding, device, always=True)
         return bias.masked_fill(~allowed, float("-inf"))
 
 

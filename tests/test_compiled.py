@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from codelm.compiled import compile_decoding, row_bucket, token_bucket, uncompiled
+from codelm.compiled import capacity_bucket, compile_decoding, row_bucket, token_bucket, uncompiled
 from codelm.fast_paths import apply_fast_paths
 from codelm.generate import SamplingParams, decode_batch
 from codelm.model import ModelConfig, Transformer
@@ -21,6 +21,7 @@ def micro(**kw) -> Transformer:
 
 
 def test_buckets():
+    assert [capacity_bucket(n) for n in (1, 128, 129, 600)] == [128, 128, 256, 1024]
     assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 9, 64, 65)] == [1, 2, 4, 8, 8, 16, 64, 128]
     assert [token_bucket(t) for t in (1, 2, 5, 8, 9, 16, 17, 100)] == [1, 8, 8, 8, 16, 16, 32, 128]
 
@@ -56,7 +57,7 @@ def test_the_static_cache_is_bucketed_and_keeps_the_cache_api():
     the length bookkeeping behave as on the eager model (eager passes: nothing is compiled here)."""
     model = compile_decoding(micro())
     model.setup_cache(3, 20)
-    assert (model.layers[0].attn.cache.k.shape[0], model.cache_capacity) == (4, 64)
+    assert (model.layers[0].attn.cache.k.shape[0], model.cache_capacity) == (4, 128)
     model.select_cache_rows(torch.tensor([0, 2]))
     assert model.layers[0].attn.cache.k.shape[0] == 2
     assert uncompiled(model).__class__ is Transformer and not model.has_cache
