@@ -527,13 +527,9 @@ def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
         cache.clear()
     values = list(map(cache.get, tokens))  # C speed; only new tokens are hashed below
     if None in values:
-        for i, v in enumerate(values):
-            if v is None:
-                t = tokens[i]
-                v = cache.get(t)
-                if v is None:
-                    v = cache[t] = hash_func(t.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
-                values[i] = v
+        for t in set(tokens).difference(cache):
+            cache[t] = hash_func(t.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
+        values = list(map(cache.get, tokens))
     h = np.array(values, dtype=np.uint64)
     if len(h) < n:
         h = np.pad(h, (0, n - len(h)))
