@@ -10,6 +10,7 @@ EOS = "<|endoftext|>"
 BOS = "<s>"
 FAMILY_SENTINELS = {
     "starcoder": ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<file_sep>"],
+    "santacoder": ["<fim-prefix>", "<fim-middle>", "<fim-suffix>"],
     "codellama": ["<PRE>", "<SUF>", "<MID>", "<EOT>"],
     "deepseek-coder": ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>"],
     "qwen2.5-coder": ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>"],
