@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from hf_tiny import make_model, make_tokenizer  # noqa: E402
+from hf_tiny import save_model_dir  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "published" / "reproduce.py"
 
@@ -44,12 +44,7 @@ def test_the_protocols_are_the_papers():
 
 
 def test_a_tiny_phi_runs_its_rows_and_the_table_prints_both_numbers(tmp_path, capsys):
-    tok = make_tokenizer(None)
-    model = make_model("phi", len(tok.get_vocab()))
-    for cfg in (model.config, model.generation_config):
-        cfg.bos_token_id, cfg.eos_token_id = None, tok.eos_token_id
-    model.save_pretrained(tmp_path / "phi")
-    tok.save_pretrained(tmp_path / "phi")
+    save_model_dir(tmp_path / "phi", "phi")
     code = load_script().main(["--model", f"phi-1={tmp_path / 'phi'}", "--limit", "1", "--max-new-tokens", "4",
                                "--out", str(tmp_path / "out")])
     assert code == 0
@@ -71,12 +66,7 @@ def test_a_model_name_the_table_does_not_know_is_refused(capsys):
 def test_a_tiny_santacoder_runs_its_rows_infilling_with_its_own_template(tmp_path, capsys):
     """A tiny GPT-BigCode model with SantaCoder's hyphenated FIM tokens: the infilling row runs (its family's template,
     not a refusal) and the sampled rows share one run at T=0.8."""
-    tok = make_tokenizer("santacoder")
-    model = make_model("gpt_bigcode", len(tok.get_vocab()))
-    for cfg in (model.config, model.generation_config):
-        cfg.bos_token_id, cfg.eos_token_id = None, tok.eos_token_id
-    model.save_pretrained(tmp_path / "santa")
-    tok.save_pretrained(tmp_path / "santa")
+    save_model_dir(tmp_path / "santa", "gpt_bigcode", "santacoder")
     code = load_script().main(["--model", f"santacoder={tmp_path / 'santa'}", "--limit", "1", "--max-new-tokens", "4",
                                "--n", "10", "--out", str(tmp_path / "out")])
     assert code == 0
