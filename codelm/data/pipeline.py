@@ -136,16 +136,21 @@ class ReadSources(PipelineStep):
         self.cfg, self.work = cfg, work
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from codelm.data.progress import TaskProgress
         from codelm.data.sources import task_documents
         rejects: list = []
         counter = StageCounter("read")
+        share: dict = {}
+        progress = TaskProgress(self.work / "progress" / "filter", rank)
         t0 = time.perf_counter()
-        for order, doc in task_documents(self.cfg, rank, world_size, rejects):
+        for order, doc in task_documents(self.cfg, rank, world_size, rejects, share):
             size = len(doc.text.encode("utf-8"))
             counter.count(order, doc.id, size, None)
+            progress.update(size, share.get("bytes"))
             yield Document(text=doc.text, id=doc.id, metadata={"order": order, "n_bytes": size,
                                                                "source": doc.source})
         counter.seconds = time.perf_counter() - t0
+        progress.finish()
         _atomic_json(self.work / "stats" / "read" / f"{rank:05d}.json",
                      {"read": counter.to_json(), "rejects": rejects})
 
@@ -161,10 +166,8 @@ class CodeStage(PipelineStep):
         self.doc_seconds, self.progress_seconds = doc_seconds, progress_seconds
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from codelm.data.progress import Progress
         stage = self.make_stage()
         counter = StageCounter(stage.name)
-        progress = Progress(f"{stage.name} [task {rank}]", 0, 0, self.progress_seconds)
         dropped = []
         for doc in data:
             t0 = time.perf_counter()
@@ -180,7 +183,6 @@ class CodeStage(PipelineStep):
             counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
             if reason and getattr(stage, "dropped", None) and stage.dropped[-1]["id"] == doc.id:
                 dropped.append((doc.metadata["order"], stage.dropped[-1]))
-            progress.update(doc.metadata["n_bytes"])
             if reason is None:
                 yield doc
         extra = {}
@@ -412,10 +414,14 @@ class ReadCandidates(PipelineStep):
         self.work = work
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from codelm.data.progress import TaskProgress
         drop_file = self.work / "cluster" / f"{rank:05d}.drop.npy"
         drop = set(np.load(drop_file).tolist()) if drop_file.is_file() else set()
-        with open(self.work / "candidates" / f"{rank:05d}.jsonl", encoding="utf-8") as f:
+        path = self.work / "candidates" / f"{rank:05d}.jsonl"
+        progress = TaskProgress(self.work / "progress" / "shards", rank, path.stat().st_size)
+        with open(path, encoding="utf-8") as f:
             for idx, line in enumerate(f):
+                progress.update(len(line))
                 if idx in drop:
                     continue
                 row = json.loads(line)
@@ -425,6 +431,7 @@ class ReadCandidates(PipelineStep):
                     if row.get(key) is not None:
                         meta[key] = row[key]
                 yield Document(text=row["text"], id=row["id"], metadata=meta)
+        progress.finish()
 
 class TokenizeSplit(PipelineStep):
     """Validation split by content hash, tokenization, one token file per split for this task (streamed to
@@ -670,17 +677,18 @@ def _quiet_datatrove() -> None:
     logger.remove()  # this process: the executors' summaries are INFO/SUCCESS lines
     logger.add(sys.stderr, level="WARNING")
 
+    sinks: dict = {}  # task log file -> its loguru sink; the stderr sink stays (each `add` costs a few ms)
+
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
-        logger.remove()
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(logfile, level="DEBUG")
-        logger.add(sys.stderr, level="WARNING")
+        sinks[id(logfile)] = logger.add(logfile, level="DEBUG")
         return logfile
 
     def close_task_logger(logfile):
         logger.complete()
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING")
+        sink = sinks.pop(id(logfile), None)
+        if sink is not None:
+            logger.remove(sink)
         logfile.close()
     add_task_logger._codelm = True
     base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
@@ -819,17 +827,21 @@ def command_line(cfg) -> list[str]:
 
 
 def execute(cfg, name: str, steps: list, tasks: int, work: Path) -> None:
+    """One datatrove run of `tasks` tasks; meanwhile, progress lines over all its tasks (the heavy runs only)."""
+    from codelm.data.progress import RunProgress
     logging_dir = str(work / "logs" / name)
-    if cfg.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-        workers = max(1, min(cfg.workers or os.cpu_count() or 1, tasks))
-        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir,
-                              start_method="fork").run()
-    elif cfg.executor == "ray":
-        from codelm.data.executors import run_ray
-        run_ray(cfg, steps, tasks, logging_dir)
-    else:
-        raise DataError(f"executor {cfg.executor!r}: expected local, slurm or ray")
+    every = cfg.progress_seconds if name in ("filter", "shards") else 0
+    with RunProgress(name, work / "progress" / name, tasks, every):
+        if cfg.executor == "local":
+            from datatrove.executor import LocalPipelineExecutor
+            workers = max(1, min(cfg.workers or os.cpu_count() or 1, tasks))
+            LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir,
+                                  start_method="fork").run()
+        elif cfg.executor == "ray":
+            from codelm.data.executors import run_ray
+            run_ray(cfg, steps, tasks, logging_dir)
+        else:
+            raise DataError(f"executor {cfg.executor!r}: expected local, slurm or ray")
     missing = [r for r in range(tasks) if not (Path(logging_dir) / "completions" / f"{r:05d}").is_file()]
     if missing:
         raise DataError(f"{name}: task(s) {', '.join(map(str, missing[:10]))} did not finish (logs in "

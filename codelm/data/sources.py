@@ -210,11 +210,15 @@ def _reject(rejects: list | None, where: str, why: str) -> None:
 ORDER_SHIFT = 1 << 44  # a document's order: source number * 2^44 + its position in that source
 
 
-def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> Iterator[tuple[int, Document]]:
+def task_documents(cfg, rank: int, world: int, rejects: list | None = None,
+                   share: dict | None = None) -> Iterator[tuple[int, Document]]:
     """(order, document) for task `rank` of `world`: files of a directory source dealt by size (see
     deal_files), a JSONL file split into byte ranges at line starts, a Parquet file by row groups; a gzipped JSONL
     file and a hub stream cannot be split and are read by task 0. The order is the document's position in the
-    sources, the same whatever the number of tasks (the pipeline's tie-breaker, see pipeline.py)."""
+    sources, the same whatever the number of tasks (the pipeline's tie-breaker, see pipeline.py). `share`, when
+    given, gets "bytes": the size of this task's files, or None where a source's size is not known up front."""
+    share = {} if share is None else share
+    share["bytes"] = 0
     extensions = tuple(e.strip() for e in cfg.extensions.split(",") if e.strip())
     names = [s.strip() for s in cfg.source.split(",") if s.strip()]
     if not names:
@@ -225,14 +229,19 @@ def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> I
         if name in ("stdlib", "site-packages") or path.is_dir():
             files = list(_source_files(name, extensions))
             owner = deal_files([f[1] for f in files], world, max(1, cfg.max_bytes))
-            for i in np.flatnonzero(owner == rank).tolist():
+            mine = np.flatnonzero(owner == rank).tolist()
+            if share["bytes"] is not None:
+                share["bytes"] += sum(_size(files[i][1]) for i in mine)
+            for i in mine:
                 root, file, prefix, label = files[i]
                 text, why = read_text_file(file)
                 if text is None:
                     _reject(rejects, str(file), why)
                     continue
                 yield base + i, Document(id=prefix + str(file.relative_to(root)), text=text, source=label)
-        elif path.is_file() and path.name.endswith((".jsonl", ".json", ".ndjson")):
+            continue
+        share["bytes"] = None  # JSONL/Parquet/hub: documents' sizes are not known before reading them
+        if path.is_file() and path.name.endswith((".jsonl", ".json", ".ndjson")):
             yield from ((base + o, d) for o, d in jsonl_range(path, cfg.text_field, rank, world, rejects))
         elif path.is_file() and path.suffix == ".parquet":
             yield from ((base + o, d) for o, d in parquet_row_groups(path, cfg.text_field, rank, world, rejects,
@@ -247,6 +256,13 @@ def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> I
 FILE_COST_BYTES = 4096  # what a file costs beyond its bytes (opening, per-document work), in bytes' worth
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def deal_files(files: list[Path], world: int, cap: int = MAX_FILE_BYTES) -> np.ndarray:
     """The task of each file: in sorted order, each file goes to the task with the fewest bytes so far (ties: the
     lowest rank), so tasks get equal bytes give or take one file (dealing by count can leave one task with most
@@ -258,10 +274,7 @@ def deal_files(files: list[Path], world: int, cap: int = MAX_FILE_BYTES) -> np.n
         return owner
     load = [(0, r) for r in range(world)]  # a heap of (bytes so far, rank)
     for i, f in enumerate(files):
-        try:
-            size = min(f.stat().st_size, cap)
-        except OSError:
-            size = 0
+        size = min(_size(f), cap)
         cost, r = heapq.heappop(load)
         owner[i] = r
         heapq.heappush(load, (cost + size + FILE_COST_BYTES, r))

@@ -294,3 +294,23 @@ def test_near_dedup_keeps_what_an_earlier_kept_document_does_not_cover(tmp_path,
         drop = {r: {} for r in range(len(keys))}
         near_duplicates(work, keys, drop, 0.8)
         assert {n for n, (r, i) in where.items() if i in drop[r]} == {"B"}
+
+
+def test_progress_lines_add_up_every_task(tmp_path, caplog):
+    """The line this process prints while tasks run elsewhere: documents and MB of all tasks, rates, and an ETA
+    from the tasks' shares (a task not started yet counted as large as the others); none for unknown sizes."""
+    import logging
+
+    from codelm.data.progress import RunProgress, TaskProgress
+    folder = tmp_path / "progress"
+    a, b = TaskProgress(folder, 0, every_s=0), TaskProgress(folder, 1, every_s=0)
+    with caplog.at_level(logging.INFO, logger="codelm.data"), RunProgress("filter", folder, 3, every_s=0.01):
+        for _ in range(3):
+            a.update(1_000_000, 4_000_000)
+        b.update(2_000_000, 4_000_000)
+        time.sleep(0.3)
+    line = caplog.messages[-1]
+    assert line.startswith("filter: 4 docs, 5.0 MB,") and "docs/s" in line and "MB/s" in line
+    assert "0/3 tasks done, 42% of 12.0 MB, ETA" in line
+    TaskProgress(folder, 2, every_s=0).update(1, None)  # a JSONL share: its size is not known up front
+    assert "ETA" not in RunProgress("filter", folder, 3, every_s=0).line()
