@@ -124,8 +124,9 @@ class _CompiledSteps:
         self.fns = {}
 
     def run(self, ids, positions, slots, keys, return_hidden: bool) -> torch.Tensor:
+        # the cache's capacity is a module buffer's shape, which the skipped module guards would not check
         weight = self.model.embed.weight
-        key = (weight.dtype, weight.device)
+        key = (weight.dtype, weight.device, self.model.cache_capacity)
         fn = self.fns.get(key)
         if fn is None:
             fn = self.fns[key] = self._compile()
@@ -136,7 +137,8 @@ class _CompiledSteps:
         """A private copy of forward_static's code for this model and dtype, compiled. Dynamo keeps its graphs per
         code object, so no other model's graphs can serve this one; that is what makes it safe to skip dynamo's
         guards on the modules' attributes (checking ~100 parameters cost ~0.3 ms per step, a tenth of a tiny
-        model's step): what the graphs depend on (shapes of the passes, the cache's) is in the guarded inputs."""
+        model's step): what the graphs depend on is in the guarded inputs (the pass's rows, which are the cache's,
+        and tokens) or in the key of `fns` (dtype, device, cache capacity)."""
         code = Transformer.forward_static.__code__
         fn = types.FunctionType(code.replace(), Transformer.forward_static.__globals__, "forward_static",
                                 Transformer.forward_static.__defaults__)
