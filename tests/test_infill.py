@@ -521,7 +521,8 @@ def test_a_sampled_middle_depends_only_on_its_seed(chaotic):
         assert [c.token_ids for c in batch[i]] == [c.token_ids for c in alone.samples]
     # reversed, each sample its own problem, among other problems
     flat = [(p, s, seed) for p, s, pair in zip(prefixes, suffixes, seeds) for seed in pair][::-1]
-    mixed = mim_infill_batch(model, tok, [PROBLEMS[5][0]] + [f[0] for f in flat], [PROBLEMS[5][1]] + [f[1] for f in flat],
+    extra_prefix, extra_suffix = PROBLEMS[5]
+    mixed = mim_infill_batch(model, tok, [extra_prefix] + [f[0] for f in flat], [extra_suffix] + [f[1] for f in flat],
                              params, [7] + [f[2] for f in flat])[1:][::-1]
     assert [r.token_ids for r in mixed] == [c.token_ids for row in batch for c in row]
     other = mim_infill_batch(model, tok, prefixes, suffixes, params, [s[0] + 1000 for s in seeds])
