@@ -6,6 +6,7 @@ same run (the machine may be shared: ratios, not absolute numbers, are what carr
     python benchmarks/bench_train.py --check-bf16 300     # bf16 vs 3 fp32 seeds: is bf16-by-default safe?
     python benchmarks/bench_train.py --mim --models tiny,small  # a MIM step against an l2r step: time and memory
     python benchmarks/bench_train.py --peers --models nanogpt   # codelm against litgpt (`make bench-env` first)
+    python benchmarks/bench_train.py --attention-mask --models tiny  # document-aware packing's cost (bf16)
 
 The configurations compared in one table train in turn, one step each, round after round (A, B, C, then B, C, A,
 ...), and each keeps its best step: a neighbour's burst of work on a shared machine then slows every variant alike
@@ -70,6 +71,13 @@ MIM = {
     "mim beta 0": {"objective": "mim", "mim_beta": 0.0},
     "mim beta 0.1 (fused loss, default)": {"objective": "mim", "mim_beta": 0.1},
     "mim beta 0.1, direct formula (before)": {"objective": "mim", "mim_beta": 0.1, "mim_direct": True},
+}
+# --attention-mask: document-aware packing (block-causal mask, per-document positions) against the plain causal mask
+DOCUMENT_MASK = {
+    "l2r, causal mask": {"objective": "l2r"},
+    "l2r, document mask": {"objective": "l2r", "attention_mask": "document"},
+    "mim, causal mask": {"objective": "mim"},
+    "mim, document mask": {"objective": "mim", "attention_mask": "document"},
 }
 OPTIONS = {  # the default, then the default with one trainer choice changed
     "default (fused AdamW)": {},
@@ -263,6 +271,8 @@ def main():
                                                       "resident memory (one process per variant, alternating)")
     p.add_argument("--peers", action="store_true", help="bf16: codelm against litgpt's model at the same shape "
                                                         "(ratio over litgpt at its best)")
+    p.add_argument("--attention-mask", action="store_true", help="bf16: document-aware packing against the causal "
+                                                                 "mask, l2r and mim (ratio over causal l2r)")
     p.add_argument("--peer-python", default=".venv-bench/bin/python", help="the interpreter that has litgpt")
     p.add_argument("--batch", type=int, default=0, help="batch size (windows) for --mim (default: 16 tiny, 4 small)")
     p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="run the bf16-vs-fp32 check")
@@ -290,6 +300,10 @@ def main():
             batch = args.batch or {"tiny": 16}.get(name, MODELS[name][2])
             variants = {k: dict(v, batch_size=batch) for k, v in MIM.items()}
             rows += with_ratios(race_processes(name, variants, args.steps), False)
+            continue
+        if args.attention_mask:  # ratio: over causal l2r
+            rows += with_ratios(race(name, {k: ("bf16", o) for k, o in DOCUMENT_MASK.items()}, root, args.steps),
+                                False)
             continue
         if args.ablate:  # ratio: over the row above (ladders), over the default (options)
             # the options first: a process that has compiled (the ladder's last row) runs eager steps less evenly

@@ -27,6 +27,12 @@ mim  meet-in-the-middle (Nguyen et al. 2023, arXiv 2303.07295, section 3): one n
 sft  completion-only fine-tuning on exercise JSONL (`prompt`, `completion` per line): x = [<l2r>, prompt, completion],
      loss only on the completion and the end-of-text after it.
 
+Document-aware packing (`--attention-mask document`, codelm/packing.py): l2r, fim and both mim directions lay
+each window out as one block per document, every block opening with its own direction marker, attention
+block-causal and positions restarting per block; the batch carries the positions and block numbers
+(`Batch.model_inputs` turns them into the model's inputs) and, for mim, which backward prediction pairs with
+which forward one. sft rows already hold one example each: the option changes nothing there.
+
 Mixtures (`--objective mim:0.5,fim:0.5`) are over windows: the trainer draws one objective per micro-batch with the
 mixture's weights (`train.choose_objective`). Mixing inside a micro-batch would lower gradient variance a little, but
 each objective's batch has its own shape (MIM doubles the rows, SFT has its own lengths); drawing per micro-batch keeps
@@ -45,7 +51,9 @@ import torch
 import torch.nn.functional as F
 
 from codelm.errors import ConfigError, DataError
+from codelm.packing import ATTENTION_MASKS, block_causal_mask, fitting_prefix, mim_pairs, pack_row
 from codelm.prompts import fim_layout
+from codelm.terms import CAUSAL, DOCUMENT
 
 IGNORE = -100  # target id excluded from the loss (padding, prompts in completion-only fine-tuning)
 
@@ -64,6 +72,25 @@ class Batch:
     @property
     def n_tokens(self) -> int:
         return int((self.y != IGNORE).sum())
+
+    def model_inputs(self) -> dict:
+        """The model's keyword inputs besides x: a document-packed batch's positions and block-causal mask."""
+        if "blocks" not in self.extra:
+            return {}
+        return {"positions": self.extra["positions"], "attn_mask": block_causal_mask(self.extra["blocks"])}
+
+
+def check_attention_mask(mode: str) -> str:
+    if mode not in ATTENTION_MASKS:
+        raise ConfigError(f"--attention-mask must be one of {', '.join(ATTENTION_MASKS)}, got {mode!r}")
+    return mode
+
+
+def document_batch(rows: list[np.ndarray], tokenizer, marker: int, length: int, name: str) -> Batch:
+    """Rows of tokens (raw or FIM-transformed windows) in the document layout, cut to `length` (codelm/packing.py)."""
+    packed = [pack_row(r, tokenizer.eot_id, marker, tokenizer.pad_id, length, IGNORE) for r in rows]
+    x, y, positions, blocks = (torch.from_numpy(np.stack([p[i] for p in packed]).astype(np.int64)) for i in range(4))
+    return Batch(x, y, name, {"positions": positions, "blocks": blocks})
 
 
 def next_token_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -85,22 +112,25 @@ class NextTokenObjective:
     name = ""
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x), batch.y)
+        loss = next_token_loss(model(batch.x, **batch.model_inputs()), batch.y)
         return loss, {f"loss_{self.name}": loss.detach()}
 
     def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
         """Summed nats and token counts per reported stream, for exact averaging over many batches."""
-        nats = next_token_loss(model(batch.x), batch.y, reduction="sum")
+        nats = next_token_loss(model(batch.x, **batch.model_inputs()), batch.y, reduction="sum")
         return {self.name: (float(nats), batch.n_tokens)}
 
 
 class LeftToRight(NextTokenObjective):
     name = "l2r"
 
-    def __init__(self, tokenizer, **_):
-        self.marker = tokenizer.l2r_id
+    def __init__(self, tokenizer, attention_mask: str = CAUSAL, **_):
+        self.tokenizer, self.marker = tokenizer, tokenizer.l2r_id
+        self.attention_mask = check_attention_mask(attention_mask)
 
     def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
+        if self.attention_mask == DOCUMENT:
+            return document_batch(list(windows), self.tokenizer, self.marker, windows.shape[1], self.name)
         w = torch.from_numpy(windows.astype(np.int64))
         return Batch(with_marker(self.marker, w), w, self.name)
 
@@ -160,7 +190,8 @@ class FillInTheMiddle(NextTokenObjective):
 
     name = "fim"
 
-    def __init__(self, tokenizer, fim_rate: float = 0.5, fim_spm_rate: float = 0.5, fim_split: str = "char", **_):
+    def __init__(self, tokenizer, fim_rate: float = 0.5, fim_spm_rate: float = 0.5, fim_split: str = "char",
+                 attention_mask: str = CAUSAL, **_):
         if not 0.0 <= fim_rate <= 1.0:
             raise ConfigError(f"--fim-rate must be in [0, 1], got {fim_rate}")
         if fim_split not in FIM_SPLITS:
@@ -169,6 +200,7 @@ class FillInTheMiddle(NextTokenObjective):
         self.rate, self.spm_rate = fim_rate, fim_spm_rate
         self.split = FIM_SPLITS[fim_split]
         self.marker, self.eot, self.pad = tokenizer.l2r_id, tokenizer.eot_id, tokenizer.pad_id
+        self.attention_mask = check_attention_mask(attention_mask)
 
     def _text(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="surrogateescape")
@@ -196,6 +228,9 @@ class FillInTheMiddle(NextTokenObjective):
     def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
         rng = rng if rng is not None else np.random.default_rng()
         B, T = windows.shape
+        if self.attention_mask == DOCUMENT:  # each transformed document its own block: [<l2r> <eot> <PRE> ...]
+            rows = [np.asarray(self.transform_window(w, rng), dtype=np.int64) for w in windows]
+            return document_batch(rows, self.tokenizer, self.marker, T, self.name)
         y = torch.full((B, T), IGNORE, dtype=torch.long)
         x = torch.full((B, T), self.pad, dtype=torch.long)
         for b in range(B):
@@ -258,20 +293,24 @@ class _MimLoss(torch.autograd.Function):
     logits, outlives the chunk; backward scales it by the incoming gradient (in place: no second backward)."""
 
     @staticmethod
-    def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool):
+    def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs):
         # in float32 whatever the caller's autocast: under bf16 autocast the row dot products would each cast two
         # [rows x vocab] operands and run as tiny bf16 matrix products (measured slower than the unfused loss)
         with torch.autocast(logits.device.type, enabled=False):
-            return _MimLoss._forward(ctx, logits, y, n_forward, beta, stop_grad)
+            return _MimLoss._forward(ctx, logits, y, n_forward, beta, stop_grad, pairs)
 
     @staticmethod
-    def _forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool):
+    def _forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs):
         T, V = logits.shape[1:]
         flat = logits.reshape(-1, V)
         n_fwd_rows = n_forward * T
-        # forward row b*T + i and the backward row that predicts the same token: (n_forward + b)*T + T-1-i
-        i = torch.arange(n_fwd_rows, device=logits.device)
-        bwd_rows = (n_forward + i // T) * T + (T - 1 - i % T)
+        # forward row b*T + i and the backward row that predicts the same token: (n_forward + b)*T + T-1-i, or as
+        # the document layout paired them
+        if pairs is None:
+            i = torch.arange(n_fwd_rows, device=logits.device)
+            bwd_rows = (n_forward + i // T) * T + (T - 1 - i % T)
+        else:
+            bwd_rows = pairs
         y_fwd, y_bwd = y[:n_forward].reshape(-1), y.reshape(-1)[bwd_rows]
         n_f = max(int((y_fwd != IGNORE).sum()), 1)
         n_b = max(int((y_bwd != IGNORE).sum()), 1)
@@ -314,14 +353,17 @@ class _MimLoss(torch.autograd.Function):
             raise RuntimeError("the fused MIM loss scales its stored gradient in place: one backward per forward")
         ctx.done = True
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss).to(ctx.logits_dtype).view(ctx.logits_shape), None, None, None, None
+        return grad.mul_(grad_loss).to(ctx.logits_dtype).view(ctx.logits_shape), None, None, None, None, None
 
 
-def mim_loss(logits: torch.Tensor, y: torch.Tensor, n_forward: int, beta: float = 0.1, stop_grad: bool = False):
+def mim_loss(logits: torch.Tensor, y: torch.Tensor, n_forward: int, beta: float = 0.1, stop_grad: bool = False,
+             pairs: torch.Tensor | None = None):
     """(loss, [nll_fwd, nll_bwd, tv]) for a MIM batch: logits [2B, T, V] of the forward rows then the backward rows
     (as `MeetInTheMiddle.make_batch` lays them out), targets y [2B, T]. TV averages over positions whose forward
-    target is not IGNORE. `stop_grad` keeps the TV gradient out of the backward rows."""
-    loss, metrics = _MimLoss.apply(logits, y, n_forward, float(beta), bool(stop_grad))
+    target is not IGNORE. `stop_grad` keeps the TV gradient out of the backward rows. `pairs` [B*T]: for each
+    forward row position (flattened), the flattened index of the backward position predicting the same token (a
+    permutation of the backward positions; default: the time-reversed one, T-1-i)."""
+    loss, metrics = _MimLoss.apply(logits, y, n_forward, float(beta), bool(stop_grad), pairs)
     return loss, metrics
 
 
@@ -334,38 +376,60 @@ class MeetInTheMiddle:
 
     name = "mim"
 
-    def __init__(self, tokenizer, mim_beta: float = 0.1, mim_stop_grad: bool = False, **_):
+    def __init__(self, tokenizer, mim_beta: float = 0.1, mim_stop_grad: bool = False, attention_mask: str = CAUSAL,
+                 **_):
         if mim_beta < 0:
             raise ConfigError(f"--mim-beta must be >= 0, got {mim_beta}")
-        self.l2r, self.r2l = tokenizer.l2r_id, tokenizer.r2l_id
+        self.tokenizer, self.l2r, self.r2l = tokenizer, tokenizer.l2r_id, tokenizer.r2l_id
         self.beta, self.stop_grad = mim_beta, mim_stop_grad
+        self.attention_mask = check_attention_mask(attention_mask)
 
     def make_batch(self, windows: np.ndarray, rng: np.random.Generator | None = None, split: str = "train") -> Batch:
+        if self.attention_mask == DOCUMENT:
+            return self.document_batch(windows)
         w = torch.from_numpy(windows.astype(np.int64))
         r = w.flip(1)
         x = torch.cat([with_marker(self.l2r, w), with_marker(self.r2l, r)])
         y = torch.cat([w, r])
         return Batch(x, y, self.name, {"n_forward": w.shape[0]})
 
+    def document_batch(self, windows: np.ndarray) -> Batch:
+        """Both directions in the document layout of the longest prefix of each window that fits (codelm/packing.py),
+        so that they predict the same tokens, with each forward prediction's backward partner in `pairs`."""
+        B, T = windows.shape
+        tok = self.tokenizer
+        kept = [w[:fitting_prefix(w, tok.eot_id, T)] for w in windows]
+        fwd = [pack_row(w, tok.eot_id, self.l2r, tok.pad_id, T, IGNORE) for w in kept]
+        bwd = [pack_row(w[::-1], tok.eot_id, self.r2l, tok.pad_id, T, IGNORE) for w in kept]
+        x, y, positions, blocks = (torch.from_numpy(np.stack([r[i] for r in fwd + bwd]).astype(np.int64))
+                                   for i in range(4))
+        pairs = np.concatenate([(B + b) * T + mim_pairs(f[4], r[4], len(w))
+                                for b, (f, r, w) in enumerate(zip(fwd, bwd, kept))])
+        return Batch(x, y, self.name, {"n_forward": B, "positions": positions, "blocks": blocks,
+                                       "pairs": torch.from_numpy(pairs)})
+
     def directions(self, model, batch: Batch):
-        """(forward logits, backward logits flipped so index i predicts w_i in both, fwd targets, bwd targets)."""
+        """(forward logits, backward logits flipped so index i predicts w_i in both, fwd targets, bwd targets).
+        The flip aligns the directions of a causal-mask batch only (a document-packed one pairs by `pairs`)."""
         n = batch.extra["n_forward"]
-        logits = model(batch.x)
+        logits = model(batch.x, **batch.model_inputs())
         return logits[:n], logits[n:].flip(1), batch.y[:n], batch.y[n:]
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss, (nll_fwd, nll_bwd, tv) = mim_loss(model(batch.x), batch.y, batch.extra["n_forward"], self.beta,
-                                                 self.stop_grad)
+        loss, (nll_fwd, nll_bwd, tv) = mim_loss(model(batch.x, **batch.model_inputs()), batch.y,
+                                                 batch.extra["n_forward"], self.beta, self.stop_grad,
+                                                 batch.extra.get("pairs"))
         metrics = {"loss_mim_fwd": nll_fwd, "loss_mim_bwd": nll_bwd}
         if self.beta > 0:
             metrics["mim_tv"] = tv
         return loss, metrics
 
     def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
-        fwd, bwd_aligned, y_fwd, y_bwd = self.directions(model, batch)
-        n = int((y_fwd != IGNORE).sum())
-        return {"mim_fwd": (float(next_token_loss(fwd, y_fwd, reduction="sum")), n),
-                "mim_bwd": (float(next_token_loss(bwd_aligned, y_bwd.flip(1), reduction="sum")), n)}
+        n = batch.extra["n_forward"]
+        logits = model(batch.x, **batch.model_inputs())
+        y_fwd, y_bwd = batch.y[:n], batch.y[n:]
+        return {"mim_fwd": (float(next_token_loss(logits[:n], y_fwd, reduction="sum")), int((y_fwd != IGNORE).sum())),
+                "mim_bwd": (float(next_token_loss(logits[n:], y_bwd, reduction="sum")), int((y_bwd != IGNORE).sum()))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -480,6 +544,6 @@ def parse_mixture(spec: str) -> dict[str, float]:
 
 
 def build_objectives(spec: str, tokenizer, **options) -> dict[str, object]:
-    """One instance per objective in the mixture; options (fim_rate, mim_beta, mim_stop_grad, sft_data) go to
-    whichever objective uses them."""
+    """One instance per objective in the mixture; options (fim_rate, mim_beta, mim_stop_grad, sft_data,
+    attention_mask) go to whichever objective uses them."""
     return {name: OBJECTIVES[name](tokenizer, **options) for name in parse_mixture(spec)}

@@ -24,3 +24,8 @@ def can(mode: str) -> str:
 
 
 FIM_FORMATS_KEY = "fim_formats"  # the FIM layouts (codelm.prompts.FIM_FORMATS) a checkpoint was trained on
+
+# Attention masks a checkpoint was trained with (codelm/packing.py): causal over the whole packed window, or
+# block-causal per document with positions restarting at each (`--attention-mask document`)
+ATTENTION_MASK_KEY = "attention_mask"
+CAUSAL, DOCUMENT = "causal", "document"

@@ -47,7 +47,8 @@ from codelm.model import (ModelConfig, Transformer, count_parameters, flops_per_
 from codelm.objectives import LeftToRight, build_objectives, parse_mixture
 from codelm.schedules import (RECIPES, context_at, fit_batch, lr_multiplier, parse_context_schedule,
                               parse_schedule, switch_step)
-from codelm.terms import FIM, FIM_FORMATS_KEY, MIM, can
+from codelm.packing import ATTENTION_MASKS
+from codelm.terms import ATTENTION_MASK_KEY, CAUSAL, FIM, FIM_FORMATS_KEY, MIM, can
 
 log = logging.getLogger("codelm.train")
 
@@ -67,6 +68,10 @@ class TrainConfig:
     mim_beta: float = option(0.1, "MIM: weight of the agreement (total variation) term")
     mim_stop_grad: bool = option(False, "MIM: stop the agreement term's gradient into the backward direction")
     sft_data: str = option("", "objective sft: JSONL of prompt/completion pairs (loss on the completion only)")
+    attention_mask: str = option(CAUSAL, "causal: attention across the whole packed window; document: no token "
+                                         "attends across an end-of-text, positions restart per document, each "
+                                         "document opens with its own direction marker (codelm/packing.py)",
+                                 choices=ATTENTION_MASKS)
     steps: int = option(1000, "optimizer steps")
     batch_size: int = option(16, "windows per micro-batch (per process)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
@@ -360,7 +365,8 @@ class Trainer:
         self.wrapped = distributed.wrap_model(self.model, self.dist.mode, self.device)
         self.objectives = build_objectives(cfg.objective, self.tokenizer, fim_rate=cfg.fim_rate,
                                            fim_split=cfg.fim_split, mim_beta=cfg.mim_beta,
-                                           mim_stop_grad=cfg.mim_stop_grad, sft_data=cfg.sft_data)
+                                           mim_stop_grad=cfg.mim_stop_grad, sft_data=cfg.sft_data,
+                                           attention_mask=cfg.attention_mask)
         self.optimizer = configure_optimizer(self.model, cfg)
         # fp16 needs loss scaling (its 5-bit exponent underflows small gradients); bf16 has fp32's range
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
@@ -440,7 +446,8 @@ class Trainer:
                      "data_decontaminated": bool(self.shards.index.get("manifest", {}).get("decontaminated", False)),
                      "seed": self.cfg.seed, "fim_rate": self.cfg.fim_rate if FIM in self.weights else None,
                      "fim_split": self.cfg.fim_split if FIM in self.weights else None,
-                     "mim_beta": self.cfg.mim_beta if MIM in self.weights else None})
+                     "mim_beta": self.cfg.mim_beta if MIM in self.weights else None,
+                     ATTENTION_MASK_KEY: self.cfg.attention_mask})
         if self.switch_shards is not None:
             caps["data_switch_manifest_hash"] = self.switch_shards.manifest_hash
         for key, value in self.inherited_capabilities.items():
@@ -628,7 +635,8 @@ class Trainer:
         rng = np.random.default_rng([self.cfg.seed, 424242])  # fixed FIM splits etc. at every validation
         validators = dict(self.objectives)
         if "l2r" not in validators and "mim" not in validators:  # mim_fwd already is the l2r loss
-            validators["l2r"] = LeftToRight(self.tokenizer)  # so every run reports the plain left-to-right loss
+            # so every run reports the plain left-to-right loss (in the layout it trained on)
+            validators["l2r"] = LeftToRight(self.tokenizer, attention_mask=self.cfg.attention_mask)
         for i in range(0, n_windows, self.cfg.batch_size):
             windows = np.stack([np.asarray(tokens[s:s + T]) for s in starts[i:i + self.cfg.batch_size]])
             for name, objective in validators.items():

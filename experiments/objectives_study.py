@@ -11,6 +11,9 @@ is scored the same way: the plain left-to-right loss (stream `l2r`, `<|l2r|>` + 
 validation windows, in bits per byte. Two budgets:
 - equal tokens: every objective sees the same number of training windows (MIM does ~2x the FLOPs: both directions);
 - equal compute: training FLOPs matched to the l2r run (MIM gets 1/2 the steps, the mixture 1/1.5).
+Document-aware packing (`--attention-mask document`: no attention across end-of-text, positions restarting per
+document) gets rows of its own, l2r and mim at equal tokens (name suffix `_docmask`), scored the same way; their
+own streams are measured in the layout they trained on.
 
 Scale caveat: this is a ~1M-parameter model trained on well under a million tokens, on a shared 2-core machine; the
 papers' effects were measured at 10^8-10^10 parameters and 10^11 tokens. Treat the outcome as a smoke-scale
@@ -47,11 +50,22 @@ MODEL = dict(n_layer=4, n_head=4, d_model=128, context_length=128, tokenizer=TOK
 COST = {"l2r": 1.0, "fim": 1.0, "mim": 2.0, "mim:0.5,fim:0.5": 1.5}  # forward+backward passes per window
 
 
+DOCUMENT_MASK_OBJECTIVES = ("l2r", "mim")  # rows trained with --attention-mask document
+
+
 def runs(steps: int) -> list[dict]:
-    """Equal tokens: every objective at `steps`; equal compute: the costlier ones at steps / cost."""
+    """Equal tokens: every objective at `steps`; equal compute: the costlier ones at steps / cost; then the
+    document-mask rows at equal tokens."""
     out = [{"objective": o, "budget": "equal_tokens", "steps": steps} for o in COST]
     out += [{"objective": o, "budget": "equal_compute", "steps": round(steps / c)} for o, c in COST.items() if c > 1]
+    out += [{"objective": o, "budget": "equal_tokens", "steps": steps, "attention_mask": "document"}
+            for o in DOCUMENT_MASK_OBJECTIVES]
     return out
+
+
+def run_name(run: dict) -> str:
+    suffix = "_docmask" if run.get("attention_mask") == "document" else ""
+    return f"{run['objective'].replace(':', '').replace(',', '+')}_{run['budget']}{suffix}"
 
 
 def ensure_corpus(path: Path) -> Path:
@@ -73,14 +87,15 @@ def l2r_validation(trainer: Trainer, step: int) -> dict:
 
 
 def train_one(run: dict, data: Path, out: Path, args) -> dict:
-    name = f"{run['objective'].replace(':', '').replace(',', '+')}_{run['budget']}"
+    name = run_name(run)
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = TrainConfig(data=str(data), out=str(run_dir), preset="tiny", model=dict(MODEL), objective=run["objective"],
                       steps=run["steps"], batch_size=args.batch_size, context_length=MODEL["context_length"],
                       lr=args.lr, warmup_steps=max(1, run["steps"] // 10), eval_every=max(1, run["steps"] // 3),
                       eval_tokens=args.eval_tokens, save_every=0, keep_last=1, log_every=max(1, run["steps"] // 5),
-                      precision="fp32", seed=args.seed, threads=args.threads, device="cpu", mim_beta=args.mim_beta)
+                      precision="fp32", seed=args.seed, threads=args.threads, device="cpu", mim_beta=args.mim_beta,
+                      attention_mask=run.get("attention_mask", "causal"))
     trainer = Trainer(cfg, callbacks=[l2r_validation])
     t0 = time.perf_counter()
     summary = trainer.fit()
@@ -99,14 +114,16 @@ def train_one(run: dict, data: Path, out: Path, args) -> dict:
 
 
 def write_table(results: list[dict], path: Path) -> None:
-    base = {r["budget"]: r for r in results if r["objective"] == "l2r"}["equal_tokens"]["val"]["l2r_only_bpb"]
+    base = {r["budget"]: r for r in results if r["objective"] == "l2r" and not r.get("attention_mask")
+            }["equal_tokens"]["val"]["l2r_only_bpb"]
     lines = ["| objective | budget | steps | tokens | TFLOPs | l2r bits/byte | vs l2r | own streams, bits/byte |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         bpb = r["val"]["l2r_only_bpb"]
         own = ", ".join(f"{k[4:-4]} {v:.3f}" for k, v in r["val"].items()
                         if k.startswith("val_") and k.endswith("_bpb"))
-        lines.append(f"| {r['objective']} | {r['budget'].replace('_', ' ')} | {r['steps']} | {r['tokens']:,} | "
+        mask = " (document mask)" if r.get("attention_mask") == "document" else ""
+        lines.append(f"| {r['objective']}{mask} | {r['budget'].replace('_', ' ')} | {r['steps']} | {r['tokens']:,} | "
                      f"{r['train_flops'] / 1e12:.1f} | {bpb:.4f} | {bpb - base:+.4f} | {own} |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -123,8 +140,10 @@ def plot(results: list[dict], path: Path) -> None:
         for r in results:
             xs = [p[key] for p in r["curve"]]
             ys = [p["l2r_bpb"] for p in r["curve"]]
-            style = "-o" if r["budget"] == "equal_tokens" else "--s"
-            ax.plot(xs, ys, style, color=colors[r["objective"]], label=f"{r['objective']} ({r['budget']})", ms=4)
+            style = ":^" if r.get("attention_mask") else "-o" if r["budget"] == "equal_tokens" else "--s"
+            mask = ", document mask" if r.get("attention_mask") else ""
+            ax.plot(xs, ys, style, color=colors[r["objective"]], label=f"{r['objective']} ({r['budget']}{mask})",
+                    ms=4)
         ax.set_xlabel(label)
         ax.set_ylabel("left-to-right validation loss (bits/byte)")
         ax.grid(alpha=0.3)
@@ -168,7 +187,7 @@ def main() -> None:
     previous = {r["name"]: r for r in json.loads(results_path.read_text())["runs"]} if results_path.exists() else {}
     results = []
     for run in runs(args.steps):
-        name = f"{run['objective'].replace(':', '').replace(',', '+')}_{run['budget']}"
+        name = run_name(run)
         if args.only and name not in args.only.split(","):
             if name in previous:  # keep what an earlier invocation measured
                 results.append(previous[name])
