@@ -3,6 +3,7 @@
     python benchmarks/bench_infill.py --checkpoint RUN_OR_CHECKPOINT [--problems K] [--limit N]
     python benchmarks/bench_infill.py --problems 12 --overfit-steps 600
     python benchmarks/bench_infill.py --eval --checkpoint RUN_OR_CHECKPOINT --limit 100 [--batch-size 8] [--rounds 3]
+    python benchmarks/bench_infill.py --eval --problems 12 --overfit-steps 300
 
 Reports, per mode: exact match (evals' normalisation), sequential model passes per middle (the prefill included:
 the latency that meet-in-the-middle is for), wall time per middle, and for meet-in-the-middle how often the two sides
@@ -72,14 +73,16 @@ def overfit_model(tasks: list[dict], steps: int, out: Path):
     from codelm.tokenizer import get_tokenizer
     from codelm.train import Trainer
 
-    tok = get_tokenizer("cl100k_base:16384")
+    vocabulary = "cl100k_base:2048"  # a 16k vocabulary's output head would dominate a 128-wide model's training
+    tok = get_tokenizer(vocabulary)
     solutions = list({problem_of(t): t["prompt"] + t["canonical_solution"] + t["suffix"] for t in tasks}.values())
     shards = make_shards(out / "shards", solutions * 4, tok, val_texts=solutions)
     # line cuts: the holes here are whole lines, and a small model learns the FIM format far faster with them
     # (codelm/objectives.py, FillInTheMiddle); three layers for PSM, whose first middle token lies before the suffix
     cfg = micro_train_config(shards, out / "run", steps=steps, objective="mim:0.5,fim:0.5", fim_rate=1.0,
                              fim_split="line", batch_size=8, context_length=128, lr=5e-3, warmup_steps=30,
-                             log_every=100, model=dict(n_layer=3, n_head=4, d_model=128, context_length=256))
+                             log_every=100, threads=1,
+                             model=dict(n_layer=3, n_head=4, d_model=128, context_length=256, tokenizer=vocabulary))
     Trainer(cfg).fit()
     return out / "run"
 

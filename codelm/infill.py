@@ -10,15 +10,16 @@ fim  a fill-in-the-middle prompt (Bavarian et al. 2022, arXiv 2207.14255), decod
 
 mim  meet-in-the-middle decoding (Nguyen et al. 2023, arXiv 2303.07295, section 3.3): the forward direction generates
      from `<l2r> prefix` while the backward direction generates, reversed, from `<r2l> reversed(suffix)`, one token
-     each per step, as one batch of two rows. When the newest n = 4 tokens of one side appear in what the other side
+     each per step, as two rows of one batch. When the newest n = 4 tokens of one side appear in what the other side
      knows (its generation, or the boundary of its given context: the forward side generating the start of the
      suffix), the join is verified by teacher-forcing the other side's tokens through the proposing side in the next
      pass (greedy agreement, as in speculative decoding, so verification costs no extra step); a partial match
      fast-forwards the side by the agreeing tokens. The infill is the forward tokens up to the join plus the
-     re-reversed backward tokens. If the sides never meet, the more likely complete generation wins.
+     re-reversed backward tokens. If the sides never meet, the more likely complete generation wins. Many problems
+     decode as one batch (`mim_infill_batch`), each giving what it gives alone.
 
-The join logic (`propose_join`, `count_agreeing`, `meet_in_the_middle`) is pure over token lists and a two-row
-`step` backend, so it is tested on scripted token streams without a model (tests/test_infill.py).
+The join logic (`propose_join`, `count_agreeing`, `MimSearch`) is pure over token lists and a `step` backend, so it
+is tested on scripted token streams without a model (tests/test_infill.py).
 """
 
 from __future__ import annotations
@@ -558,7 +559,7 @@ def mim_infill_batch(model, tokenizer, prefixes: Sequence[str], suffixes: Sequen
         contexts += [fwd_ctx, bwd_ctx]
         row_seeds += [seed, None if seed is None else seed + 1]
     generators = make_generators(row_seeds, next(model.parameters()).device)
-    rows = ModelRows(model, contexts, params, generators, tokenizer.n_vocab, max_new)
+    rows = ModelRows(model, contexts, params, generators, tokenizer.n_vocab, max(s.max_new_tokens for s in searches))
     try:
         return meet_in_the_middle_batch(rows, searches)
     finally:
