@@ -4,12 +4,18 @@
 # Steps, each skipped when already done: install docker.io + mmdebstrap (apt, retried), start dockerd without
 # bridge/iptables (CI machines have no network namespace plumbing), build a Debian base image offline with mmdebstrap
 # (no registry is reachable here), then build the `sandbox` stage of the project's Dockerfile on top of it.
+# With --lang, also the `sandbox-lang` stage (C++, Java, JavaScript, Go, Rust), offline: a second base made by
+# mmdebstrap with the toolchains of .ci/lang_packages.txt already in it (~1.9 GB), then the stage, built with no
+# network at all, adds the warm artifacts; the minutes and the image size are printed.
 # Never fails the caller: if something is impossible it prints one warning and exits 0, so docker tests skip.
 set -u
+LANG_STAGE=0; [ "${1:-}" = "--lang" ] && LANG_STAGE=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE_IMAGE="${CODELM_SANDBOX_BASE:-codelm-base:bookworm}"
 SANDBOX_IMAGE="${CODELM_SANDBOX_IMAGE:-codelm-sandbox:latest}"
+LANG_BASE_IMAGE="${CODELM_SANDBOX_LANG_BASE:-codelm-base-lang:bookworm}"
+LANG_IMAGE="${CODELM_SANDBOX_LANG_IMAGE:-codelm-sandbox-lang:latest}"
 LOG="${TMPDIR:-/tmp}/codelm-dockerd.log"
 
 warn() { echo "WARNING: docker setup: $*; docker tests will be skipped" >&2; exit 0; }
@@ -43,14 +49,16 @@ if ! engine_up; then
 fi
 
 # 3. Base image, built offline (no registry is reachable on CI machines).
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    command -v mmdebstrap >/dev/null || apt_install mmdebstrap || warn "no mmdebstrap to build $BASE_IMAGE"
-    tar="$(mktemp -d)/base.tar"
-    mmdebstrap --quiet --variant=essential --include=python3 bookworm "$tar" \
-        || warn "mmdebstrap could not build the base image"
-    docker import "$tar" "$BASE_IMAGE" >/dev/null || warn "docker import failed"
+base_image() {  # base_image IMAGE PACKAGES: a Debian bookworm with python3 and PACKAGES, made by mmdebstrap
+    docker image inspect "$1" >/dev/null 2>&1 && return 0
+    command -v mmdebstrap >/dev/null || apt_install mmdebstrap || warn "no mmdebstrap to build $1"
+    local tar; tar="$(mktemp -d)/base.tar"
+    nice -n 10 mmdebstrap --quiet --variant=essential --include="python3${2:+,$2}" bookworm "$tar" </dev/null \
+        || { rm -rf "$(dirname "$tar")"; warn "mmdebstrap could not build $1"; }
+    docker import "$tar" "$1" >/dev/null || { rm -rf "$(dirname "$tar")"; warn "docker import of $1 failed"; }
     rm -rf "$(dirname "$tar")"
-fi
+}
+base_image "$BASE_IMAGE" ""
 
 # 4. The sandbox image (the Dockerfile's `sandbox` stage).
 if ! docker image inspect "$SANDBOX_IMAGE" >/dev/null 2>&1; then
@@ -59,3 +67,19 @@ if ! docker image inspect "$SANDBOX_IMAGE" >/dev/null 2>&1; then
         || warn "could not build $SANDBOX_IMAGE"
 fi
 echo "docker setup: engine up, image $SANDBOX_IMAGE ready"
+
+# 5. The multi-language image (--lang), offline: its base holds the toolchains, so the build needs no network. Built
+# every time: docker's layer cache makes that seconds when nothing changed, and the warm artifacts follow
+# sandbox/toolchains.py when it did (the names the docker backend gives the image's steps come from it).
+if [ $LANG_STAGE = 1 ]; then
+    start=$(date +%s)
+    base_image "$LANG_BASE_IMAGE" "$(grep -v '^#' "$ROOT/.ci/lang_packages.txt" | paste -sd, -)"
+    based=$(date +%s)
+    build_log="${TMPDIR:-/tmp}/codelm-sandbox-lang-build.log"
+    DOCKER_BUILDKIT=0 nice -n 10 docker build --network none --target sandbox-lang \
+        --build-arg "BASE_IMAGE=$LANG_BASE_IMAGE" -t "$LANG_IMAGE" -f "$ROOT/Dockerfile" "$ROOT" >"$build_log" 2>&1 \
+        || { tail -n 20 "$build_log" >&2; warn "could not build $LANG_IMAGE (log: $build_log)"; }
+    size=$(docker image inspect -f '{{.Size}}' "$LANG_IMAGE")
+    echo "docker setup: image $LANG_IMAGE ready: base $(( based - start )) s, stage $(( $(date +%s) - based )) s," \
+         "$(( size >> 20 )) MiB"
+fi

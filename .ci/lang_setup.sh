@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# Install the toolchains HumanEval-X and the sandbox's language tests need (about 1 GB from Debian), idempotently,
-# and say how many minutes it took. Never fails the caller: what cannot be installed makes those tests skip with
-# the reason (sandbox.toolchains.missing says which).
-#   g++ libssl-dev libboost-dev   C++ (CPP/162 links OpenSSL's MD5; CPP/22 and CPP/137 include boost/any.hpp)
-#   default-jdk-headless          Java (javac + java)
-#   nodejs                        JavaScript
-#   golang-go                     Go (HumanEval-X's test modules come vendored with the data: no network)
-#   rustc cargo librust-{rand,regex,md5}-dev   Rust; the crates are compiled once, offline, from Debian's sources
+# Install the toolchains HumanEval-X and the sandbox's language tests need (about 1 GB from Debian; the packages and
+# why each: .ci/lang_packages.txt), idempotently, and say how many minutes it took. Never fails the caller: what cannot
+# be installed makes those tests skip with the reason (sandbox.toolchains.missing says which).
 set -u
 start=$(date +%s)
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
-packages=(g++ libssl-dev libboost-dev default-jdk-headless nodejs golang-go rustc cargo
-          librust-rand-dev librust-regex-dev librust-md5-dev)
+mapfile -t packages < <(grep -v '^#' "$ROOT/.ci/lang_packages.txt")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +21,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ $ok = 1 ] || echo "WARNING: lang setup: could not install ${missing[*]}; those language tests will skip" >&2
 fi
 # Build the warm toolchain artifacts now (Rust crates: about a minute), so that no test pays for them.
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"; [ -x "$PY" ] || PY=python3
 (cd "$ROOT" && nice -n 10 "$PY" -c '
 from sandbox import toolchains

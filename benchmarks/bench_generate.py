@@ -16,10 +16,15 @@ Columns at batch 1: codelm as users get it (prompt-lookup drafts, the default), 
 only in transformers). How much prompt lookup gains depends on how often the text repeats itself, so the tokens per
 pass are printed: random weights and small trained models repeat more than a strong model does.
 
+Compiled decoding (codelm/compiled.py, `--compile on`) has its own rows ("compiled"), on a copy of the model; the
+time compiling its buckets took (the first, warm-up run) is printed, and the compiled rows must give the eager rows'
+tokens. `--no-compile` leaves them out.
+
 A llama.cpp column (llama-cpp-python on the model exported with `codelm export --gguf`, f32, the same threads) is
 added when llama-cpp-python is installed (.ci/llama_setup.sh builds it): greedy through its own sampler, one
-sequence (its `Llama` class decodes one sequence; batched decoding needs its low-level batch API, so batch 8 has no
-llama.cpp row). The CPU model, torch's BLAS and kernel level and llama.cpp's kernels are printed, because the ratios
+sequence. Batch 8 has no llama.cpp row: llama-cpp-python's `Llama` class decodes one sequence, and its low-level
+batch API (several sequences in one `llama_decode`) is not wrapped here yet; eight sequences one after another
+would measure batch 1 again, not batching. The CPU model, torch's BLAS and kernel level and llama.cpp's kernels are printed, because the ratios
 differ between machines.
 Needs the optional `hf` extra (`pip install transformers`).
 """
@@ -27,6 +32,7 @@ Needs the optional `hf` extra (`pip install transformers`).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import tempfile
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from codelm.compiled import compile_decoding
 from codelm.generate import SamplingParams, decode_batch
 from codelm.fast_paths import apply_fast_paths
 from codelm.model import Transformer, preset_config
@@ -199,6 +206,7 @@ def main():
     ap.add_argument("--lookup-draft", type=int, default=SamplingParams().lookup_draft,
                     help="prompt-lookup draft tokens per pass for codelm and for HF's prompt-lookup column "
                          f"(default {SamplingParams().lookup_draft}, codelm's default)")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled-decoding rows")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,7 +223,9 @@ def main():
                               Path(workdir.name))
     dtype = getattr(torch, args.dtype)
     model, hf = model.to(dtype), hf.to(dtype)
+    compiled = None if args.no_compile else compile_decoding(copy.deepcopy(model))
     passes = count_passes(model)
+    compiled_passes = count_passes(compiled) if compiled is not None else None
     probe = torch.randint(0, tokenizer.n_vocab, (2, 64))
     diff = (model(probe).float() - hf(probe).logits.float()).abs().max().item()
     print(f"codelm {label} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) vs transformers "
@@ -233,21 +243,28 @@ def main():
         if batch == 1 and args.lookup_draft:
             variants["HF + prompt lookup"] = lambda: run_hf(hf, tokenizer, prompts, args.new_tokens,
                                                             args.lookup_draft)
+        if compiled is not None:
+            variants["compiled"] = lambda: run_ours(compiled, tokenizer, prompts, args.new_tokens, args.lookup_draft)
+            variants["compiled, one token/pass"] = lambda: run_ours(compiled, tokenizer, prompts, args.new_tokens, 0)
         if batch > 1 or not args.lookup_draft:  # codelm drafts for one row only: the two codelm rows are one
             del variants["codelm, one token/pass"]
+            variants.pop("compiled, one token/pass", None)
         if llm is not None and batch == 1:
             variants["llama.cpp"] = lambda: run_llama_cpp(llm, tokenizer, prompts, args.new_tokens)
         runs = {name: [] for name in variants}
         tokens, per_pass = {}, {}
-        for fn in variants.values():
-            fn()  # warm up
+        for name, fn in variants.items():
+            wall, _, _ = fn()  # warm up (compiles the compiled rows' buckets)
+            if name.startswith("compiled"):
+                print(f"{batch:>5d} {name}: warm-up run (compiling its buckets) {wall:.1f} s")
         for _ in range(args.repeats):
             for name, fn in variants.items():
-                before = passes[0]
+                counter = compiled_passes if name.startswith("compiled") else passes
+                before = counter[0]
                 *t, tokens[name] = fn()
                 runs[name].append(t)
-                if name.startswith("codelm"):
-                    per_pass[name] = sum(len(x) for x in tokens[name]) / max(1, passes[0] - before) / batch
+                if name.startswith(("codelm", "compiled")):
+                    per_pass[name] = sum(len(x) for x in tokens[name]) / max(1, counter[0] - before) / batch
         reference = tokens["HF generate"]
         hf_wall = statistics.median(t[0] for t in runs["HF generate"])
         hf_cpu = statistics.median(t[1] for t in runs["HF generate"])
@@ -257,6 +274,8 @@ def main():
             wall = statistics.median(t[0] for t in runs[name])
             cpu = statistics.median(t[1] for t in runs[name])
             same = all(a == b[:len(a)] for a, b in zip(tokens[name], reference))
+            if name.startswith("compiled"):  # compiled decoding must reproduce eager codelm exactly
+                same = same and tokens[name] == tokens["codelm"]
             tpp = f"{per_pass[name]:8.2f}" if name in per_pass else f"{'':8s}"
             print(f"{batch:>5d} {name:<24s} {n / wall:>8.1f} {(n / wall) / (n_ref / hf_wall):>5.2f}x "
                   f"{(n / cpu) / (n_ref / hf_cpu):>9.2f}x {tpp}  {same}")
@@ -264,7 +283,7 @@ def main():
             rate = {name: (sum(len(t) for t in tokens[name]) / statistics.median(t[0] for t in runs[name]),
                            sum(len(t) for t in tokens[name]) / statistics.median(t[1] for t in runs[name]))
                     for name in variants}
-            for name in [n for n in variants if n.startswith("codelm")]:
+            for name in [n for n in variants if n.startswith(("codelm", "compiled"))]:
                 print(f"{batch:>5d} {name} / llama.cpp: {rate[name][0] / rate['llama.cpp'][0]:.2f}x "
                       f"(CPU time {rate[name][1] / rate['llama.cpp'][1]:.2f}x)")
 

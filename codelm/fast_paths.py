@@ -13,7 +13,10 @@ paths saves, loads, copies and exports exactly as the plain one.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -64,14 +67,20 @@ class PackedWeights:
     def __init__(self):
         self.key = None
         self.weight = self.bias = None
+        self.handle = _register(self)
 
     def matmul(self, x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
-        key = tuple((m.weight.data_ptr(), m.weight._version, m.weight.dtype) for m in linears)
+        if torch.compiler.is_compiling():  # inside a compiled step: one opaque call, packed as in eager
+            return torch.ops.codelm.packed_linear(x, [m.weight for m in linears], [m.bias for m in linears],
+                                                  self.handle)
+        return self._matmul(x, [m.weight for m in linears], [m.bias for m in linears])
+
+    def _matmul(self, x: torch.Tensor, weights: list[torch.Tensor], biases: list) -> torch.Tensor:
+        key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
         if key != self.key:
-            weight = torch.cat([m.weight.detach() for m in linears])
-            has_bias = linears[0].bias is not None
-            self.bias = torch.cat([m.bias.detach() for m in linears]) if has_bias else None
-            self.weight = self._pack(weight)
+            has_bias = biases[0] is not None
+            self.bias = torch.cat([b.detach() for b in biases]) if has_bias else None
+            self.weight = self._pack(torch.cat([w.detach() for w in weights]))
             self.key = key
         if self.weight.is_mkldnn:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
@@ -92,7 +101,35 @@ class PackedWeights:
         return PackedWeights()
 
     def __getstate__(self):
-        return {"key": None, "weight": None, "bias": None}
+        return {"key": None, "weight": None, "bias": None, "handle": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.handle = _register(self)
+
+
+# A compiled graph cannot hold a Python object, so a compiled step names its PackedWeights by a number: the graph
+# calls the custom op below, which runs the packed matmul eagerly (inductor fuses everything around it).
+_PACKED: "weakref.WeakValueDictionary[int, PackedWeights]" = weakref.WeakValueDictionary()
+_next_handle = itertools.count()
+
+
+def _register(packed: PackedWeights) -> int:
+    handle = next(_next_handle)
+    _PACKED[handle] = packed
+    return handle
+
+
+@torch.library.custom_op("codelm::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[Optional[torch.Tensor]],
+                  handle: int) -> torch.Tensor:
+    """x @ cat(weights).T (+ cat(biases)) on the packed copy kept by PackedWeights `handle`."""
+    return _PACKED[handle]._matmul(x, weights, biases)
+
+
+@packed_linear.register_fake
+def _(x, weights, biases, handle):
+    return x.new_empty(*x.shape[:-1], sum(w.shape[0] for w in weights))
 
 
 class PackedLinear(nn.Linear):
@@ -121,6 +158,8 @@ class FastAttention(Attention):
     def attend(self, q, k, v, mask):
         if self.cache is None and use_explicit_attention(q) and (mask is None or mask.dtype == torch.bool):
             return causal_attention_explicit(q, k, v, self.scale, mask)  # bf16 on CPU: faster than SDPA
+        if mask is not None and q.shape[2] <= FEW_QUERIES and torch.compiler.is_compiling():
+            return few_query_attention(q, k, v, mask, self.scale)
         return super().attend(q, k, v, mask)
 
 
@@ -133,6 +172,21 @@ class FastSwiGLU(SwiGLU):
             gate, up = self.gate_up_packed.matmul(x, self.w_gate, self.w_up).chunk(2, dim=-1)
             return self.w_down(F.silu(gate) * up)
         return super().forward(x)
+
+
+# A compiled decoding step (codelm/compiled.py) attends over the whole static cache with a mask. SDPA's CPU flash
+# kernel takes ~100 us for one query over 256 keys (its blocks are sized for long queries); written as products and
+# sums, inductor makes it two fused loops over the keys, which cost a few us.
+FEW_QUERIES = 16
+
+
+def few_query_attention(q, k, v, mask, scale: float | None) -> torch.Tensor:
+    """q [B, H, T, D] (T small), k/v [B, H, S, D], mask bool or float [B, 1|H, T, S] -> [B, H, T, D]."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale  # [B, H, T, S]
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return probs @ v
 
 
 # ----------------------------------------------------------------------------------------------------------------

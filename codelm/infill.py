@@ -30,7 +30,7 @@ import torch
 
 from codelm.errors import CapabilityError, ConfigError
 from codelm.generate import (Completion, SamplingParams, bos_id, decode_batch, expand_seeds, left_pad,
-                             make_generators, mask_unused_vocab, sample_tokens)
+                             make_generators, mask_unused_vocab, sample_tokens, token_logprobs)
 from codelm.prompts import (FIM_FORMATS, FIM_TEMPLATES, document_head, family_fim_prompt, family_stop_ids, fim_prompt,
                             require_family_format)
 from codelm.stops import cut_at_stop, find_stop
@@ -189,7 +189,7 @@ class StepResult(NamedTuple):
 
 
 class TwoSides(Protocol):
-    """A backend that runs both directions: row 0 forward, row 1 backward."""
+    """A backend that runs both directions of one problem: row 0 forward, row 1 backward."""
 
     def prefill(self) -> list[StepResult]:
         """Read both contexts; the first token of each side."""
@@ -199,6 +199,23 @@ class TwoSides(Protocol):
         """One pass. feeds[r] = [the side's newest token, *candidate] (None: the side is finished). The backend
         accepts the longest agreeing candidate prefix (count_agreeing over its greedy predictions), samples the next
         token after it, and forgets the rejected tokens."""
+        ...
+
+
+class SideRows(Protocol):
+    """A backend that runs both directions of many problems as one batch: rows 2p (forward) and 2p + 1 (backward)
+    of problem p at first; rows leave as their side or problem finishes (`keep`), the others keep their order."""
+
+    def prefill(self) -> list[StepResult]:
+        """Read every row's context; the first token of each."""
+        ...
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every row not listed (indices into the current rows, in order)."""
+        ...
+
+    def step(self, feeds: list[list[int]]) -> list[StepResult]:
+        """One pass over the current rows, as TwoSides.step for every row (each row has a feed)."""
         ...
 
 
@@ -215,49 +232,119 @@ class MimResult:
     backward_tokens: int = 0
     extra: dict = field(default_factory=dict)
 
+    def completion(self, stop: Sequence[str] = ()) -> Completion:
+        """As a Completion, its text cut at the first stop string (the shape FIM's samples have)."""
+        text, stopped = cut_at_stop(self.text, stop)
+        return Completion(text, self.token_ids, [], STOP if stopped else self.finish_reason, self.steps)
 
-def meet_in_the_middle(sides: TwoSides, prefix: Sequence[int], suffix: Sequence[int], *, eot_id: int,
-                       max_new_tokens: int, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
-                       ngram: int = 4, confirm: int = 1) -> MimResult:
-    """Meet-in-the-middle decoding over a two-row backend (ARCHITECTURE.md; MIM paper section 3.3).
+
+class MimSearch:
+    """One problem's meet-in-the-middle decoding as a state machine over model passes (ARCHITECTURE.md; MIM paper
+    section 3.3), so that one driver runs it over two rows (`meet_in_the_middle`) and another over many problems
+    in one batch (`meet_in_the_middle_batch`) with the same decisions.
 
     Each side stops at end-of-text, at `max_new_tokens`, or at a stop string: the forward side at the first stop in
     its text, the backward side (mirrored) at a stop anywhere in its re-reversed text. A finished side still serves
     as the other side's target. Joins are checked after every pass; a proposal rides along with the proposing side's
-    next decoding step (its newest token, then the candidate), so verifying costs no extra pass."""
-    prefix, suffix = list(prefix), list(suffix)
-    fw, bw = side = (Side(backward=False), Side(backward=True))
-    first = sides.prefill()
-    steps = 1
-    for s in (0, 1):
-        side[s].take(first[s], [], eot_id, max_new_tokens, decode, stop)
-    while True:
-        # a side that ends the document where the other side's context is only the document's end (an empty
-        # suffix that runs to the end of the file) has generated that whole context: the boundary join
-        if fw.reason == EOT and suffix == [eot_id]:
-            return _met(Join([], list(fw.tokens)), steps, side, decode)
-        if bw.reason == EOT and prefix == [eot_id]:
-            return _met(Join([], list(reversed(bw.tokens))), steps, side, decode)
-        joins = [propose_forward_join(prefix, fw.tokens, bw.tokens, suffix, ngram, confirm),
-                 propose_backward_join(prefix, fw.tokens, bw.tokens, suffix, ngram, confirm)]
-        for s in (0, 1):  # the sides already overlap up to the other's context: nothing left to verify
-            if joins[s] is not None and not joins[s].candidate:
-                return _met(joins[s], steps, side, decode)
-        if fw.reason is not None and bw.reason is not None:
-            return _fallback(side, steps, decode, stop)
-        # a side verifies at most what its token budget allows (the candidate's positions must fit the context)
-        candidates = [[] if joins[s] is None else
-                      joins[s].candidate[:max(0, max_new_tokens + confirm - len(side[s].tokens))] for s in (0, 1)]
-        feeds = [None if side[s].reason is not None else [side[s].tokens[-1]] + candidates[s] for s in (0, 1)]
-        results = sides.step(feeds)
-        steps += 1
+    next decoding step (its newest token, then the candidate), so verifying costs no extra pass.
+
+    `start(first tokens)` and `advance(pass results)` return the result once the problem is decided, else None;
+    `feeds` is then what each side feeds the next pass (None: that side is finished)."""
+
+    def __init__(self, prefix: Sequence[int], suffix: Sequence[int], *, eot_id: int, max_new_tokens: int,
+                 decode: Callable[[list[int]], str], stop: Sequence[str] = (), ngram: int = 4, confirm: int = 1):
+        self.prefix, self.suffix = list(prefix), list(suffix)
+        self.eot_id, self.max_new_tokens, self.decode, self.stop = eot_id, max_new_tokens, decode, stop
+        self.ngram, self.confirm = ngram, confirm
+        self.side = (Side(backward=False), Side(backward=True))
+        self.steps = 0
+        self.joins: list[Join | None] = [None, None]
+        self.candidates: list[list[int]] = [[], []]
+        self.feeds: list[list[int] | None] = [None, None]
+
+    def start(self, first: Sequence[StepResult]) -> MimResult | None:
+        """The prefill's first token of each side."""
+        self.steps = 1
+        for s in (0, 1):
+            self._take(s, first[s], [])
+        return self._plan()
+
+    def advance(self, results: Sequence[StepResult | None]) -> MimResult | None:
+        """One pass's results (None for a side that did not feed)."""
+        self.steps += 1
         for s in (0, 1):
             if results[s] is None:
                 continue
-            accepted = candidates[s][:results[s].accepted]
-            if joins[s] is not None and len(accepted) == len(joins[s].candidate):
-                return _met(joins[s], steps, side, decode)
-            side[s].take(results[s], accepted, eot_id, max_new_tokens, decode, stop)
+            accepted = self.candidates[s][:results[s].accepted]
+            if self.joins[s] is not None and len(accepted) == len(self.joins[s].candidate):
+                return _met(self.joins[s], self.steps, self.side, self.decode)
+            self._take(s, results[s], accepted)
+        return self._plan()
+
+    def _take(self, s: int, result: StepResult, accepted: list[int]) -> None:
+        self.side[s].take(result, accepted, self.eot_id, self.max_new_tokens, self.decode, self.stop)
+
+    def _plan(self) -> MimResult | None:
+        """Decide, or set the next pass's feeds."""
+        fw, bw = side = self.side
+        prefix, suffix, decode = self.prefix, self.suffix, self.decode
+        # a side that ends the document where the other side's context is only the document's end (an empty
+        # suffix that runs to the end of the file) has generated that whole context: the boundary join
+        if fw.reason == EOT and suffix == [self.eot_id]:
+            return _met(Join([], list(fw.tokens)), self.steps, side, decode)
+        if bw.reason == EOT and prefix == [self.eot_id]:
+            return _met(Join([], list(reversed(bw.tokens))), self.steps, side, decode)
+        joins = [propose_forward_join(prefix, fw.tokens, bw.tokens, suffix, self.ngram, self.confirm),
+                 propose_backward_join(prefix, fw.tokens, bw.tokens, suffix, self.ngram, self.confirm)]
+        for s in (0, 1):  # the sides already overlap up to the other's context: nothing left to verify
+            if joins[s] is not None and not joins[s].candidate:
+                return _met(joins[s], self.steps, side, decode)
+        if fw.reason is not None and bw.reason is not None:
+            return _fallback(side, self.steps, decode, self.stop)
+        # a side verifies at most what its token budget allows (the candidate's positions must fit the context)
+        room = [max(0, self.max_new_tokens + self.confirm - len(side[s].tokens)) for s in (0, 1)]
+        self.joins = joins
+        self.candidates = [[] if joins[s] is None else joins[s].candidate[:room[s]] for s in (0, 1)]
+        self.feeds = [None if side[s].reason is not None else [side[s].tokens[-1]] + self.candidates[s]
+                      for s in (0, 1)]
+        return None
+
+
+def meet_in_the_middle(sides: TwoSides, prefix: Sequence[int], suffix: Sequence[int], *, eot_id: int,
+                       max_new_tokens: int, decode: Callable[[list[int]], str], stop: Sequence[str] = (),
+                       ngram: int = 4, confirm: int = 1) -> MimResult:
+    """Meet-in-the-middle decoding of one problem over a two-row backend (the rules: MimSearch)."""
+    search = MimSearch(prefix, suffix, eot_id=eot_id, max_new_tokens=max_new_tokens, decode=decode, stop=stop,
+                       ngram=ngram, confirm=confirm)
+    result = search.start(sides.prefill())
+    while result is None:
+        result = search.advance(sides.step(search.feeds))
+    return result
+
+
+def meet_in_the_middle_batch(rows: SideRows, searches: Sequence[MimSearch]) -> list[MimResult]:
+    """Meet-in-the-middle decoding of many problems as one batch: each pass runs every side still generating, of
+    every problem still undecided; a side's row leaves the batch when the side finishes or its problem is decided.
+    A problem's decisions depend only on its own rows' results, so each result is what `meet_in_the_middle` gives
+    for that problem alone over the same backend."""
+    owners = [(p, s) for p in range(len(searches)) for s in (0, 1)]  # the current rows: (problem, side)
+    results: list[MimResult | None] = [None] * len(searches)
+    first = rows.prefill() if searches else []
+    for p, search in enumerate(searches):
+        results[p] = search.start(first[2 * p:2 * p + 2])
+    while True:
+        live = [i for i, (p, s) in enumerate(owners) if results[p] is None and searches[p].feeds[s] is not None]
+        if not live:
+            return results
+        if len(live) < len(owners):
+            rows.keep(live)
+            owners = [owners[i] for i in live]
+        out = rows.step([searches[p].feeds[s] for p, s in owners])
+        pairs: dict[int, list[StepResult | None]] = {}
+        for (p, s), result in zip(owners, out):
+            pairs.setdefault(p, [None, None])[s] = result
+        for p, pair in pairs.items():
+            results[p] = searches[p].advance(pair)
 
 
 @dataclass
@@ -318,75 +405,98 @@ def _fallback(side: tuple[Side, Side], steps: int, decode, stop: Sequence[str] =
 # ----------------------------------------------------------------------------------------------------------------
 # Meet in the middle: the model backend
 # ----------------------------------------------------------------------------------------------------------------
-class ModelSides:
-    """Both directions of one model as a batch of two rows over one KV cache.
+class ModelRows:
+    """Both directions of many problems as the rows of one batch over one KV cache (a SideRows backend).
 
-    Rows advance by different numbers of tokens per pass (one side verifies a candidate while the other decodes one
-    token), so each row keeps its own rotary positions and a key mask over cache slots: a row's padding and its
-    rejected candidate tokens stay in the cache but are masked out, and slots past the longest accepted row are
-    reused by the next pass."""
+    Rows advance by different numbers of tokens per pass (a side verifying a candidate feeds it whole while the
+    others feed one token), so each row keeps its own rotary positions and a key mask over cache slots: a row's
+    left padding and its rejected or padded tokens stay in the cache but are masked out, and slots past the longest
+    accepted row are reused by the next pass. Only the fed positions go through the output head. Row r samples with
+    generators[r] only, so a sampled side depends on its seed, not on the batch."""
 
-    def __init__(self, model, forward_ids: list[int], backward_ids: list[int], params: SamplingParams,
-                 generators, n_vocab: int, max_new_tokens: int):
-        self.model, self.params, self.generators, self.n_vocab = model, params, generators, n_vocab
+    def __init__(self, model, contexts: list[list[int]], params: SamplingParams, generators, n_vocab: int,
+                 max_new_tokens: int):
+        self.model, self.params, self.generators, self.n_vocab = model, params, list(generators), n_vocab
         self.device = next(model.parameters()).device
-        self.contexts = [forward_ids, backward_ids]
-        # slots: the contexts, both sides' tokens, and one in-flight candidate of up to a side's whole budget
-        self.slots = max(len(forward_ids), len(backward_ids)) + 3 * max_new_tokens + 8
-        self.key_padding = torch.zeros(2, self.slots, dtype=torch.bool, device=self.device)
-        self.next_pos = [len(forward_ids), len(backward_ids)]
+        self.contexts = contexts
+        # slots: the contexts, a side's tokens and one in-flight candidate; grown if a batch needs more (`_reserve`)
+        self.slots = max(len(c) for c in contexts) + 3 * max_new_tokens + 8
+        self.key_padding = torch.zeros(len(contexts), self.slots, dtype=torch.bool, device=self.device)
+        self.next_pos = torch.tensor([len(c) for c in contexts], device=self.device)
 
     def prefill(self) -> list[StepResult]:
         ids, real, positions = left_pad(self.contexts)
         T = ids.shape[1]
-        self.model.setup_cache(2, self.slots)
+        self.model.setup_cache(len(self.contexts), self.slots)
         self.key_padding[:, :T] = real.to(self.device)
         hidden = self.model(ids.to(self.device), positions=positions.to(self.device),
                             key_padding=self.key_padding[:, :T], return_hidden=True)
-        logits = self.model.output_logits(hidden[:, -1])
-        return [self._next(r, logits[r], 0, []) for r in (0, 1)]
+        logits = mask_unused_vocab(self.model.output_logits(hidden[:, -1]), self.n_vocab)
+        every = list(range(len(self.contexts)))
+        return self._results(logits, every, [0] * len(every), [[]] * len(every), every)
 
-    def step(self, feeds: list[list[int] | None]) -> list[StepResult | None]:
+    def keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=self.device)
+        self.model.select_cache_rows(index)
+        self.key_padding, self.next_pos = self.key_padding[index], self.next_pos[index]
+        self.generators = [self.generators[r] for r in rows]
+
+    def step(self, feeds: list[list[int]]) -> list[StepResult]:
         start = self.model.cache_length
-        T = max(len(f) for f in feeds if f)
-        if start + T > self.slots:
-            raise RuntimeError("meet-in-the-middle ran out of KV cache slots")  # sized so that this cannot happen
-        ids = torch.zeros(2, T, dtype=torch.long)
-        positions = torch.zeros(2, T, dtype=torch.long)
-        limit = self.model.config.context_length - 1
-        for r, feed in enumerate(feeds):
-            if feed:
-                ids[r, :len(feed)] = torch.tensor(feed)
-                self.key_padding[r, start:start + len(feed)] = True
-            positions[r] = (self.next_pos[r] + torch.arange(T)).clamp(max=limit)
-        logits = self.model(ids.to(self.device), positions=positions.to(self.device),
-                            key_padding=self.key_padding[:, :start + T])
-        results: list[StepResult | None] = []
-        used = 0
-        for r, feed in enumerate(feeds):
-            if not feed:
-                results.append(None)
-                continue
-            row = mask_unused_vocab(logits[r, :len(feed)], self.n_vocab)
-            k = count_agreeing(feed[1:], row[:-1].argmax(-1).tolist())
-            results.append(self._next(r, row[k], k, feed[1:1 + k], row[:k]))
-            self.key_padding[r, start + 1 + k:start + T] = False  # the rejected candidate tokens
-            self.next_pos[r] += 1 + k
-            used = max(used, 1 + k)
-        self.key_padding[:, start + used:] = False
-        self.model.truncate_cache(start + used)  # reuse the slots no row kept
+        lengths = torch.tensor([len(f) for f in feeds], device=self.device)
+        T = int(lengths.max())
+        self._reserve(start + T)
+        fed = torch.arange(T, device=self.device) < lengths[:, None]  # [R, T]: the real (not padding) positions
+        ids = torch.zeros(len(feeds), T, dtype=torch.long, device=self.device)
+        ids[fed] = torch.tensor([t for f in feeds for t in f], device=self.device)
+        positions = (self.next_pos[:, None] + torch.arange(T, device=self.device)).clamp(
+            max=self.model.config.context_length - 1)
+        self.key_padding[:, start:start + T] = fed
+        hidden = self.model(ids, positions=positions, key_padding=self.key_padding[:, :start + T], return_hidden=True)
+        logits = mask_unused_vocab(self.model.output_logits(hidden[fed]), self.n_vocab)  # [fed tokens, V], row-major
+        greedy = logits.argmax(-1).tolist()
+        offsets, at, ks, accepted = [], 0, [], []
+        for feed in feeds:
+            k = count_agreeing(feed[1:], greedy[at:at + len(feed) - 1])
+            offsets.append(at)
+            ks.append(k)
+            accepted.append(feed[1:1 + k])
+            at += len(feed)
+        results = self._results(logits, [o + k for o, k in zip(offsets, ks)], ks, accepted, offsets)
+        kept = torch.tensor(ks, device=self.device) + 1  # the newest token and the accepted candidate
+        self.key_padding[:, start:start + T] &= torch.arange(T, device=self.device) < kept[:, None]
+        self.next_pos += kept
+        self.model.truncate_cache(start + max(ks) + 1)  # reuse the slots no row kept
         return results
 
-    def _next(self, r: int, logits: torch.Tensor, k: int, accepted: list[int],
-              accepted_logits: torch.Tensor | None = None) -> StepResult:
-        logits = mask_unused_vocab(logits.unsqueeze(0), self.n_vocab)
-        token = int(sample_tokens(logits, self.params, [self.generators[r]])[0])
-        lps = []
-        if k:
-            lps = torch.log_softmax(accepted_logits.float(), -1).gather(
-                -1, torch.tensor(accepted, device=self.device).view(-1, 1)).squeeze(-1).tolist()
-        lps.append(float(torch.log_softmax(logits[0].float(), -1)[token]))
-        return StepResult(k, token, lps)
+    def _results(self, logits: torch.Tensor, next_at: list[int], ks: list[int], accepted: list[list[int]],
+                 offsets: list[int]) -> list[StepResult]:
+        """Sample each row's next token from logits[next_at[r]], and gather the log-probabilities of its accepted
+        tokens (predicted at logits[offsets[r] + i]) and of that token."""
+        tokens = sample_tokens(logits[next_at], self.params, self.generators).tolist()
+        where, which = [], []
+        for r, k in enumerate(ks):
+            where += [offsets[r] + i for i in range(k)] + [next_at[r]]
+            which += accepted[r] + [tokens[r]]
+        lps = token_logprobs(logits[where], torch.tensor(which, device=logits.device)).tolist()
+        out, at = [], 0
+        for r, k in enumerate(ks):
+            out.append(StepResult(k, tokens[r], lps[at:at + k + 1]))
+            at += k + 1
+        return out
+
+    def _reserve(self, slots: int) -> None:
+        """Room for `slots` cache slots: a batch's cache grows by its longest accepted row each pass, which the
+        initial size covers for one problem but not for every mix of many."""
+        if slots <= self.slots:
+            return
+        self.slots = max(slots, 2 * self.slots)
+        length = self.model.cache_length
+        rows = [self.model.cache_rows(r, length) for r in range(len(self.generators))]
+        self.model.install_cache_rows(rows, self.slots)
+        grown = torch.zeros(len(rows), self.slots, dtype=torch.bool, device=self.device)
+        grown[:, :self.key_padding.shape[1]] = self.key_padding
+        self.key_padding = grown
 
 
 def mim_contexts(tokenizer, prefix: str, suffix: str, context_length: int, max_new_tokens: int,
@@ -412,23 +522,45 @@ def mim_contexts(tokenizer, prefix: str, suffix: str, context_length: int, max_n
 
 
 @torch.inference_mode()
+def mim_infill_batch(model, tokenizer, prefixes: Sequence[str], suffixes: Sequence[str], params: SamplingParams,
+                     seeds: Sequence[int | None] | None = None, capabilities: dict | None = None, ngram: int = 4,
+                     confirm: int = 1, suffix_ends_document: bool = True,
+                     prefix_starts_document: bool = True) -> list[MimResult]:
+    """One middle per (prefix, suffix) by meet-in-the-middle decoding, all problems as one batch (two rows each).
+    seeds[p] seeds problem p (its forward side draws from seeds[p], its backward side from seeds[p] + 1; default
+    params.seed), so a sampled middle depends on its seed only; greedy middles are each problem's alone. n samples
+    of one problem are n problems with their own seeds."""
+    if len(prefixes) != len(suffixes):
+        raise ConfigError(f"got {len(prefixes)} prefixes and {len(suffixes)} suffixes")
+    seeds = [params.seed] * len(prefixes) if seeds is None else list(seeds)
+    if len(seeds) != len(prefixes):
+        raise ConfigError(f"got {len(seeds)} seeds for {len(prefixes)} problems")
+    if not prefixes:
+        return []
+    limit = model.config.context_length
+    max_new = max(1, min(params.max_new_tokens, limit - 2))
+    searches, contexts, row_seeds = [], [], []
+    for prefix, suffix, seed in zip(prefixes, suffixes, seeds):
+        pre, suf, fwd_ctx, bwd_ctx = mim_contexts(tokenizer, prefix, suffix, limit, max_new, capabilities,
+                                                  suffix_ends_document, prefix_starts_document)
+        searches.append(MimSearch(pre, suf, eot_id=tokenizer.eot_id, max_new_tokens=max_new, decode=tokenizer.decode,
+                                  stop=params.stop, ngram=ngram, confirm=confirm))
+        contexts += [fwd_ctx, bwd_ctx]
+        row_seeds += [seed, None if seed is None else seed + 1]
+    generators = make_generators(row_seeds, next(model.parameters()).device)
+    rows = ModelRows(model, contexts, params, generators, tokenizer.n_vocab, max_new)
+    try:
+        return meet_in_the_middle_batch(rows, searches)
+    finally:
+        model.clear_cache()
+
+
 def mim_infill(model, tokenizer, prefix: str, suffix: str, params: SamplingParams, seed: int | None = None,
                capabilities: dict | None = None, ngram: int = 4, confirm: int = 1,
                suffix_ends_document: bool = True, prefix_starts_document: bool = True) -> MimResult:
     """One middle by meet-in-the-middle decoding."""
-    limit = model.config.context_length
-    max_new = max(1, min(params.max_new_tokens, limit - 2))
-    pre, suf, fwd_ctx, bwd_ctx = mim_contexts(tokenizer, prefix, suffix, limit, max_new, capabilities,
-                                              suffix_ends_document, prefix_starts_document)
-    seed = params.seed if seed is None else seed
-    device = next(model.parameters()).device
-    generators = make_generators([seed, None if seed is None else seed + 1], device)
-    sides = ModelSides(model, fwd_ctx, bwd_ctx, params, generators, tokenizer.n_vocab, max_new)
-    try:
-        return meet_in_the_middle(sides, pre, suf, eot_id=tokenizer.eot_id, max_new_tokens=max_new,
-                                  decode=tokenizer.decode, stop=params.stop, ngram=ngram, confirm=confirm)
-    finally:
-        model.clear_cache()
+    return mim_infill_batch(model, tokenizer, [prefix], [suffix], params, [params.seed if seed is None else seed],
+                            capabilities, ngram, confirm, suffix_ends_document, prefix_starts_document)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -448,7 +580,7 @@ def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params
            n: int = 1, seeds: Sequence[int] | None = None, capabilities: dict | None = None,
            fim_format: str = "psm") -> Infill:
     """The middle between prefix and suffix by `mode` ("fim" or "mim"), refusing a mode the model was not trained
-    for. With n > 1, fim samples decode as one batch and mim runs once per seed."""
+    for. n samples decode as one batch."""
     params = params or SamplingParams()
     require_mode(capabilities, mode, fim_format, tokenizer)
     if mode == FIM:
@@ -458,12 +590,23 @@ def infill(model, tokenizer, prefix: str, suffix: str, mode: str = "fim", params
         steps = [c.passes for c in cut]  # one per token (end-of-text included), fewer with prompt-lookup drafts
         return Infill(mode, cut, best_of(cut), steps, [False] * len(cut))
     seeds = list(seeds) if seeds is not None else [None if params.seed is None else params.seed + j for j in range(n)]
-    results = [mim_infill(model, tokenizer, prefix, suffix, params, seeds[j], capabilities) for j in range(n)]
-    samples = [_mim_completion(r, params.stop) for r in results]
+    results = mim_infill_batch(model, tokenizer, [prefix] * n, [suffix] * n, params, seeds, capabilities)
+    samples = [r.completion(params.stop) for r in results]
     best = max(zip(samples, results), key=lambda p: (p[1].met, p[0].finish_reason != LENGTH, p[1].logprob))[0]
     return Infill(mode, samples, best, [r.steps for r in results], [r.met for r in results])
 
 
-def _mim_completion(r: MimResult, stop: Sequence[str]) -> Completion:
-    text, stopped = cut_at_stop(r.text, stop)
-    return Completion(text, r.token_ids, [], STOP if stopped else r.finish_reason)
+def infill_batch(model, tokenizer, prefixes: Sequence[str], suffixes: Sequence[str], mode: str = "fim",
+                 params: SamplingParams | None = None, n: int = 1, seeds=None, capabilities: dict | None = None,
+                 fim_format: str = "psm") -> list[list[Completion]]:
+    """n middles for each (prefix, suffix), all decoded as one batch by `mode`. seeds[i] seeds problem i's samples
+    (an int: sample j uses seeds[i] + j; or a list of n ints), as for `fim_infill` and `generate_batch`."""
+    params = params or SamplingParams()
+    require_mode(capabilities, mode, fim_format, tokenizer)
+    if mode == FIM:
+        return fim_infill(model, tokenizer, prefixes, suffixes, params, seeds, n, fim_format, capabilities)
+    row_seeds = expand_seeds(seeds, len(prefixes), n, params.seed)
+    results = mim_infill_batch(model, tokenizer, [p for p in prefixes for _ in range(n)],
+                               [s for s in suffixes for _ in range(n)], params, row_seeds, capabilities)
+    samples = [r.completion(params.stop) for r in results]
+    return [samples[i * n:(i + 1) * n] for i in range(len(prefixes))]

@@ -379,6 +379,12 @@ class Transformer(nn.Module):
             raise ValueError(f"cannot truncate a cache of {self._cache_length} slots to {length}")
         self._cache_length = length
 
+    def set_cache_length(self, length: int) -> None:
+        """Mark the first `length` slots filled, after passes that wrote them through `forward_static`."""
+        if not 0 <= length <= self.cache_capacity:
+            raise ValueError(f"cannot mark {length} slots filled in a cache of {self.cache_capacity}")
+        self._cache_length = length
+
     def select_cache_rows(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) these batch rows of the cache: `repeat_interleave` indices expand one prefilled prompt
         to n samples; a subset drops finished rows."""
@@ -417,7 +423,6 @@ class Transformer(nn.Module):
         attn_mask: [B, 1, T, T] bool, True where a query may see a key, in place of the causal mask: document-aware
         packing's block-causal mask, built by the caller (codelm/packing.py). Passes without a cache only.
         """
-        cfg = self.config
         B, T = idx.shape
         start = self._cache_length if self.has_cache else 0
         if positions is None:
@@ -426,30 +431,54 @@ class Transformer(nn.Module):
             positions = positions.unsqueeze(0).expand(B, T)
         self._check_positions(positions)
         cache_slots = torch.arange(start, start + T, device=idx.device) if self.has_cache else None
-        cos = sin = None
-        if cfg.position == "rope":
-            cos = self.rope_cos[positions].unsqueeze(1)
-            sin = self.rope_sin[positions].unsqueeze(1)
         if attn_mask is not None and (self.has_cache or key_padding is not None):
             raise ValueError("attn_mask replaces the causal mask of a pass without a cache or key padding")
-        if cfg.position == "alibi":
+        if self.config.position == "alibi":
             mask = self._alibi_bias(B, T, start, key_padding, idx.device, attn_mask)
         else:
             mask = attn_mask if attn_mask is not None else self._attention_mask(B, T, start, key_padding,
                                                                                  idx.device)
+        x = self._layers(idx, positions, mask, cache_slots, start + T)
+        if self.has_cache:
+            self._cache_length = start + T
+        return x if return_hidden else self.output_logits(x, float_logits)
+
+    def forward_static(self, idx: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                       key_padding: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
+        """The same pass over a static KV cache, the shape a compiled decoding step needs (codelm/compiled.py).
+
+        idx and positions [B, T] with B = the cache's rows; the tokens go to cache `slots` [T] (a tensor, as
+        gpt-fast's input_pos) and attend over every slot of the cache, masked by slot order and `key_padding`
+        [B, cache_capacity]: keys past a token's own slot are never seen, so the unfilled slots need no bookkeeping.
+        Nothing here depends on how full the cache is, so one traced step serves every position; it reads nothing
+        back to the host and does not advance `cache_length` (the caller does, with `set_cache_length`)."""
+        capacity = self.cache_capacity
+        keys = torch.arange(capacity, device=idx.device)
+        allowed = (keys[None, :] <= slots[:, None]) & key_padding[:, None, None, :]  # [B, 1, T, capacity]
+        allowed = allowed | (keys[None, :] == slots[:, None])  # a padding query sees itself (no NaN; ignored)
+        mask = allowed
+        if self.config.position == "alibi":
+            distance = (slots[:, None] - keys[None, :]).float()
+            bias = -self.alibi_slopes[None, :, None, None] * distance
+            mask = bias.masked_fill(~allowed, float("-inf"))
+        x = self._layers(idx, positions, mask, slots, capacity)
+        return x if return_hidden else self.output_logits(x)
+
+    def _layers(self, idx, positions, mask, cache_slots, n_keys) -> torch.Tensor:
+        """Embedding, the blocks and the final norm: the normed hidden states [B, T, d_model]."""
+        cfg = self.config
+        cos = sin = None
+        if cfg.position == "rope":
+            cos = self.rope_cos[positions].unsqueeze(1)
+            sin = self.rope_sin[positions].unsqueeze(1)
         x = self.embed(idx)
         if cfg.position == "learned":
             x = x + self.pos_embed(positions)
         if cfg.mup:
             x = x * cfg.mup_embedding_mult
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache_slots, start + T)
-        if self.has_cache:
-            self._cache_length = start + T
-        x = self.norm(x)
-        if return_hidden:
-            return x
-        return self.output_logits(x, float_logits)
+            x = layer(x, cos, sin, mask, cache_slots, n_keys)
+        return self.norm(x)
 
     def output_logits(self, hidden: torch.Tensor, float_logits: bool = True) -> torch.Tensor:
         """Final hidden states -> float32 logits. µP divides by the width multiplier so that logits stay O(1) as the

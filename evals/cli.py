@@ -100,9 +100,12 @@ class EvalConfig:
 
 @dataclass
 class TrainingEvalOptions:
-    """`codelm train` options for scoring HumanEval-infilling during training (the CLI hands the trainer a callback)."""
+    """`codelm train` options for scoring HumanEval-infilling during training (the CLI hands the trainer a callback).
+    No --backend, --dtype or --device here: the model scored is the one being trained, in memory, decoded by the codelm
+    backend (evals/callback.py); `codelm train --backend ...` is refused as an unknown argument."""
     eval_infill_every: int = option(0, "score HumanEval-infilling every N steps, at validations (set --eval-every to a "
-                                       "divisor of N; 0 = off)", metavar="N")
+                                       "divisor of N; 0 = off); the model being trained is scored in memory with the "
+                                       "codelm backend", metavar="N")
     eval_infill_set: str = option("random-span-light", "which HumanEval-infilling set", choices=INFILLING_SETS)
     eval_infill_limit: int = option(20, "first N tasks")
     eval_infill_mode: str = option(FIM, "decoding: fill-in-the-middle prompt or meet-in-the-middle",

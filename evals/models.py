@@ -87,7 +87,8 @@ def backend_versions(*names: str) -> dict:
 
 class CodelmModel:
     """CompletionModel over codelm's decoding (codelm/generate.py, codelm/infill.py). The benchmark runner already
-    hands over batches of prompts; each batch decodes as one left-padded batch with one prefill per prompt."""
+    hands over batches of prompts; each batch decodes as one left-padded batch (completion and FIM: one prefill per
+    prompt; meet-in-the-middle: two rows per sample)."""
 
     backend = "codelm"
 
@@ -113,18 +114,13 @@ class CodelmModel:
         return [[c.text for c in row] for row in out]
 
     def infill(self, prefixes, suffixes, *, mode, n, temperature, top_p, max_new_tokens, stop, seeds):
-        from codelm.infill import fim_infill, infill, require_mode
+        # one batch per call in either mode: FIM rows, or both meet-in-the-middle directions of every sample
+        from codelm.infill import infill_batch
         ck = self.checkpoint
-        require_mode(self.capabilities, mode, tokenizer=ck.tokenizer)  # imported: its family's template
-        params = self._params(temperature, top_p, max_new_tokens, stop)
-        if mode == "fim":
-            out = fim_infill(ck.model, ck.tokenizer, prefixes, suffixes, params, [list(s) for s in seeds], n,
-                             capabilities=self.capabilities)
-            return [[c.text for c in row] for row in out]
-        # meet-in-the-middle decodes one (prefix, suffix) at a time: its two sides already form the batch
-        return [[c.text for c in infill(ck.model, ck.tokenizer, p, s, "mim", params, n=n, seeds=list(sd),
-                                        capabilities=self.capabilities).samples]
-                for p, s, sd in zip(prefixes, suffixes, seeds)]
+        out = infill_batch(ck.model, ck.tokenizer, prefixes, suffixes, mode,
+                           self._params(temperature, top_p, max_new_tokens, stop), n, [list(s) for s in seeds],
+                           self.capabilities)
+        return [[c.text for c in row] for row in out]
 
 
 class TransformersModel:

@@ -29,9 +29,6 @@ def run(program: "str | Program", *, stdin: str | None = None, files: dict[str, 
         from . import local
         return local.run(program, stdin=stdin, files=files, python=python, **limits)
     if backend == "docker":
-        if isinstance(program, Program):
-            raise SandboxUnavailable("sandbox: the docker backend runs Python programs only; use backend='local' "
-                                     "for compiled languages")
         from . import docker_backend
         return docker_backend.run(program, stdin=stdin, files=files, **limits)
     raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {BACKENDS}")

@@ -10,6 +10,11 @@ with "dirty" set when something of the program could not be removed (a tree too 
 that container is then replaced. The trade-off against the local backend: one container serves many programs, so
 isolation between consecutive programs rests on this cleanup (same uid, wiped tmpfs); a container whose program
 timed out is replaced too. Stdlib only.
+
+A request with "argv" instead of "program" is one step of a compiled program (sandbox/steps.py): its argv is exec'd
+in the work dir with the container's environment plus the step's. With "keep", a step that ends "ok" leaves the work
+dir as it is, for the next step of the same program (the backend sends the steps one by one, setting the container's
+limits to each step's between them); anything else (the last step, a failed one) wipes it, as after a program.
 """
 import base64
 import io
@@ -17,6 +22,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import sys
 import time
@@ -87,6 +93,12 @@ def run(req: dict) -> dict:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(base64.b64decode(spec["b64"]) if "b64" in spec else spec["text"].encode())
+    argv = req.get("argv")
+    if argv:
+        env = {**os.environ, **(req.get("env") or {})}
+        executable = os.path.join(WORK, argv[0]) if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        if not executable or not os.access(executable, os.X_OK):
+            raise FileNotFoundError(f"{argv[0]}: no such executable in the sandbox (PATH={env.get('PATH', '')})")
     ooms_before = oom_kills()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -104,6 +116,12 @@ def run(req: dict) -> dict:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         nofile = int(req.get("max_open_files", 256))
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if argv:
+            try:
+                os.chdir(WORK)
+                os.execve(executable, argv, env)
+            finally:
+                os._exit(127)
         os._exit(run_source(req["program"]))
     for fd in (in_r, out_w, err_w):
         os.close(fd)
@@ -261,11 +279,15 @@ def main() -> None:
     wipe()
     for line in sys.stdin.buffer:
         try:
-            result = run(json.loads(line))
+            req = json.loads(line)
+            result = run(req)
         except Exception as e:
             result = {"status": "infra_error", "exit_code": None, "stdout": "", "stderr": f"container runner: {e!r}",
                       "wall_s": 0.0, "cpu_s": 0.0}
-        result["dirty"] = not wipe()
+            req = {}
+        # a step that leaves its outputs to the next one (see the docstring); otherwise the program is over
+        keep = req.get("keep") and result["status"] == "ok"
+        result["dirty"] = False if keep else not wipe()
         reply = (json.dumps(result) + "\n").encode()
         while reply:  # a pipe takes a big result in parts
             reply = reply[os.write(1, reply):]

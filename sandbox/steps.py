@@ -13,6 +13,7 @@ stdin. Each step's argv is looked up on the sandbox's PATH, never the caller's, 
 environment plus `env`.
 """
 from dataclasses import dataclass, field
+from typing import Any
 
 STEP_LIMITS = ("timeout_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes", "max_file_mb",
                "max_open_files", "address_space_mb")
@@ -46,6 +47,9 @@ class Step:
 class Program:
     files: dict[str, str | bytes]
     steps: list[Step]
+    # toolchains.program's arguments, so that a backend whose toolchains live elsewhere (the docker backend's image)
+    # can ask for the same program's steps for its own; None: the steps are run as given, on any backend
+    recipe: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.steps:

@@ -101,3 +101,18 @@ def random_checkpoint(path: Path, tokenizer_name: str = "cl100k_base:1024", **kw
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return save_checkpoint(path, model, tok)
+
+
+def wandering_model(tokenizer_name: str = "cl100k_base:1024", context_length: int = 128):
+    """(model, tokenizer, capabilities): a random micro model with large weights, whose greedy text wanders instead
+    of repeating one token (so stop strings end its generations after different numbers of tokens), with
+    capabilities that allow both infilling modes. For decoding mechanics that need no trained model."""
+    import torch
+    from codelm.checkpoint import default_capabilities
+    from codelm.model import ModelConfig, Transformer
+    from codelm.tokenizer import get_tokenizer, padded_vocab_size
+    tok = get_tokenizer(tokenizer_name)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=padded_vocab_size(tok.n_vocab), n_layer=2, n_head=2, d_model=64,
+                                    context_length=context_length, init_std=0.15, tokenizer=tok.name)).eval()
+    return model, tok, default_capabilities(tok, context_length, {"mim": 0.5, "fim": 0.5})

@@ -116,6 +116,10 @@ def test_training_evaluation_export_and_import_options_are_dataclasses_too():
     opts = resolve_config(TrainingEvalOptions, args)
     assert (opts.eval_infill_every, opts.eval_infill_mode, opts.eval_infill_limit) == (4, "mim", 20)
     assert resolve_config(args.options, args).steps == 1000  # and the trainer's own options ignore them
+    # evaluation during training keeps the codelm backend (the model in memory): a backend option is refused
+    with pytest.raises(SystemExit) as e:
+        build_parser("train").parse_args(["train", "--eval-infill-every", "4", "--backend", "transformers"])
+    assert e.value.code == 2
     export = parse(["export", "runs/t", "--hf", "out/hf", "--dtype", "bfloat16"])
     assert (export.checkpoint, export.hf, export.dtype) == ("runs/t", "out/hf", "bfloat16")
     assert parse(["import-hf", "hf/dir", "--out", "ckpt"]).out == "ckpt"

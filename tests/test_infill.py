@@ -277,6 +277,67 @@ def test_a_stop_string_ends_a_side():
     assert result.text == "".join(f"<{i}>" for i in MIDDLE[:5])
 
 
+# --- many problems in one batch, on scripted streams ----------------------------------------------------------------
+class ScriptedRows:
+    """A SideRows backend over one ScriptedSides per problem; records how many rows each pass ran."""
+
+    def __init__(self, problems):
+        self.problems = problems
+        self.rows = [(p, s) for p in range(len(problems)) for s in (0, 1)]
+        self.widths: list[int] = []
+
+    def prefill(self):
+        return [result for sides in self.problems for result in sides.prefill()]
+
+    def keep(self, rows):
+        self.rows = [self.rows[i] for i in rows]
+
+    def step(self, feeds):
+        self.widths.append(len(feeds))
+        out = {}
+        for p in {p for p, _ in self.rows}:
+            mine = [None, None]
+            for (q, s), feed in zip(self.rows, feeds):
+                if q == p:
+                    mine[s] = feed
+            out[p] = self.problems[p].step(mine)
+        return [out[p][s] for p, s in self.rows]
+
+
+def scripted_problems():
+    """(forward script, backward script, prefix, suffix, max_new): sides that meet early, meet late at the suffix,
+    meet after a partial match, never meet (one side ends early, the other runs out of tokens), and a document whose
+    suffix is only its end."""
+    astray = PREFIX + list(range(500, 512)) + SUFFIX
+    wrong = PREFIX + MIDDLE[:9] + [777] + MIDDLE[10:] + SUFFIX
+    return [
+        (lambda: oracle(DOC, len(PREFIX)), lambda: oracle(DOC[::-1], len(SUFFIX)), PREFIX, SUFFIX, 40),
+        (lambda: oracle(DOC, len(PREFIX)), lambda: oracle(astray[::-1], len(SUFFIX)), PREFIX, SUFFIX, 40),
+        (lambda: oracle(DOC, len(PREFIX)), lambda: oracle(wrong[::-1], len(SUFFIX)), PREFIX, SUFFIX, 40),
+        (lambda: (lambda g: ((EOT if len(g) >= 3 else 600 + len(g)), -2.0)),
+         lambda: (lambda g: (800 + len(g), -0.1)), PREFIX, SUFFIX, 30),
+        (lambda: oracle(PREFIX + MIDDLE, len(PREFIX)), lambda: (lambda g: (600 + len(g), -0.1)), PREFIX, [EOT], 40),
+    ]
+
+
+def test_a_batch_of_problems_decides_each_as_it_would_alone():
+    """Each problem's join, fallback and pass count are what two rows of its own give; rows leave the batch as
+    their sides finish and their problems are decided."""
+    from codelm.infill import MimSearch, meet_in_the_middle_batch
+    problems = scripted_problems()
+    decode = lambda ids: " ".join(map(str, ids))
+    alone = [meet_in_the_middle(ScriptedSides(f(), b()), pre, suf, eot_id=EOT, max_new_tokens=m, decode=decode)
+             for f, b, pre, suf, m in problems]
+    rows = ScriptedRows([ScriptedSides(f(), b()) for f, b, *_ in problems])
+    searches = [MimSearch(pre, suf, eot_id=EOT, max_new_tokens=m, decode=decode) for _, _, pre, suf, m in problems]
+    together = meet_in_the_middle_batch(rows, searches)
+    assert together == alone
+    assert [r.met for r in together] == [True, True, True, False, True]
+    assert len({r.steps for r in together}) >= 3  # the problems end at different passes
+    assert rows.widths == sorted(rows.widths, reverse=True) and rows.widths[-1] < rows.widths[0] == 2 * len(problems)
+    assert rows.widths[-1] == 1  # the last pass runs only the one side still generating
+
+
 # --- end to end: a tiny mim+fim model overfit on a handful of functions --------------------------------------------
 FUNCTIONS = [
     "def clamp_value(value, lower, upper):\n    if value < lower:\n        return lower\n"
@@ -352,6 +413,25 @@ def test_fim_and_meet_in_the_middle_reproduce_held_out_middles_and_mim_takes_few
 
 
 @pytest.mark.slow
+def test_a_batch_of_middles_meets_as_each_alone(infill_model):
+    """Meet-in-the-middle over many problems in one batch, on a model whose sides do meet: every result (the join,
+    the passes it took) is the one-problem result, and the held-out middles are still exact."""
+    from codelm.generate import SamplingParams
+    from codelm.infill import mim_infill, mim_infill_batch
+
+    ck = infill_model
+    cuts = HELD_OUT + [(0, 1), (1, 4), (2, 1), (3, 1), (0, 5)]
+    problems = [split_at_line(FUNCTIONS[f], line) for f, line in cuts]
+    params = SamplingParams(max_new_tokens=32)
+    together = mim_infill_batch(ck.model, ck.tokenizer, [p for p, _, _ in problems], [s for _, _, s in problems],
+                                params, capabilities=ck.capabilities)
+    alone = [mim_infill(ck.model, ck.tokenizer, p, s, params, capabilities=ck.capabilities) for p, _, s in problems]
+    assert same_results(together, alone)
+    assert [r.text for r in together[:len(HELD_OUT)]] == [m for _, m, _ in problems[:len(HELD_OUT)]]
+    assert all(r.met for r in together[:len(HELD_OUT)]) and len({r.steps for r in together}) >= 3
+
+
+@pytest.mark.slow
 def test_fim_psm_decodes_the_middle_prompt_end_to_end(infill_model):
     """PSM runs on the real model and counts its passes. It is learned more slowly than SPM, whose middle follows
     the prefix directly: PSM's first middle token must be fetched from before the suffix. At this budget it gets 2
@@ -389,3 +469,60 @@ def test_cli_refuses_a_mode_the_model_was_not_trained_for(trained_run, capsys):
         assert main(["infill", str(trained_run), "--prefix", "def f(", "--suffix", "\n", "--mode", mode]) == 2
         err = capsys.readouterr().err
         assert f"not trained for {mode}" in err and err.count("\n") == 1
+
+
+# --- many problems in one batch, on a random model -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chaotic():
+    from support import wandering_model
+    return wandering_model()
+
+
+# holes of different lengths in different places, an empty document and one with nothing after the hole
+PROBLEMS = [split_at_line(FUNCTIONS[f], line)[::2] for f, line in ((0, 1), (1, 3), (2, 5), (3, 2), (2, 0))] + [
+    ("", ""), ("def f(x):\n", "")]
+
+
+def same_results(a, b):
+    """Everything but the fallback's mean log-probability, which may differ in its last bits across batch shapes."""
+    import dataclasses
+    return [dataclasses.replace(r, logprob=0.0) for r in a] == [dataclasses.replace(r, logprob=0.0) for r in b] \
+        and [r.logprob for r in a] == pytest.approx([r.logprob for r in b], abs=1e-4)
+
+
+def test_greedy_middles_of_a_batch_equal_each_problem_decoded_alone(chaotic, monkeypatch):
+    from codelm.generate import SamplingParams
+    from codelm.infill import mim_infill, mim_infill_batch
+    model, tok, caps = chaotic
+    params = SamplingParams(max_new_tokens=12, stop=["e"])
+    widths = []
+    select = model.select_cache_rows
+    monkeypatch.setattr(model, "select_cache_rows", lambda rows: (widths.append(len(rows)), select(rows))[1])
+    together = mim_infill_batch(model, tok, [p for p, _ in PROBLEMS], [s for _, s in PROBLEMS], params)
+    monkeypatch.undo()
+    alone = [mim_infill(model, tok, p, s, params) for p, s in PROBLEMS]
+    assert same_results(together, alone)
+    assert len({r.steps for r in together}) >= 3  # problems decided after different passes
+    assert any(abs(r.forward_tokens - r.backward_tokens) > 5 for r in together)  # a side that ended early
+    assert widths and widths[0] < 2 * len(PROBLEMS) and widths == sorted(widths, reverse=True)  # rows left
+
+
+def test_a_sampled_middle_depends_only_on_its_seed(chaotic):
+    """As for FIM and completion: sample j of problem i is the same in any batch, alone, or among other problems."""
+    from codelm.generate import SamplingParams
+    from codelm.infill import infill, infill_batch, mim_infill_batch
+    model, tok, caps = chaotic
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, stop=["e"])
+    prefixes, suffixes = [p for p, _ in PROBLEMS[:4]], [s for _, s in PROBLEMS[:4]]
+    seeds = [[100 + 10 * i, 105 + 10 * i] for i in range(4)]
+    batch = infill_batch(model, tok, prefixes, suffixes, "mim", params, n=2, seeds=seeds, capabilities=caps)
+    for i in range(4):
+        alone = infill(model, tok, prefixes[i], suffixes[i], "mim", params, n=2, seeds=seeds[i], capabilities=caps)
+        assert [c.token_ids for c in batch[i]] == [c.token_ids for c in alone.samples]
+    # reversed, each sample its own problem, among other problems
+    flat = [(p, s, seed) for p, s, pair in zip(prefixes, suffixes, seeds) for seed in pair][::-1]
+    mixed = mim_infill_batch(model, tok, [PROBLEMS[5][0]] + [f[0] for f in flat], [PROBLEMS[5][1]] + [f[1] for f in flat],
+                             params, [7] + [f[2] for f in flat])[1:][::-1]
+    assert [r.token_ids for r in mixed] == [c.token_ids for row in batch for c in row]
+    other = mim_infill_batch(model, tok, prefixes, suffixes, params, [s[0] + 1000 for s in seeds])
+    assert [r.token_ids for r in other] != [row[0].token_ids for row in batch]  # the seed does matter

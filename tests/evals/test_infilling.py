@@ -52,3 +52,31 @@ def test_broken_middles_score_zero(samples_file, tmp_path):
     path = samples_file([{"task_id": t, "completion": "\n)(\n"} for t in every_nth(benchmark, 4)])
     summary = evaluate_samples(benchmark, path, tmp_path / "out", tasks=every_nth(benchmark, 4))
     assert summary["pass@1"] == 0.0 and summary["exact_match"] == 0.0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_the_codelm_backend_infills_a_batch_of_tasks_by_meet_in_the_middle_as_each_alone(temperature):
+    """The eval hands the model a batch of tasks with per-sample seeds; meet-in-the-middle decodes them as one batch,
+    and every sample is what infilling its task alone with its seed gives."""
+    from pathlib import Path
+
+    from support import wandering_model
+
+    from codelm.checkpoint import Checkpoint
+    from codelm.generate import SamplingParams
+    from codelm.infill import infill
+    from evals.benchmark import Sampling
+    from evals.models import CodelmModel
+
+    model, tok, caps = wandering_model(context_length=256)
+    lm = CodelmModel(Checkpoint(Path("wandering"), model, tok, model.config, caps))
+    benchmark = infilling.load("single-line", mode="mim")
+    problems = [benchmark.problems[t] for t in every_nth(benchmark, 97)[:4]]
+    seeds = [[11 * i, 11 * i + 5] for i in range(len(problems))]
+    sampling = Sampling(n=2, temperature=temperature, top_p=0.95, max_new_tokens=8)
+    batched = benchmark.generate(lm, problems, sampling, seeds)
+    params = SamplingParams(max_new_tokens=8, temperature=temperature, top_p=0.95)
+    alone = [[c.text for c in infill(model, tok, p["prompt"], p["suffix"], "mim", params, n=2, seeds=s,
+                                     capabilities=caps).samples] for p, s in zip(problems, seeds)]
+    assert batched == alone
+    assert len({text for row in batched for text in row}) > 1

@@ -163,3 +163,18 @@ def test_an_imported_model_infills_in_the_cli_and_the_evaluation(codellama_dir, 
     assert main(["infill", str(codellama_dir), "--prefix", PREFIX, "--suffix", SUFFIX, "--max-new-tokens", "6",
                  "--backend", "codelm", "--json"]) == 0
     assert '"mode": "fim"' in capsys.readouterr().out
+
+
+def test_codelm_serve_picks_the_backend(starcoder2_fim, codellama_dir, monkeypatch, capsys):
+    """`codelm serve DIR`: auto serves an architecture codelm cannot convert with transformers, a Llama directory
+    with codelm; --backend transformers forces transformers."""
+    import uvicorn
+
+    from codelm.cli import main
+    from web.app import ServedBackend
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app.state.server.ckpt))
+    assert main(["serve", starcoder2_fim.path]) == 0
+    assert main(["serve", str(codellama_dir)]) == 0
+    assert main(["serve", str(codellama_dir), "--backend", "transformers"]) == 0
+    assert [isinstance(c, ServedBackend) for c in served] == [True, False, True]

@@ -1,0 +1,172 @@
+"""Compiled decoding, gpt-fast's way: a static KV cache and decoding passes compiled for a few bucketed shapes.
+
+`compile_decoding(model)` turns a built model's cached passes into compiled ones without changing what callers
+write: `codelm.generate`, `codelm.infill` and the server's worker keep calling `model(...)` and the cache methods.
+What changes underneath:
+
+- **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up)
+  and its rows are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last
+  row, computed and ignored. Every pass writes
+  its keys at tensor slots and attends over the whole cache through a mask (`Transformer.forward_static`), so a step
+  reads no Python-side length: one traced step serves every position.
+- **Passes are bucketed.** A pass of T tokens runs as the next bucket (1: a decoding step; up to 8: a prompt-lookup
+  draft being verified, a MIM candidate; 16, 32, ...: a prefill), right-padded with dummy tokens written past the
+  real ones: causality keeps real tokens from seeing them and the next pass overwrites their slots.
+- **Each (rows, tokens, capacity, hidden-or-logits) bucket is one graph**, compiled the first time it is met
+  (`torch.compile(fullgraph=True, dynamic=False)`: a graph break is an error, not a silent eager fallback). On CPU
+  inductor writes C++ for everything between the matmuls; the matmuls stay on the packed weights of
+  codelm/fast_paths.py where it applies them (an opaque custom op), and on GPU the step can be a CUDA graph.
+
+A pass that fits no bucket (a prefill longer than the room left in the cache) runs eagerly on the same cache.
+Compiling costs tens of seconds per bucket on a small CPU, so `should_compile` turns it on only where the tokens to
+decode repay that (see its docstring for the measurements).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from codelm.model import Transformer
+
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+DRAFT_BUCKET = 8        # verification passes (a token plus a prompt-lookup draft, a MIM candidate) up to 8 tokens
+MIN_PREFILL_BUCKET = 16
+MIN_CAPACITY = 128
+COMPILE_SETTINGS = ("auto", "on", "off")
+
+
+def row_bucket(n: int) -> int:
+    for b in ROW_BUCKETS:
+        if n <= b:
+            return b
+    return -(-n // ROW_BUCKETS[-1]) * ROW_BUCKETS[-1]
+
+
+def capacity_bucket(slots: int) -> int:
+    """Cache capacities are powers of two: every step attends over the whole cache, so a cache sized far past
+    what a decode needs costs attention time (over 512 slots it was a fifth of a tiny model's step), while each
+    capacity is one more set of graphs."""
+    capacity = MIN_CAPACITY
+    while capacity < slots:
+        capacity *= 2
+    return capacity
+
+
+def token_bucket(T: int) -> int:
+    if T == 1:
+        return 1
+    if T <= DRAFT_BUCKET:
+        return DRAFT_BUCKET
+    b = MIN_PREFILL_BUCKET
+    while b < T:
+        b *= 2
+    return b
+
+
+class CompiledTransformer(Transformer):
+    """A Transformer whose cached passes run compiled over a static cache (the class `compile_decoding` gives a
+    built model, in place, as codelm/fast_paths.py swaps its layers' classes)."""
+    _steps: "_CompiledSteps"
+
+    def setup_cache(self, batch: int, max_len: int | None = None, dtype=None) -> None:
+        """The static cache: rows padded to a bucket, capacity a power of two (at least MIN_CAPACITY)."""
+        super().setup_cache(row_bucket(batch), capacity_bucket(max_len or self.config.context_length), dtype)
+
+    def select_cache_rows(self, rows: torch.Tensor) -> None:
+        pad = row_bucket(rows.numel()) - rows.numel()
+        if pad:
+            rows = torch.cat([rows, rows[-1:].expand(pad)])
+        super().select_cache_rows(rows)
+
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                key_padding: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+        if not self.has_cache or torch.is_grad_enabled() or self.training:
+            return super().forward(idx, positions, key_padding, return_hidden)
+        B, T = idx.shape
+        rows, capacity, start = self.layers[0].attn.cache.k.shape[0], self.cache_capacity, self.cache_length
+        if rows < B:
+            raise ValueError(f"a pass of {B} rows on a cache of {rows}")
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        if positions.dim() == 1:
+            positions = positions.unsqueeze(0).expand(B, T)
+        Tb = token_bucket(T)
+        if start + Tb > capacity:  # no bucket fits the room left: this pass runs eagerly on the same cache
+            Tb = T
+            if start + T > capacity:
+                raise ValueError(f"a pass of {T} tokens after {start} does not fit the cache's {capacity} slots")
+        self._check_positions(positions)
+        ids = torch.zeros(rows, Tb, dtype=idx.dtype, device=idx.device)
+        ids[:B, :T] = idx
+        pos = torch.zeros(rows, Tb, dtype=positions.dtype, device=idx.device)
+        pos[:B, :T] = positions
+        keys = torch.ones(rows, capacity, dtype=torch.bool, device=idx.device)
+        if key_padding is not None:
+            keys[:B, :start + T] = key_padding[:, :start + T]
+        slots = torch.arange(start, start + Tb, device=idx.device)
+        if Tb == token_bucket(T):
+            out = self._steps.run(ids, pos, slots, keys, return_hidden)
+        else:
+            out = self.forward_static(ids, pos, slots, keys, return_hidden)
+        self.set_cache_length(start + T)
+        return out[:B, :T]
+
+
+class _CompiledSteps:
+    """The model's compiled step: one torch.compile'd `forward_static`, a graph per bucket, kept apart from the
+    module state so that copying the model (deepcopy, pickling) copies none of it: a copy compiles its own."""
+
+    def __init__(self, model: CompiledTransformer, mode: str | None):
+        self.model, self.mode = model, mode
+        self.fns = {}
+
+    def run(self, ids, positions, slots, keys, return_hidden: bool) -> torch.Tensor:
+        weight = self.model.embed.weight
+        key = (weight.dtype, weight.device)
+        fn = self.fns.get(key)
+        if fn is None:
+            fn = self.fns[key] = self._compile()
+        return fn(self.model, ids, positions, slots, keys, return_hidden)
+
+    def _compile(self):
+        """A private copy of forward_static's code for this model and dtype, compiled. Dynamo keeps its graphs per
+        code object, so no other model's graphs can serve this one; that is what makes it safe to skip dynamo's
+        guards on the modules' attributes (checking ~100 parameters cost ~0.3 ms per step, a tenth of a tiny
+        model's step): what the graphs depend on (shapes of the passes, the cache's) is in the guarded inputs."""
+        code = Transformer.forward_static.__code__
+        fn = types.FunctionType(code.replace(), Transformer.forward_static.__globals__, "forward_static",
+                                Transformer.forward_static.__defaults__)
+        return torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode,
+                             options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+
+    def __deepcopy__(self, memo):
+        return _CompiledSteps(memo.get(id(self.model), self.model), self.mode)
+
+    def __getstate__(self):
+        return {"model": self.model, "mode": self.mode, "fns": {}}
+
+
+def compile_decoding(model: Transformer) -> Transformer:
+    """Give a built model compiled decoding (idempotent; see the module docstring); returns the model."""
+    if isinstance(model, CompiledTransformer):
+        return model
+    if model.has_cache:
+        model.clear_cache()
+    model.__class__ = CompiledTransformer
+    # a graph per bucket and per model: more than dynamo's default of 8 per function before it gives up on one
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    mode = "reduce-overhead" if model.embed.weight.device.type == "cuda" else None  # CUDA graphs on GPU
+    model._steps = _CompiledSteps(model, mode)
+    return model
+
+
+def uncompiled(model: Transformer) -> Transformer:
+    """The model back with eager decoding (the class swap undone); returns the model."""
+    if isinstance(model, CompiledTransformer):
+        if model.has_cache:
+            model.clear_cache()
+        model.__class__ = Transformer
+        del model._steps
+    return model

@@ -1,0 +1,126 @@
+"""Compiled decoding (codelm/compiled.py): the static-cache pass computes what the eager pass computes, compiled
+decoding gives the same tokens and streams, and after warm-up nothing recompiles and nothing falls back to eager."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from codelm.compiled import capacity_bucket, compile_decoding, row_bucket, token_bucket, uncompiled
+from codelm.fast_paths import apply_fast_paths
+from codelm.generate import SamplingParams, decode_batch
+from codelm.model import ModelConfig, Transformer
+
+
+def micro(**kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, context_length=64, n_layer=2, n_head=4, d_model=32, **kw)
+    return Transformer(cfg).eval()
+
+
+def test_buckets():
+    assert [capacity_bucket(n) for n in (1, 128, 129, 600)] == [128, 128, 256, 1024]
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 9, 64, 65)] == [1, 2, 4, 8, 8, 16, 64, 128]
+    assert [token_bucket(t) for t in (1, 2, 5, 8, 9, 16, 17, 100)] == [1, 8, 8, 8, 16, 16, 32, 128]
+
+
+@pytest.mark.parametrize("options", [{}, {"n_kv_head": 2}, {"position": "alibi"},
+                                     {"position": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}])
+def test_static_pass_equals_the_eager_pass(options):
+    """forward_static (tokens at tensor slots, attending over the whole cache through a mask) gives the logits of
+    the eager cached pass: a left-padded prefill, decoding steps and a draft of several tokens."""
+    model = micro(**options)
+    ids = torch.randint(0, 128, (2, 12))
+    key_padding = torch.ones(2, 40, dtype=torch.bool)
+    key_padding[1, :3] = False  # row 1 is left-padded
+    positions = (key_padding[:, :12].long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        model.setup_cache(2, 40)
+        eager = [model(ids[:, :8], positions[:, :8], key_padding[:, :8]),
+                 model(ids[:, 8:9], positions[:, 8:9], key_padding[:, :9]),
+                 model(ids[:, 9:12], positions[:, 9:12], key_padding[:, :12])]
+        model.setup_cache(2, 40)
+        static, start = [], 0
+        for a, b in ((0, 8), (8, 9), (9, 12)):
+            slots = torch.arange(start + 0, start + b - a)
+            static.append(model.forward_static(ids[:, a:b], positions[:, a:b], slots, key_padding))
+            start += b - a
+            model.set_cache_length(start)
+    for e, s in zip(eager, static):
+        torch.testing.assert_close(s, e, rtol=1e-5, atol=1e-5)
+
+
+def test_the_static_cache_is_bucketed_and_keeps_the_cache_api():
+    """Rows padded to a bucket and the capacity fixed, invisibly to callers: selecting rows, reading them back and
+    the length bookkeeping behave as on the eager model (eager passes: nothing is compiled here)."""
+    model = compile_decoding(micro())
+    model.setup_cache(3, 20)
+    assert (model.layers[0].attn.cache.k.shape[0], model.cache_capacity) == (4, 128)
+    model.select_cache_rows(torch.tensor([0, 2]))
+    assert model.layers[0].attn.cache.k.shape[0] == 2
+    assert uncompiled(model).__class__ is Transformer and not model.has_cache
+
+
+def _decode(model, tokenizer, prompts, params):
+    rows = [[tokenizer.l2r_id] + tokenizer.encode(p) for p in prompts]
+    events = []
+    out = decode_batch(model, tokenizer, rows, params, [None] * len(rows), on_token=events.append)
+    return [c for per in out for c in per], [(e.prompt, e.sample, e.token_id, e.text, e.finished) for e in events]
+
+
+def _compare(eager, compiled, tokenizer, prompts, params):
+    want, want_events = _decode(eager, tokenizer, prompts, params)
+    got, got_events = _decode(compiled, tokenizer, prompts, params)
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert [(c.text, c.finish_reason, c.passes) for c in got] == [(c.text, c.finish_reason, c.passes) for c in want]
+    assert got_events == want_events
+    for a, b in zip(got, want):
+        assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0.0) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=16448, n_layer=2, n_head=2, d_model=64, context_length=96)
+    eager = apply_fast_paths(Transformer(cfg)).eval()
+    return eager, compile_decoding(copy.deepcopy(eager))
+
+
+def _no_recompiles_and_no_graph_breaks(run):
+    """Run `run` with dynamo told to fail on a recompile; returns the graphs compiled during it (must be 0)."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run()
+    assert dict(counters["graph_break"]) == {}
+    return counters["stats"]["unique_graphs"] - before
+
+
+def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, tokenizer):
+    """One row, greedy, with prompt-lookup drafts (compiles a prefill bucket and the draft-verification bucket):
+    the same tokens, passes and stream as eager decoding, log-probabilities within 1e-5; then other prompts of
+    the same buckets run with recompiling made an error, and no graph breaks anywhere."""
+    eager, compiled = pair
+    drafts, single = (SamplingParams(max_new_tokens=24, lookup_draft=k, stop=["\n\n"]) for k in (4, 0))
+    for params in (drafts, single):
+        _compare(eager, compiled, tokenizer, ["def add(a, b):\n    return a"], params)
+
+    def again():
+        for params in (drafts, single):
+            _compare(eager, compiled, tokenizer, ["y = [1, 2]\nz = y"], params)
+    assert _no_recompiles_and_no_graph_breaks(again) == 0
+
+
+@pytest.mark.slow
+def test_compiled_batches_samples_and_changing_rows_equal_eager(pair, tokenizer):
+    """Padded prompts, n samples per prompt, rows leaving as they finish (row buckets 8, 4, 2, 1), sampling with
+    seeds: all as eager; a second batch of other prompts compiles nothing new."""
+    eager, compiled = pair
+    prompts = ["def add(a, b):\n    return", "import os\n\nclass Config:\n    def __init__(self):", "x = [1, 2"]
+    greedy = SamplingParams(max_new_tokens=16, lookup_draft=0, stop=[")"])
+    _compare(eager, compiled, tokenizer, prompts, greedy)
+    assert _no_recompiles_and_no_graph_breaks(lambda: _compare(
+        eager, compiled, tokenizer, ["def sub(a, b):\n    return", "import sys\n\nclass Base:\n    def run(self):", "y = [3, 4"], greedy)) == 0
