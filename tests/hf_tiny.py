@@ -46,14 +46,15 @@ def make_tokenizer(fim_family: str | None = None, bos: bool = False, vocab_size:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=BOS if bos else None)
 
 
-def make_model(arch: str, vocab_size: int, seed: int = 0, context: int = 256):
+def make_model(arch: str, vocab_size: int, seed: int = 0, context: int = 256, **sizes):
     """A 2-layer random model of the architecture. Weights drawn wide (std 0.3) so that greedy choices are far from
-    ties: equality tests then test the code, not float rounding."""
+    ties: equality tests then test the code, not float rounding. `sizes` override the small defaults."""
     import torch
     import transformers as tf
 
     small = dict(vocab_size=vocab_size, num_hidden_layers=2, num_attention_heads=4, hidden_size=64,
                  intermediate_size=128, max_position_embeddings=context, initializer_range=0.3)
+    small.update(sizes)
     configs = {
         "llama": lambda: tf.LlamaConfig(num_key_value_heads=2, **small),
         "phi": lambda: tf.PhiConfig(partial_rotary_factor=0.5, **small),
@@ -67,11 +68,11 @@ def make_model(arch: str, vocab_size: int, seed: int = 0, context: int = 256):
     return model.eval()
 
 
-def save_model_dir(path, arch: str, fim_family: str | None = None, bos: bool = False):
+def save_model_dir(path, arch: str, fim_family: str | None = None, bos: bool = False, **sizes):
     """A Hugging Face model directory of a tiny `arch` model and its tokenizer, the model's configs agreeing with the
     tokenizer on BOS (None without one, as Qwen2.5-Coder's and StarCoder's) and EOS."""
     tok = make_tokenizer(fim_family, bos=bos)
-    model = make_model(arch, len(tok.get_vocab()))
+    model = make_model(arch, len(tok.get_vocab()), **sizes)
     for cfg in (model.config, model.generation_config):
         cfg.bos_token_id, cfg.eos_token_id = tok.bos_token_id, tok.eos_token_id
     model.save_pretrained(path)
