@@ -89,6 +89,11 @@ def pair():
     return eager, compile_decoding(copy.deepcopy(eager))
 
 
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def _no_recompiles_and_no_graph_breaks(run):
     """Run `run` with dynamo told to fail on a recompile; returns the graphs compiled during it (must be 0)."""
     from torch._dynamo.utils import counters
@@ -106,8 +111,10 @@ def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, toke
     the same buckets run with recompiling made an error, and no graph breaks anywhere."""
     eager, compiled = pair
     drafts, single = (SamplingParams(max_new_tokens=24, lookup_draft=k, stop=["\n\n"]) for k in (4, 0))
+    before = _graphs()
     for params in (drafts, single):
         _compare(eager, compiled, tokenizer, ["def add(a, b):\n    return a"], params)
+    assert _graphs() - before == 3  # the prefill, draft and one-token buckets
 
     def again():
         for params in (drafts, single):
@@ -156,8 +163,43 @@ def test_compiled_meet_in_the_middle_equals_eager(infill_model):
     ck = infill_model
     compiled = compile_decoding(copy.deepcopy(ck.model))
     params = SamplingParams(max_new_tokens=32)
+    before = _graphs()
     for f, line in HELD_OUT[:2]:
         prefix, middle, suffix = split_at_line(FUNCTIONS[f], line)
         want = mim_infill(ck.model, ck.tokenizer, prefix, suffix, params, capabilities=ck.capabilities)
         got = mim_infill(compiled, ck.tokenizer, prefix, suffix, params, capabilities=ck.capabilities)
         assert (got.text, got.met, got.steps) == (want.text, want.met, want.steps) and want.text == middle
+    assert _graphs() > before  # it did decode compiled
+
+
+@pytest.mark.slow
+def test_the_servers_worker_decodes_the_same_compiled(tokenizer):
+    """The server's worker on a compiled model: rows joining and leaving a running batch (row buckets change, the
+    cache is rebuilt right-aligned) generate what eager decoding of each prompt alone generates."""
+    import threading
+
+    from codelm.generate import generate
+    from web.engine import Engine, Job, RowSpec
+
+    torch.manual_seed(0)
+    eager = Transformer(ModelConfig(vocab_size=16448, n_layer=2, n_head=2, d_model=64, context_length=96)).eval()
+    prompts = ["def add(a, b):", "import os\nimport sys\n\nclass Foo(object):", "x = 1"]
+    params = [SamplingParams(max_new_tokens=10 + 6 * k) for k in range(len(prompts))]
+    alone = [generate(eager, tokenizer, p, sp) for p, sp in zip(prompts, params)]
+    before = _graphs()
+    engine = Engine(compile_decoding(copy.deepcopy(eager)), tokenizer, max_batch=3).start()
+    try:
+        texts, done = [""] * len(prompts), [threading.Event() for _ in prompts]
+
+        def sink(k):
+            def take(event):
+                texts[k] += event.text
+                if event.finish_reason:
+                    done[k].set()
+            return take
+        for k, (prompt, sp) in enumerate(zip(prompts, params)):
+            engine.submit(Job([RowSpec([tokenizer.l2r_id] + tokenizer.encode(prompt), sp)], sink(k)))
+        assert all(d.wait(900) for d in done)
+        assert texts == alone and _graphs() > before
+    finally:
+        engine.stop()
