@@ -412,8 +412,9 @@ class Transformer(nn.Module):
     # --- forward ----------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
                 key_padding: torch.Tensor | None = None, return_hidden: bool = False,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """idx [B, T] -> logits [B, T, vocab] (float32).
+                attn_mask: torch.Tensor | None = None, float_logits: bool = True) -> torch.Tensor:
+        """idx [B, T] -> logits [B, T, vocab] (float32; with float_logits=False in the head's dtype, bf16 under
+        autocast, for a loss that upcasts a chunk of rows at a time: no [tokens x vocab] float32 copy).
 
         positions: [B, T] or [T] token positions (default: cache_length + arange(T)).
         key_padding: [B, S] bool, True where a key is a real token, over all S = cache_length + T keys seen so far
@@ -440,7 +441,7 @@ class Transformer(nn.Module):
         x = self._layers(idx, positions, mask, cache_slots, start + T)
         if self.has_cache:
             self._cache_length = start + T
-        return x if return_hidden else self.output_logits(x)
+        return x if return_hidden else self.output_logits(x, float_logits)
 
     def forward_static(self, idx: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                        key_padding: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
@@ -480,13 +481,13 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, cache_slots, n_keys)
         return self.norm(x)
 
-    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def output_logits(self, hidden: torch.Tensor, float_logits: bool = True) -> torch.Tensor:
         """Final hidden states -> float32 logits. µP divides by the width multiplier so that logits stay O(1) as the
         model widens (the output layer's weights see a sum over d_model correlated terms)."""
         logits = self.lm_head(hidden)
         if self.config.mup:
             logits = logits * (self.config.mup_output_mult / self.config.width_mult)
-        return logits.float()
+        return logits.float() if float_logits else logits
 
     def _check_positions(self, positions: torch.Tensor) -> None:
         """Positions past the rotary/learned tables are a caller's bug. Reading the maximum back from an accelerator
