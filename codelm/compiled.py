@@ -176,19 +176,26 @@ def uncompiled(model: Transformer) -> Transformer:
     return model
 
 
-def use_compile(setting: str, model: Transformer) -> bool:
-    """Resolve a `--compile` setting for a model. auto: on for a CUDA model (gpt-fast's setting: there a step is
-    mostly launch overhead, which a compiled step removes); off on CPU, where it was measured not to repay its
-    compile time (2 shared cores, tiny preset, one token per pass: a step 1.17-1.27x faster at batch 1, no faster
-    at batch 8, for 15-75 s of compiling per bucket shape; benchmarks/bench_generate.py measures it anywhere)."""
+# On CPU compiling repays itself only over a long decode: measured under load (2 shared cores, load ~12, tiny preset,
+# benchmarks/bench_generate.py), compiled steps took 0.70x eager's CPU time at batch 1 (one token per pass) and
+# 0.88x at batch 8, after 40-110 s of compiling a batch size's buckets: ~0.4-1 ms saved per token, so on the order
+# of 10^5 tokens to break even. An evaluation plans tasks x samples x max_new_tokens; one `sample` or `infill`
+# never comes near, nor does a CPU server (each new bucket would stall the requests waiting on it).
+CPU_REPAYS_AFTER_TOKENS = 100_000
+
+
+def use_compile(setting: str, model: Transformer, planned_tokens: int = 0) -> bool:
+    """Resolve a `--compile` setting for a model that will decode up to `planned_tokens` tokens. auto: on for a
+    CUDA model (gpt-fast's setting: there a step is mostly launch overhead, which a compiled step removes); on CPU
+    only when planned_tokens reaches CPU_REPAYS_AFTER_TOKENS (above)."""
     if setting not in COMPILE_SETTINGS:
         from codelm.errors import ConfigError
         raise ConfigError(f"--compile {setting!r}: choose one of {', '.join(COMPILE_SETTINGS)}")
     if setting == "auto":
-        return model.embed.weight.device.type == "cuda"
+        return model.embed.weight.device.type == "cuda" or planned_tokens >= CPU_REPAYS_AFTER_TOKENS
     return setting == "on"
 
 
-def apply_compile_setting(model: Transformer, setting: str) -> Transformer:
+def apply_compile_setting(model: Transformer, setting: str, planned_tokens: int = 0) -> Transformer:
     """The model with compiled decoding if `setting` (on/off/auto, see use_compile) says so; returns the model."""
-    return compile_decoding(model) if use_compile(setting, model) else model
+    return compile_decoding(model) if use_compile(setting, model, planned_tokens) else model

@@ -135,8 +135,8 @@ def test_compiled_batches_samples_and_changing_rows_equal_eager(pair, tokenizer)
 
 
 def test_compile_setting_resolves_and_reaches_the_commands():
-    """--compile on/off/auto: auto is off for a CPU model (measured not to repay its compile time there); the
-    sample, infill, eval and serve option dataclasses all carry it."""
+    """--compile on/off/auto: auto on a CPU model is on only for a decode long enough to repay compiling (an
+    evaluation of many samples), not for one prompt; the sample, infill, eval and serve options all carry it."""
     import dataclasses
 
     from codelm.cli import InfillConfig, SampleConfig
@@ -147,6 +147,7 @@ def test_compile_setting_resolves_and_reaches_the_commands():
 
     model = micro()
     assert (use_compile("auto", model), use_compile("on", model), use_compile("off", model)) == (False, True, False)
+    assert use_compile("auto", model, planned_tokens=164 * 512 * 10) and not use_compile("auto", model, 128)
     with pytest.raises(ConfigError):
         use_compile("yes", model)
     for cfg in (SampleConfig, InfillConfig, EvalConfig, ServeConfig):
