@@ -159,6 +159,22 @@ def run_llama_cpp(llm, tokenizer, prompts, new_tokens):
     return timed(go)
 
 
+def where_time_goes(model, tokenizer, prompts, new_tokens, label, top: int = 6):
+    """Where a one-token-per-pass decode spends its CPU time (torch's profiler, self time per op), printed when
+    llama.cpp is ahead: the matmuls (oneDNN/BLAS: the weights streamed once per step) against the rest."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        run_ours(model, tokenizer, prompts, new_tokens, 0)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    linear = sum(e.self_cpu_time_total for e in events
+                 if any(k in e.key for k in ("linear", "addmm", "aten::mm", "matmul", "bmm")))
+    print(f"      llama.cpp is ahead of '{label}': its CPU time by op (profiled; {linear / total:.0%} in matmuls):")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"        {e.self_cpu_time_total / total:6.1%}  {e.key[:70]}")
+
+
 def describe_machine() -> str:
     """The CPU model and the kernels torch runs on (BLAS library, ISA level)."""
     cpu = platform.processor() or platform.machine()
@@ -256,7 +272,7 @@ def main():
         for name, fn in variants.items():
             wall, _, _ = fn()  # warm up (compiles the compiled rows' buckets)
             if name.startswith("compiled"):
-                print(f"{batch:>5d} {name}: warm-up run (compiling its buckets) {wall:.1f} s")
+                print(f"{batch:>5d} {name}: warm-up run (compiling its buckets) {wall:.1f} s", flush=True)
         for _ in range(args.repeats):
             for name, fn in variants.items():
                 counter = compiled_passes if name.startswith("compiled") else passes
@@ -286,6 +302,10 @@ def main():
             for name in [n for n in variants if n.startswith(("codelm", "compiled"))]:
                 print(f"{batch:>5d} {name} / llama.cpp: {rate[name][0] / rate['llama.cpp'][0]:.2f}x "
                       f"(CPU time {rate[name][1] / rate['llama.cpp'][1]:.2f}x)")
+            one = "compiled, one token/pass" if "compiled, one token/pass" in rate else "codelm, one token/pass"
+            if one in rate and rate[one][1] < rate["llama.cpp"][1]:
+                where_time_goes(compiled if one.startswith("compiled") else model, tokenizer, prompts,
+                                args.new_tokens, one)
 
 
 if __name__ == "__main__":
