@@ -130,7 +130,9 @@ class _CompiledSteps:
         fn = self.fns.get(key)
         if fn is None:
             fn = self.fns[key] = self._compile()
-        torch._dynamo.mark_dynamic(keys, 1)  # one graph for every number of keys a pass sees
+        # one graph for every number of keys a pass sees (where a pass sees the whole cache, dynamo may make that a
+        # graph of its own: a second graph, not an error)
+        torch._dynamo.maybe_mark_dynamic(keys, 1)
         return fn(self.model, ids, positions, slots, keys, return_hidden)
 
     def _compile(self):
