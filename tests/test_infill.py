@@ -65,6 +65,7 @@ def test_infill_contexts_mark_both_ends_of_a_whole_document(tokenizer):
 
 @pytest.mark.parametrize("family, expected", [
     ("starcoder", "<fim_prefix>def f():\n<fim_suffix>\n    return {x}<fim_middle>"),
+    ("santacoder", "<fim-prefix>def f():\n<fim-suffix>\n    return {x}<fim-middle>"),
     ("codellama", "<PRE> def f():\n <SUF>\n    return {x} <MID>"),
     ("deepseek-coder", "<｜fim▁begin｜>def f():\n<｜fim▁hole｜>\n    return {x}<｜fim▁end｜>"),
     ("qwen2.5-coder", "<|fim_prefix|>def f():\n<|fim_suffix|>\n    return {x}<|fim_middle|>"),
