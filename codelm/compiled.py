@@ -6,9 +6,10 @@ What changes underneath:
 
 - **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up)
   and its rows are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last
-  row, computed and ignored. Every pass writes
-  its keys at tensor slots and attends over the whole cache through a mask (`Transformer.forward_static`), so a step
-  reads no Python-side length: one traced step serves every position.
+  row, computed and ignored. Every pass writes its keys at tensor slots and attends over the cache's first S slots
+  through a mask (`Transformer.forward_static`), so a step reads no Python-side length: one traced step serves
+  every position (on CPU S, the filled part, is a dynamic size; on GPU it is the whole cache, gpt-fast's way,
+  since a CUDA graph is recorded per shape).
 - **Passes are bucketed.** A pass of T tokens runs as the next bucket (1: a decoding step; up to 8: a prompt-lookup
   draft being verified, a MIM candidate; 16, 32, ...: a prefill), right-padded with dummy tokens written past the
   real ones: causality keeps real tokens from seeing them and the next pass overwrites their slots.
@@ -18,8 +19,9 @@ What changes underneath:
   codelm/fast_paths.py where it applies them (an opaque custom op), and on GPU the step can be a CUDA graph.
 
 A pass that fits no bucket (a prefill longer than the room left in the cache) runs eagerly on the same cache.
-Compiling costs tens of seconds per bucket on a small CPU, so `should_compile` turns it on only where the tokens to
-decode repay that (see its docstring for the measurements).
+Compiling costs tens of seconds per bucket on a small CPU, so `--compile auto` (`use_compile`) turns it on there
+only where the tokens to decode repay that (see CPU_REPAYS_AFTER_TOKENS for the measurements). GPU decoding
+(CUDA graphs through mode="reduce-overhead") is written but was not run here: no GPU was available.
 """
 
 from __future__ import annotations
@@ -102,13 +104,17 @@ class CompiledTransformer(Transformer):
         ids[:B, :T] = idx
         pos = torch.zeros(rows, Tb, dtype=positions.dtype, device=idx.device)
         pos[:B, :T] = positions
-        n_keys = max(start + Tb, 2)  # the slots this pass sees (2 at least: dynamo specialises sizes 0 and 1)
+        # the slots this pass sees (2 at least: dynamo specialises sizes 0 and 1). A CUDA graph is recorded per
+        # shape, so on GPU every pass sees the whole cache (gpt-fast's way); on CPU attention then costs the
+        # capacity instead of the filled part, so there the number is the filled part, a dynamic size.
+        cuda = idx.device.type == "cuda"
+        n_keys = capacity if cuda else max(start + Tb, 2)
         keys = torch.ones(rows, n_keys, dtype=torch.bool, device=idx.device)
         if key_padding is not None:
             keys[:B, :start + T] = key_padding[:, :start + T]
         slots = torch.arange(start, start + Tb, device=idx.device)
         if Tb == token_bucket(T):
-            out = self._steps.run(ids, pos, slots, keys, return_hidden)
+            out = self._steps.run(ids, pos, slots, keys, return_hidden, dynamic_keys=not cuda)
         else:
             out = self.forward_static(ids, pos, slots, keys, return_hidden)
         self.set_cache_length(start + T)
@@ -123,7 +129,7 @@ class _CompiledSteps:
         self.model, self.mode = model, mode
         self.fns = {}
 
-    def run(self, ids, positions, slots, keys, return_hidden: bool) -> torch.Tensor:
+    def run(self, ids, positions, slots, keys, return_hidden: bool, dynamic_keys: bool = True) -> torch.Tensor:
         # the cache's capacity is a module buffer's shape, which the skipped module guards would not check
         weight = self.model.embed.weight
         key = (weight.dtype, weight.device, self.model.cache_capacity)
@@ -132,7 +138,8 @@ class _CompiledSteps:
             fn = self.fns[key] = self._compile()
         # one graph for every number of keys a pass sees (where a pass sees the whole cache, dynamo may make that a
         # graph of its own: a second graph, not an error)
-        torch._dynamo.maybe_mark_dynamic(keys, 1)
+        if dynamic_keys:
+            torch._dynamo.maybe_mark_dynamic(keys, 1)
         return fn(self.model, ids, positions, slots, keys, return_hidden)
 
     def _compile(self):
