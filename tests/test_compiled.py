@@ -4,6 +4,7 @@ decoding gives the same tokens and streams, and after warm-up nothing recompiles
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,11 @@ from codelm.fast_paths import apply_fast_paths
 from codelm.generate import SamplingParams, decode_batch
 from codelm.model import ModelConfig, Transformer
 from test_infill import FUNCTIONS, HELD_OUT, infill_model, split_at_line  # noqa: F401 (a fixture)
+
+
+# inductor compiles the steps it writes with the machine's C++ compiler
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="no C++ compiler for torch.compile's CPU backend")
 
 
 def micro(**kw) -> Transformer:
@@ -105,6 +111,7 @@ def _no_recompiles_and_no_graph_breaks(run):
     return counters["stats"]["unique_graphs"] - before
 
 
+@needs_compiler
 def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, tokenizer):
     """One row, greedy, with prompt-lookup drafts (compiles a prefill bucket and the draft-verification bucket):
     the same tokens, passes and stream as eager decoding, log-probabilities within 1e-5; then other prompts of
@@ -123,6 +130,7 @@ def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, toke
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_compiled_batches_samples_and_changing_rows_equal_eager(pair, tokenizer):
     """Padded prompts, n samples per prompt, rows leaving as they finish (row buckets 8, 4, 2, 1), sampling with
     seeds: all as eager; a second batch of other prompts compiles nothing new."""
@@ -155,6 +163,7 @@ def test_compile_setting_resolves_and_reaches_the_commands():
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_compiled_meet_in_the_middle_equals_eager(infill_model):
     """Meet-in-the-middle (two directions in one batch, candidates verified in one pass, rows at different
     lengths) on a model trained to meet: the same middles, joins and passes compiled as eager."""
@@ -174,6 +183,7 @@ def test_compiled_meet_in_the_middle_equals_eager(infill_model):
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_the_servers_worker_decodes_the_same_compiled(tokenizer):
     """The server's worker on a compiled model: rows joining and leaving a running batch (row buckets change, the
     cache is rebuilt right-aligned) generate what eager decoding of each prompt alone generates."""
