@@ -74,7 +74,8 @@ def bench_stages() -> list[dict]:
     read_cpu, read_wall = timed(lambda p: p.read_bytes(), paths)
     dec_cpu, dec_wall = timed(lambda p: p.read_bytes().decode("utf-8"), paths)
     rows.append(row("read+decode", mb, dec_cpu, dec_wall, ("read bytes", read_cpu)))
-    rows.append(row("size", mb, *timed(P.SizeFilter(1, 10**6).keep, docs)))
+    from codelm.data.stages import SizeFilter
+    rows.append(row("size", mb, *timed(SizeFilter(1, 10**6).keep, docs)))
     rows.append(row("quality", mb, *timed(QualityFilter(QualityConfig()).keep, docs)))
     parse_cpu, _ = timed(lambda d: ast.parse(d.text), docs)
     rows.append(row("edu_score", mb, *timed(EduFilter(0.2).keep, docs), ("ast.parse", parse_cpu)))
