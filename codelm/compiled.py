@@ -29,12 +29,12 @@ import types
 import torch
 
 from codelm.model import Transformer
+from codelm.terms import COMPILE_SETTINGS
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 DRAFT_BUCKET = 8        # verification passes (a token plus a prompt-lookup draft, a MIM candidate) up to 8 tokens
 MIN_PREFILL_BUCKET = 16
 MIN_CAPACITY = 128
-COMPILE_SETTINGS = ("auto", "on", "off")
 
 
 def row_bucket(n: int) -> int:
@@ -102,7 +102,8 @@ class CompiledTransformer(Transformer):
         ids[:B, :T] = idx
         pos = torch.zeros(rows, Tb, dtype=positions.dtype, device=idx.device)
         pos[:B, :T] = positions
-        keys = torch.ones(rows, capacity, dtype=torch.bool, device=idx.device)
+        n_keys = max(start + Tb, 2)  # the slots this pass sees (2 at least: dynamo specialises sizes 0 and 1)
+        keys = torch.ones(rows, n_keys, dtype=torch.bool, device=idx.device)
         if key_padding is not None:
             keys[:B, :start + T] = key_padding[:, :start + T]
         slots = torch.arange(start, start + Tb, device=idx.device)
@@ -123,18 +124,21 @@ class _CompiledSteps:
         self.fns = {}
 
     def run(self, ids, positions, slots, keys, return_hidden: bool) -> torch.Tensor:
+        # the cache's capacity is a module buffer's shape, which the skipped module guards would not check
         weight = self.model.embed.weight
-        key = (weight.dtype, weight.device)
+        key = (weight.dtype, weight.device, self.model.cache_capacity)
         fn = self.fns.get(key)
         if fn is None:
             fn = self.fns[key] = self._compile()
+        torch._dynamo.mark_dynamic(keys, 1)  # one graph for every number of keys a pass sees
         return fn(self.model, ids, positions, slots, keys, return_hidden)
 
     def _compile(self):
         """A private copy of forward_static's code for this model and dtype, compiled. Dynamo keeps its graphs per
         code object, so no other model's graphs can serve this one; that is what makes it safe to skip dynamo's
         guards on the modules' attributes (checking ~100 parameters cost ~0.3 ms per step, a tenth of a tiny
-        model's step): what the graphs depend on (shapes of the passes, the cache's) is in the guarded inputs."""
+        model's step): what the graphs depend on is in the guarded inputs (the pass's rows, which are the cache's,
+        and tokens) or in the key of `fns` (dtype, device, cache capacity)."""
         code = Transformer.forward_static.__code__
         fn = types.FunctionType(code.replace(), Transformer.forward_static.__globals__, "forward_static",
                                 Transformer.forward_static.__defaults__)
@@ -170,3 +174,21 @@ def uncompiled(model: Transformer) -> Transformer:
         model.__class__ = Transformer
         del model._steps
     return model
+
+
+def use_compile(setting: str, model: Transformer) -> bool:
+    """Resolve a `--compile` setting for a model. auto: on for a CUDA model (gpt-fast's setting: there a step is
+    mostly launch overhead, which a compiled step removes); off on CPU, where it was measured not to repay its
+    compile time (2 shared cores, tiny preset, one token per pass: a step 1.17-1.27x faster at batch 1, no faster
+    at batch 8, for 15-75 s of compiling per bucket shape; benchmarks/bench_generate.py measures it anywhere)."""
+    if setting not in COMPILE_SETTINGS:
+        from codelm.errors import ConfigError
+        raise ConfigError(f"--compile {setting!r}: choose one of {', '.join(COMPILE_SETTINGS)}")
+    if setting == "auto":
+        return model.embed.weight.device.type == "cuda"
+    return setting == "on"
+
+
+def apply_compile_setting(model: Transformer, setting: str) -> Transformer:
+    """The model with compiled decoding if `setting` (on/off/auto, see use_compile) says so; returns the model."""
+    return compile_decoding(model) if use_compile(setting, model) else model

@@ -412,8 +412,9 @@ class Transformer(nn.Module):
     # --- forward ----------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
                 key_padding: torch.Tensor | None = None, return_hidden: bool = False,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """idx [B, T] -> logits [B, T, vocab] (float32).
+                attn_mask: torch.Tensor | None = None, float_logits: bool = True) -> torch.Tensor:
+        """idx [B, T] -> logits [B, T, vocab] (float32; with float_logits=False in the head's dtype, bf16 under
+        autocast, for a loss that upcasts a chunk of rows at a time: no [tokens x vocab] float32 copy).
 
         positions: [B, T] or [T] token positions (default: cache_length + arange(T)).
         key_padding: [B, S] bool, True where a key is a real token, over all S = cache_length + T keys seen so far
@@ -440,27 +441,28 @@ class Transformer(nn.Module):
         x = self._layers(idx, positions, mask, cache_slots, start + T)
         if self.has_cache:
             self._cache_length = start + T
-        return x if return_hidden else self.output_logits(x)
+        return x if return_hidden else self.output_logits(x, float_logits)
 
     def forward_static(self, idx: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                        key_padding: torch.Tensor, return_hidden: bool = False) -> torch.Tensor:
         """The same pass over a static KV cache, the shape a compiled decoding step needs (codelm/compiled.py).
 
         idx and positions [B, T] with B = the cache's rows; the tokens go to cache `slots` [T] (a tensor, as
-        gpt-fast's input_pos) and attend over every slot of the cache, masked by slot order and `key_padding`
-        [B, cache_capacity]: keys past a token's own slot are never seen, so the unfilled slots need no bookkeeping.
-        Nothing here depends on how full the cache is, so one traced step serves every position; it reads nothing
-        back to the host and does not advance `cache_length` (the caller does, with `set_cache_length`)."""
-        capacity = self.cache_capacity
-        keys = torch.arange(capacity, device=idx.device)
-        allowed = (keys[None, :] <= slots[:, None]) & key_padding[:, None, None, :]  # [B, 1, T, capacity]
+        gpt-fast's input_pos) and attend over the first S cache slots, S = key_padding.shape[1] (`key_padding`
+        [B, S] bool), masked by slot order and key_padding: keys past a token's own slot are never seen, so slots
+        not yet filled need no bookkeeping. Nothing here reads how full the cache is, so one traced step serves
+        every position (S may be a dynamic size); it reads nothing back to the host and does not advance
+        `cache_length` (the caller does, with `set_cache_length`)."""
+        n_keys = key_padding.shape[1]
+        keys = torch.arange(n_keys, device=idx.device)
+        allowed = (keys[None, :] <= slots[:, None]) & key_padding[:, None, None, :]  # [B, 1, T, S]
         allowed = allowed | (keys[None, :] == slots[:, None])  # a padding query sees itself (no NaN; ignored)
         mask = allowed
         if self.config.position == "alibi":
             distance = (slots[:, None] - keys[None, :]).float()
             bias = -self.alibi_slopes[None, :, None, None] * distance
             mask = bias.masked_fill(~allowed, float("-inf"))
-        x = self._layers(idx, positions, mask, slots, capacity)
+        x = self._layers(idx, positions, mask, slots, n_keys)
         return x if return_hidden else self.output_logits(x)
 
     def _layers(self, idx, positions, mask, cache_slots, n_keys) -> torch.Tensor:
@@ -479,13 +481,13 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, cache_slots, n_keys)
         return self.norm(x)
 
-    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def output_logits(self, hidden: torch.Tensor, float_logits: bool = True) -> torch.Tensor:
         """Final hidden states -> float32 logits. µP divides by the width multiplier so that logits stay O(1) as the
         model widens (the output layer's weights see a sum over d_model correlated terms)."""
         logits = self.lm_head(hidden)
         if self.config.mup:
             logits = logits * (self.config.mup_output_mult / self.config.width_mult)
-        return logits.float()
+        return logits.float() if float_logits else logits
 
     def _check_positions(self, positions: torch.Tensor) -> None:
         """Positions past the rotary/learned tables are a caller's bug. Reading the maximum back from an accelerator

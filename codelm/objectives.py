@@ -79,6 +79,10 @@ class Batch:
             return {}
         return {"positions": self.extra["positions"], "attn_mask": block_causal_mask(self.extra["blocks"])}
 
+    def training_inputs(self) -> dict:
+        """`model_inputs` plus logits in the head's own dtype: the training losses upcast them a chunk at a time."""
+        return {**self.model_inputs(), "float_logits": False}
+
 
 def check_attention_mask(mode: str) -> str:
     if mode not in ATTENTION_MASKS:
@@ -112,7 +116,7 @@ class NextTokenObjective:
     name = ""
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = next_token_loss(model(batch.x, **batch.model_inputs()), batch.y)
+        loss = fused_next_token_loss(model(batch.x, **batch.training_inputs()), batch.y)
         return loss, {f"loss_{self.name}": loss.detach()}
 
     def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
@@ -315,7 +319,8 @@ class _MimLoss(torch.autograd.Function):
         n_f = max(int((y_fwd != IGNORE).sum()), 1)
         n_b = max(int((y_bwd != IGNORE).sum()), 1)
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        grad = torch.empty(flat.shape, dtype=dtype, device=flat.device)  # every row is written below
+        # the gradient in the logits' dtype (bf16 logits: rounded as the backward of an upcast would round it)
+        grad = torch.empty(flat.shape, dtype=logits.dtype, device=flat.device)  # every row is written below
         nll_f = nll_b = tv = torch.zeros((), dtype=dtype, device=flat.device)
         rows = max(1, MIM_CHUNK_ELEMENTS // V)
         for s0 in range(0, n_fwd_rows, rows):
@@ -340,7 +345,7 @@ class _MimLoss(torch.autograd.Function):
                 if g_b is not None:
                     p_b.add_(g_b)
             grad[s0:s1] = p_a
-            grad.index_copy_(0, br, p_b)
+            grad.index_copy_(0, br, p_b.to(grad.dtype))
         ctx.save_for_backward(grad)
         ctx.logits_dtype, ctx.logits_shape, ctx.done = logits.dtype, logits.shape, False
         metrics = torch.stack([nll_f / n_f, nll_b / n_b, 0.5 * tv / n_f])
@@ -353,7 +358,48 @@ class _MimLoss(torch.autograd.Function):
             raise RuntimeError("the fused MIM loss scales its stored gradient in place: one backward per forward")
         ctx.done = True
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss).to(ctx.logits_dtype).view(ctx.logits_shape), None, None, None, None, None
+        return grad.mul_(grad_loss).view(ctx.logits_shape), None, None, None, None, None
+
+
+class _NextTokenLoss(torch.autograd.Function):
+    """Mean next-token cross-entropy whose gradient, softmax(logits) - onehot(y) over the valid count, is computed
+    in the forward pass a chunk of rows at a time (float32 inside) and kept in the logits' dtype: no float32 copy of
+    the logits, no stored log-softmax. F.cross_entropy on bf16 logits would upcast all of them and keep the float32
+    log-softmax for backward. Same value and gradient (tests/test_objectives.py)."""
+
+    @staticmethod
+    def forward(ctx, logits, y):
+        with torch.autocast(logits.device.type, enabled=False):
+            V = logits.shape[-1]
+            flat, y = logits.reshape(-1, V), y.reshape(-1)
+            n = max(int((y != IGNORE).sum()), 1)
+            dtype = torch.promote_types(logits.dtype, torch.float32)
+            grad = torch.empty(flat.shape, dtype=logits.dtype, device=flat.device)
+            nll = torch.zeros((), dtype=dtype, device=flat.device)
+            rows = max(1, MIM_CHUNK_ELEMENTS // V)
+            for s0 in range(0, flat.shape[0], rows):
+                p, chunk_nll = _softmax_rows(flat[s0:s0 + rows], y[s0:s0 + rows], dtype)
+                _nll_grad_(p, y[s0:s0 + rows], 1.0 / n)
+                grad[s0:s0 + rows] = p
+                nll = nll + chunk_nll
+        ctx.save_for_backward(grad)
+        ctx.logits_shape, ctx.done = logits.shape, False
+        return nll / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.done:
+            raise RuntimeError("the fused next-token loss scales its stored gradient in place: one backward per forward")
+        ctx.done = True
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_loss).view(ctx.logits_shape), None
+
+
+def fused_next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`next_token_loss(logits, y)` (mean over targets that are not IGNORE) for training: see _NextTokenLoss."""
+    if not logits.requires_grad:
+        return next_token_loss(logits.float(), y)
+    return _NextTokenLoss.apply(logits, y)
 
 
 def mim_loss(logits: torch.Tensor, y: torch.Tensor, n_forward: int, beta: float = 0.1, stop_grad: bool = False,
@@ -416,7 +462,7 @@ class MeetInTheMiddle:
         return logits[:n], logits[n:].flip(1), batch.y[:n], batch.y[n:]
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss, (nll_fwd, nll_bwd, tv) = mim_loss(model(batch.x, **batch.model_inputs()), batch.y,
+        loss, (nll_fwd, nll_bwd, tv) = mim_loss(model(batch.x, **batch.training_inputs()), batch.y,
                                                  batch.extra["n_forward"], self.beta, self.stop_grad,
                                                  batch.extra.get("pairs"))
         metrics = {"loss_mim_fwd": nll_fwd, "loss_mim_bwd": nll_bwd}

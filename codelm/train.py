@@ -287,6 +287,22 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype | None, size: in
     return 2 * size ** 3 / best
 
 
+def resident_memory() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in bytes: /proc/self/statm and getrusage (Linux; the peak
+    alone elsewhere, 0.0 where neither exists)."""
+    try:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux
+    except ImportError:
+        peak = 0.0
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        current = peak
+    return float(current), max(peak, float(current))
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -724,11 +740,14 @@ class Trainer:
         tok_s = tokens / max(elapsed, 1e-9)
         mfu = self.mfu(tok_s * read, self.step - 1)
         eta = (self.cfg.steps - self.step) * elapsed / max(1, steps)
+        rss, peak_rss = resident_memory()
         self.log_metrics({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "tok_s": round(tok_s, 1),
-                          "mfu": round(mfu, 4), **metrics})
+                          "mfu": round(mfu, 4), "rss_mb": round(rss / 2**20), "peak_rss_mb": round(peak_rss / 2**20),
+                          **metrics})
         if self.dist.is_main:
-            log.info("step %d/%d | %s | lr %.2e | %s tok/s | MFU %.1f%% | ETA %s", self.step, self.cfg.steps,
-                     self._loss_text(), metrics["lr"], f"{tok_s:,.0f}", 100 * mfu, _format_duration(eta))
+            log.info("step %d/%d | %s | lr %.2e | %s tok/s | MFU %.1f%% | RSS %.2f GB (peak %.2f) | ETA %s",
+                     self.step, self.cfg.steps, self._loss_text(), metrics["lr"], f"{tok_s:,.0f}", 100 * mfu,
+                     rss / 2**30, peak_rss / 2**30, _format_duration(eta))
 
     def _loss_text(self) -> str:
         """`loss 2.31` for one objective; for a mixture each objective's own latest loss, MIM's per direction

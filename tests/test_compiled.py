@@ -12,6 +12,7 @@ from codelm.compiled import capacity_bucket, compile_decoding, row_bucket, token
 from codelm.fast_paths import apply_fast_paths
 from codelm.generate import SamplingParams, decode_batch
 from codelm.model import ModelConfig, Transformer
+from test_infill import FUNCTIONS, HELD_OUT, infill_model, split_at_line  # noqa: F401 (a fixture)
 
 
 def micro(**kw) -> Transformer:
@@ -124,3 +125,39 @@ def test_compiled_batches_samples_and_changing_rows_equal_eager(pair, tokenizer)
     _compare(eager, compiled, tokenizer, prompts, greedy)
     assert _no_recompiles_and_no_graph_breaks(lambda: _compare(
         eager, compiled, tokenizer, ["def sub(a, b):\n    return", "import sys\n\nclass Base:\n    def run(self):", "y = [3, 4"], greedy)) == 0
+
+
+def test_compile_setting_resolves_and_reaches_the_commands():
+    """--compile on/off/auto: auto is off for a CPU model (measured not to repay its compile time there); the
+    sample, infill, eval and serve option dataclasses all carry it."""
+    import dataclasses
+
+    from codelm.cli import InfillConfig, SampleConfig
+    from codelm.compiled import use_compile
+    from codelm.errors import ConfigError
+    from evals.cli import EvalConfig
+    from web.config import ServeConfig
+
+    model = micro()
+    assert (use_compile("auto", model), use_compile("on", model), use_compile("off", model)) == (False, True, False)
+    with pytest.raises(ConfigError):
+        use_compile("yes", model)
+    for cfg in (SampleConfig, InfillConfig, EvalConfig, ServeConfig):
+        assert {f.name: f.default for f in dataclasses.fields(cfg)}["compile"] == "auto"
+
+
+@pytest.mark.slow
+def test_compiled_meet_in_the_middle_equals_eager(infill_model):
+    """Meet-in-the-middle (two directions in one batch, candidates verified in one pass, rows at different
+    lengths) on a model trained to meet: the same middles, joins and passes compiled as eager."""
+    from codelm.generate import SamplingParams
+    from codelm.infill import mim_infill
+
+    ck = infill_model
+    compiled = compile_decoding(copy.deepcopy(ck.model))
+    params = SamplingParams(max_new_tokens=32)
+    for f, line in HELD_OUT[:2]:
+        prefix, middle, suffix = split_at_line(FUNCTIONS[f], line)
+        want = mim_infill(ck.model, ck.tokenizer, prefix, suffix, params, capabilities=ck.capabilities)
+        got = mim_infill(compiled, ck.tokenizer, prefix, suffix, params, capabilities=ck.capabilities)
+        assert (got.text, got.met, got.steps) == (want.text, want.met, want.steps) and want.text == middle

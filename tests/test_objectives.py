@@ -23,7 +23,7 @@ class FixedLogits(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(logits.clone())
 
-    def forward(self, x):
+    def forward(self, x, **_):  # a real model's keyword inputs (positions, float_logits) change nothing here
         assert x.shape == self.logits.shape[:2]
         return self.logits
 
@@ -37,7 +37,7 @@ class CountingModel(torch.nn.Module):
         super().__init__()
         self.vocab, self.l2r, self.r2l, self.confidence = vocab, l2r, r2l, confidence
 
-    def forward(self, x):
+    def forward(self, x, **_):  # a real model's keyword inputs (positions, float_logits) change nothing here
         step = torch.where(x[:, :1] == self.l2r, 1, -1)           # [B, 1] direction of each row
         logits = torch.zeros(*x.shape, self.vocab)
         is_marker = (x == self.l2r) | (x == self.r2l)
@@ -505,3 +505,25 @@ def test_sft_fine_tuning_runs_through_the_trainer(small_shards, tmp_path):
     before = trainer.validate()["val_sft"]
     after = trainer.fit()["val_sft"]
     assert after < before  # the one held-out completion gets likelier
+
+
+def test_fused_next_token_loss_equals_cross_entropy_in_value_and_gradient():
+    from codelm.objectives import fused_next_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 40, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 40, (3, 7))
+    y[0, :3] = IGNORE
+    ours = fused_next_token_loss(logits, y)
+    (g_ours,) = torch.autograd.grad(2.5 * ours, logits)
+    ref = next_token_loss(logits, y)
+    (g_ref,) = torch.autograd.grad(2.5 * ref, logits)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+    # bf16 logits (the trainer's under autocast): the gradient is the float32 one rounded to bf16, no float32 copy
+    low = logits.detach().bfloat16().requires_grad_()
+    (g_low,) = torch.autograd.grad(fused_next_token_loss(low, y), low)
+    assert g_low.dtype == torch.bfloat16
+    up = low.detach().double().requires_grad_()
+    (g_up,) = torch.autograd.grad(next_token_loss(up, y), up)
+    torch.testing.assert_close(g_low.double(), g_up, atol=2e-3, rtol=1e-2)
