@@ -65,6 +65,7 @@ from codelm.errors import DataError
 log = logging.getLogger("codelm.data")
 
 EXAMPLES = 5             # examples per removal reason in the manifest
+WORK_LAYOUT = 2          # what the working directory holds; one left by code of another layout is refused
 ORDER_SHIFT = 1 << 44    # order = source number * 2^44 + position in that source
 KEY_DTYPE = np.dtype([("key", "S16"), ("order", "<i8"), ("idx", "<u4"), ("bytes", "<i8")])
 
@@ -787,7 +788,7 @@ def run(cfg) -> dict:
     t_start = time.perf_counter()
     work = work_dir(cfg)
     config = {k: v for k, v in vars(cfg).items() if k not in RUNTIME_ONLY}
-    check_work_dir(cfg, work, {**config, "tasks": cfg.tasks})
+    check_work_dir(cfg, work, {**config, "tasks": cfg.tasks, "work_layout": WORK_LAYOUT})
     stages = filter_stages(cfg)
     if cfg.decontaminate:
         pkl = work / "decontaminate.pkl"
