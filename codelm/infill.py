@@ -445,7 +445,7 @@ class ModelRows:
     def step(self, feeds: list[list[int]]) -> list[StepResult]:
         start = self.model.cache_length
         lengths = torch.tensor([len(f) for f in feeds], device=self.device)
-        T = int(lengths.max())
+        T = max(len(f) for f in feeds)
         self._reserve(start + T)
         fed = torch.arange(T, device=self.device) < lengths[:, None]  # [R, T]: the real (not padding) positions
         ids = torch.zeros(len(feeds), T, dtype=torch.long, device=self.device)

@@ -33,4 +33,5 @@ CAUSAL, DOCUMENT = "causal", "document"
 # `--compile` for decoding (codelm/compiled.py decides what auto means for a model)
 COMPILE_SETTINGS = ("auto", "on", "off")
 COMPILE_HELP = ("compiled decoding (static KV cache, a graph per bucketed shape): on, off, or auto (on for a CUDA "
-                "model; off on CPU, where compiling a bucket takes tens of seconds and a step gains little)")
+                "model; on CPU only for decodes long enough to repay tens of seconds of compiling per batch size, "
+                "~10^5 tokens)")

@@ -262,8 +262,9 @@ def _run_one(args: EvalConfig) -> int:
             model = load_model(args.endpoint_model, endpoint=args.endpoint, concurrency=args.concurrency,
                                retries=args.retries, rate_limit=args.rate_limit, fim_template=args.fim_template)
         else:
+            planned = len(runner.select_tasks(benchmark, args.limit, tasks)[0]) * sampling.n * sampling.max_new_tokens
             model = load_model(args.model, args.device, backend=model_backend, dtype=args.dtype,
-                               trust_remote_code=args.trust_remote_code, compile=args.compile,
+                               trust_remote_code=args.trust_remote_code, compile=args.compile, planned_tokens=planned,
                                vllm_options={"tensor_parallel_size": args.tensor_parallel_size,
                                              "gpu_memory_utilization": args.gpu_memory_utilization})
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,

@@ -29,7 +29,7 @@ MODEL_BACKENDS = ("auto", "codelm", "transformers", "vllm", "endpoint")
 
 def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str | None = None,
                backend: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-               compile: str = "auto",
+               compile: str = "auto", planned_tokens: int = 0,
                vllm_options: dict | None = None, **endpoint_options) -> CompletionModel:
     """A model as a CompletionModel, through one of the backends:
 
@@ -75,7 +75,7 @@ def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str 
     from codelm.compiled import apply_compile_setting
 
     ckpt = load_checkpoint(path_or_name, device=device, dtype=torch_dtype)
-    apply_compile_setting(ckpt.model, compile)
+    apply_compile_setting(ckpt.model, compile, planned_tokens)
     return CodelmModel(ckpt)
 
 

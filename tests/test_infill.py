@@ -513,6 +513,34 @@ def test_greedy_middles_of_a_batch_equal_each_problem_decoded_alone(chaotic, mon
     assert widths and widths[0] < 2 * len(PROBLEMS) and widths == sorted(widths, reverse=True)  # rows left
 
 
+def test_a_batch_whose_cache_runs_out_of_slots_grows_it_and_decodes_the_same(chaotic, monkeypatch):
+    """A batch's cache grows by its longest accepted row each pass; a mix of problems may need more slots than it
+    started with, and growing keeps every row's keys where they were."""
+    import codelm.infill as infill_module
+    from codelm.generate import SamplingParams
+    from codelm.infill import mim_infill_batch
+    model, tok, caps = chaotic
+    params = SamplingParams(max_new_tokens=12, stop=["e"])
+    prefixes, suffixes = [p for p, _ in PROBLEMS], [s for _, s in PROBLEMS]
+    roomy = mim_infill_batch(model, tok, prefixes, suffixes, params)
+    grown = []
+
+    class Cramped(infill_module.ModelRows):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.slots = max(len(c) for c in self.contexts) + 2  # room for the first pass only
+            self.key_padding = self.key_padding[:, :self.slots]
+
+        def _reserve(self, slots):
+            if slots > self.slots:
+                grown.append(slots)
+            super()._reserve(slots)
+
+    monkeypatch.setattr(infill_module, "ModelRows", Cramped)
+    cramped = mim_infill_batch(model, tok, prefixes, suffixes, params)
+    assert grown and same_results(cramped, roomy)
+
+
 def test_a_sampled_middle_depends_only_on_its_seed(chaotic):
     """As for FIM and completion: sample j of problem i is the same in any batch, alone, or among other problems."""
     from codelm.generate import SamplingParams
