@@ -73,8 +73,15 @@ class CompiledTransformer(Transformer):
     _steps: "_CompiledSteps"
 
     def setup_cache(self, batch: int, max_len: int | None = None, dtype=None) -> None:
-        """The static cache: rows padded to a bucket, capacity a power of two (at least MIN_CAPACITY)."""
-        super().setup_cache(row_bucket(batch), capacity_bucket(max_len or self.config.context_length), dtype)
+        """The static cache: rows padded to a bucket, capacity a power of two (at least MIN_CAPACITY), plus one
+        spare slot that no pass writes or sees: a pass's number of keys (a dynamic size, at most the capacity)
+        then never equals the cache's length, which dynamo would otherwise specialise on (a pass that filled
+        the cache exactly compiled a graph of its own, an error under mark_dynamic)."""
+        super().setup_cache(row_bucket(batch), capacity_bucket(max_len or self.config.context_length) + 1, dtype)
+
+    @property
+    def cache_capacity(self) -> int:
+        return super().cache_capacity - 1 if self.has_cache else 0
 
     def select_cache_rows(self, rows: torch.Tensor) -> None:
         pad = row_bucket(rows.numel()) - rows.numel()
@@ -136,8 +143,8 @@ class _CompiledSteps:
         fn = self.fns.get(key)
         if fn is None:
             fn = self.fns[key] = self._compile()
-        # one graph for every number of keys a pass sees (where a pass sees the whole cache, dynamo may make that a
-        # graph of its own: a second graph, not an error)
+        # one graph for every number of keys a pass sees, the whole capacity included (see setup_cache; "maybe":
+        # should dynamo still specialise on some size, that costs a graph, never a failed decode)
         if dynamic_keys:
             torch._dynamo.maybe_mark_dynamic(keys, 1)
         return fn(self.model, ids, positions, slots, keys, return_hidden)
