@@ -4,9 +4,10 @@
 write: `codelm.generate`, `codelm.infill` and the server's worker keep calling `model(...)` and the cache methods.
 What changes underneath:
 
-- **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up)
-  and its rows are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last
-  row, computed and ignored. Every pass writes its keys at tensor slots and attends over the cache's first S slots
+- **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up;
+  one spare slot past it keeps dynamo from specialising a pass that fills it, see `setup_cache`) and its rows
+  are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last row, computed
+  and ignored. Every pass writes its keys at tensor slots and attends over the cache's first S slots
   through a mask (`Transformer.forward_static`), so a step reads no Python-side length: one traced step serves
   every position (on CPU S, the filled part, is a dynamic size; on GPU it is the whole cache, gpt-fast's way,
   since a CUDA graph is recorded per shape).

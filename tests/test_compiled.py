@@ -247,3 +247,26 @@ def test_the_servers_worker_decodes_the_same_compiled(tokenizer):
         assert texts == alone and _graphs() > before
     finally:
         engine.stop()
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_batched_meet_in_the_middle_equals_eager():
+    """Meet-in-the-middle for several problems as one batch (six rows, rows leaving as problems end, each row
+    verifying a candidate of its own length, the infill_batch entry point): the same middles, joins and passes
+    compiled as eager, log-probabilities as close as a batch's."""
+    from support import wandering_model
+    from test_infill import PROBLEMS, same_results
+
+    from codelm.infill import infill_batch, mim_infill_batch
+
+    model, tok, caps = wandering_model()
+    compiled = compile_decoding(copy.deepcopy(model))
+    params = SamplingParams(max_new_tokens=12, stop=["e"])
+    prefixes, suffixes = [p for p, _ in PROBLEMS[:3]], [s for _, s in PROBLEMS[:3]]
+    before = _graphs()
+    assert same_results(mim_infill_batch(compiled, tok, prefixes, suffixes, params),
+                        mim_infill_batch(model, tok, prefixes, suffixes, params))
+    assert _graphs() > before  # it did decode compiled
+    got, want = (infill_batch(m, tok, prefixes, suffixes, "mim", params, capabilities=caps) for m in (compiled, model))
+    assert [[c.token_ids for c in per] for per in got] == [[c.token_ids for c in per] for per in want]
