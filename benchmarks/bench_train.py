@@ -281,6 +281,8 @@ def main():
     p.add_argument("--models", default="tiny,nanogpt,small", help="comma-separated: tiny, nanogpt, small")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--steps", type=int, default=6, help="timed rounds per table (best step of each variant counts)")
+    p.add_argument("--rounds", type=int, default=3, help="--mim, --peers, --ablate: rounds of alternating processes "
+                                                         "(best of each variant counts)")
     p.add_argument("--ablate", action="store_true", help="bf16: each speed-up in turn (ratio over the row above; "
                                                         "in one process, then one process each), and other trainer "
                                                         "options (ratio over the default)")
@@ -307,7 +309,7 @@ def main():
     rows = []
     for name in args.models.split(","):
         if args.peers:  # ratio: over litgpt at its best
-            peer_rows = race_peers(name, args.steps, 3, args.peer_python)
+            peer_rows = race_peers(name, args.steps, args.rounds, args.peer_python)
             best_peer = max((r for r in peer_rows if r["variant"].startswith("litgpt")), key=lambda r: r["tok_s"])
             for r in peer_rows:
                 r["ratio"] = r["tok_s"] / best_peer["tok_s"]
@@ -316,7 +318,7 @@ def main():
         if args.mim:  # ratio: over l2r with the same windows
             batch = args.batch or {"tiny": 16}.get(name, MODELS[name][2])
             variants = {k: dict(v, batch_size=batch) for k, v in MIM.items()}
-            rows += with_ratios(race_processes(name, variants, args.steps), False)
+            rows += with_ratios(race_processes(name, variants, args.steps, args.rounds), False)
             continue
         if args.attention_mask:  # ratio: over causal l2r
             rows += with_ratios(race(name, {k: ("bf16", o) for k, o in DOCUMENT_MASK.items()}, root, args.steps),
@@ -327,7 +329,7 @@ def main():
             options = with_ratios(race(name, {k: ("bf16", o) for k, o in OPTIONS.items()}, root, args.steps), False)
             rows += with_ratios(race(name, {k: ("bf16", o) for k, o in LADDER.items()}, root, args.steps), True)
             rows += options
-            rows += with_ratios(race_processes(name, PROCESSES, args.steps), True)
+            rows += with_ratios(race_processes(name, PROCESSES, args.steps, args.rounds), True)
         else:  # ratio: bf16 over fp32
             rows += with_ratios(race(name, {p: (p, {}) for p in args.precisions.split(",")}, root, args.steps), False)
     at_end = matmul_peaks(cpu, reps=10)
