@@ -1,7 +1,8 @@
 """Data pipeline throughput and memory: the whole `codelm data prepare` — the streaming datatrove pipeline with 1 and
 2 tasks against the earlier in-memory pipeline (kept as `prepare_in_memory`), alternating in the same run — on the
 standard library, on a quarter of the installed packages' sources and on all of them: end-to-end MB/s, per-stage
-MB/s, documents kept per stage and the peak resident memory of the whole process tree; the quarter and the whole
+MB/s, documents kept per stage and the peak resident memory of the whole process tree (RSS, and PSS, which counts
+the pages forked tasks share once); the quarter and the whole
 corpus are the 1x and 4x corpora of the memory comparison (goal: 4x at most 1.25x the memory of 1x, streaming).
 Before that, per stage on the standard library, each stage alone in this process against a reference.
 
@@ -74,7 +75,8 @@ def bench_stages() -> list[dict]:
     read_cpu, read_wall = timed(lambda p: p.read_bytes(), paths)
     dec_cpu, dec_wall = timed(lambda p: p.read_bytes().decode("utf-8"), paths)
     rows.append(row("read+decode", mb, dec_cpu, dec_wall, ("read bytes", read_cpu)))
-    rows.append(row("size", mb, *timed(P.SizeFilter(1, 10**6).keep, docs)))
+    from codelm.data.stages import SizeFilter
+    rows.append(row("size", mb, *timed(SizeFilter(1, 10**6).keep, docs)))
     rows.append(row("quality", mb, *timed(QualityFilter(QualityConfig()).keep, docs)))
     parse_cpu, _ = timed(lambda d: ast.parse(d.text), docs)
     rows.append(row("edu_score", mb, *timed(EduFilter(0.2).keep, docs), ("ast.parse", parse_cpu)))
@@ -117,8 +119,10 @@ def bench_stages() -> list[dict]:
     return rows
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (from /proc: no psutil needed)."""
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(resident, proportional) bytes of a process and all its descendants, from /proc (no psutil needed). RSS
+    counts pages a forked task shares with its parent once per process; PSS splits each shared page among its
+    sharers, so it adds up to what the tree really holds."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -130,28 +134,38 @@ def tree_rss(pid: int) -> int:
             rss[int(entry.name)] = int(fields[21]) * 4096
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [pid]
+    total = pss = 0
+    stack = [pid]
     while stack:
         p = stack.pop()
         total += rss.get(p, 0)
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+                    break
+        except (OSError, ValueError):
+            pss += rss.get(p, 0)
         stack += children.get(p, [])
-    return total
+    return total, pss
 
 
-def run_measured(code: str) -> tuple[float, int, dict]:
-    """Run `code` in a fresh interpreter; (wall seconds, peak resident bytes of its process tree, its JSON result)."""
+def run_measured(code: str) -> tuple[float, int, int, dict]:
+    """Run `code` in a fresh interpreter; (wall seconds, peak resident and peak proportional bytes of its process
+    tree, its JSON result)."""
     import subprocess
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             cwd=str(Path(__file__).resolve().parent.parent))
-    peak = 0
+    peak = peak_pss = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        rss, pss = tree_memory(proc.pid)
+        peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         time.sleep(0.05)
     out = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"benchmark run failed ({proc.returncode}): {code}")
-    return time.perf_counter() - t0, peak, json.loads(out.strip().splitlines()[-1])
+    return time.perf_counter() - t0, peak, peak_pss, json.loads(out.strip().splitlines()[-1])
 
 
 def bench_prepare(source: str, mode: str, tasks: int, workers: int) -> dict:
@@ -163,10 +177,10 @@ def bench_prepare(source: str, mode: str, tasks: int, workers: int) -> dict:
         code = (f"import json; from codelm.data import prepare as P; "
                 f"i = P.{fn}(P.DataConfig(source={source!r}, out={out!r}, tasks={tasks}, workers={workers}, "
                 f"progress_seconds=0)); print(json.dumps(i['manifest']))")
-        wall, peak, m = run_measured(code)
+        wall, peak, peak_pss, m = run_measured(code)
         timings = json.loads((Path(out) / "timings.json").read_text())
     return {"mode": mode, "tasks": tasks, "workers": workers, "wall_s": round(wall, 1),
-            "peak_rss_mb": round(peak / 2**20), "MB_in": round(m["input"]["bytes"] / 1e6, 2),
+            "peak_rss_mb": round(peak / 2**20), "peak_pss_mb": round(peak_pss / 2**20), "MB_in": round(m["input"]["bytes"] / 1e6, 2),
             "MB_per_s": round(m["input"]["bytes"] / 1e6 / wall, 3), "docs_in": m["input"]["docs"],
             "kept": {s["name"]: s["docs_out"] for s in m["stages"]}, "docs_out": m["documents"],
             "stage_mb_per_s": {t["name"]: t["mb_per_s"] for t in timings["stages"]}}
@@ -186,7 +200,8 @@ def quarter_corpus(source: str, tmp: Path) -> str:
 
 
 def print_run(label: str, r: dict) -> None:
-    print(f"{label:26s} {r['wall_s']:>7.1f}s {r['MB_per_s']:>7.3f} MB/s  peak RSS {r['peak_rss_mb']:>5} MB  "
+    print(f"{label:26s} {r['wall_s']:>7.1f}s {r['MB_per_s']:>7.3f} MB/s  peak RSS {r['peak_rss_mb']:>5} MB "
+          f"(PSS {r['peak_pss_mb']:>5} MB)  "
           f"kept {r['kept']}  per-stage MB/s {r['stage_mb_per_s']}", flush=True)
 
 
@@ -249,8 +264,10 @@ def main():
                 ratios = {}
                 for mode in MODES:
                     ratios[mode] = round(four[mode]["peak_rss_mb"] / max(1, one[mode]["peak_rss_mb"]), 2)
+                    pss = four[mode]["peak_pss_mb"] / max(1, one[mode]["peak_pss_mb"])
                     print(f"  {mode:20s} peak RSS {one[mode]['peak_rss_mb']:>5} MB -> {four[mode]['peak_rss_mb']:>5} MB:"
-                          f" {ratios[mode]:.2f}x" + ("" if mode == "in-memory" else " (goal <= 1.25)"))
+                          f" {ratios[mode]:.2f}x" + ("" if mode == "in-memory" else " (goal <= 1.25)")
+                          + f"; PSS {one[mode]['peak_pss_mb']} -> {four[mode]['peak_pss_mb']} MB: {pss:.2f}x")
                 results["memory"][whole] = ratios
     print(f"benchmark wall time: {time.perf_counter() - t_start:.0f}s")
     print(json.dumps(results))

@@ -22,9 +22,8 @@ tokens. `--no-compile` leaves them out.
 
 A llama.cpp column (llama-cpp-python on the model exported with `codelm export --gguf`, f32, the same threads) is
 added when llama-cpp-python is installed (.ci/llama_setup.sh builds it): greedy through its own sampler, one
-sequence. Batch 8 has no llama.cpp row: llama-cpp-python's `Llama` class decodes one sequence, and its low-level
-batch API (several sequences in one `llama_decode`) is not wrapped here yet; eight sequences one after another
-would measure batch 1 again, not batching. The CPU model, torch's BLAS and kernel level and llama.cpp's kernels are printed, because the ratios
+sequence; at batch > 1 through its low-level batch API (`LlamaCppBatch`: every sequence's newest token in one
+`llama_decode` per step, greedy by argmax), since the `Llama` class decodes one sequence. The CPU model, torch's BLAS and kernel level and llama.cpp's kernels are printed, because the ratios
 differ between machines.
 Needs the optional `hf` extra (`pip install transformers`).
 """
@@ -159,6 +158,75 @@ def run_llama_cpp(llm, tokenizer, prompts, new_tokens):
     return timed(go)
 
 
+def where_time_goes(model, tokenizer, prompts, new_tokens, label, top: int = 6):
+    """Where a one-token-per-pass decode spends its CPU time (torch's profiler, self time per op), printed when
+    llama.cpp is ahead: the matmuls (oneDNN/BLAS: the weights streamed once per step) against the rest."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        run_ours(model, tokenizer, prompts, new_tokens, 0)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    linear = sum(e.self_cpu_time_total for e in events
+                 if any(k in e.key for k in ("linear", "addmm", "aten::mm", "matmul", "bmm")))
+    print(f"      llama.cpp is ahead of '{label}': its CPU time by op (profiled; {linear / total:.0%} in matmuls):")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"        {e.self_cpu_time_total / total:6.1%}  {e.key[:70]}")
+
+
+class LlamaCppBatch:
+    """Several sequences decoded together by llama.cpp (its low-level batch API: one `llama_decode` per step over
+    every sequence's newest token, each sequence its own id in the KV cache), on the weights `llm` loaded, greedy
+    (argmax of each sequence's logits, as its sampler at top-k 1)."""
+
+    def __init__(self, llm, rows: int, slots_per_row: int, threads: int):
+        import llama_cpp
+
+        self.lib, self.llm = llama_cpp, llm
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = rows * -(-slots_per_row // 256) * 256  # llama.cpp rounds a sequence's share to 256
+        params.n_batch = params.n_ubatch = params.n_ctx
+        params.n_seq_max = rows
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp: could not make a context for the batch")
+        self.batch = llama_cpp.llama_batch_init(params.n_ctx, 0, rows)
+        self.n_vocab = llm.n_vocab()
+
+    def _decode(self, entries):
+        """entries: (token, position, sequence, wants logits); returns {sequence: next token} for those wanting."""
+        import numpy as np
+
+        b = self.batch
+        for k, (tok, pos, seq, out) in enumerate(entries):
+            b.token[k], b.pos[k], b.n_seq_id[k], b.logits[k] = tok, pos, 1, out
+            b.seq_id[k][0] = seq
+        b.n_tokens = len(entries)
+        if self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama.cpp: llama_decode failed")
+        nxt = {}
+        for k, (_, _, seq, out) in enumerate(entries):
+            if out:
+                logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, k), shape=(self.n_vocab,))
+                nxt[seq] = int(logits.argmax())
+        return nxt
+
+    def generate(self, rows, new_tokens):
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        nxt = self._decode([(t, i, s, i == len(r) - 1) for s, r in enumerate(rows) for i, t in enumerate(r)])
+        out = [[nxt[s]] for s in range(len(rows))]
+        for step in range(1, new_tokens):
+            nxt = self._decode([(out[s][-1], len(r) + step - 1, s, True) for s, r in enumerate(rows)])
+            for s in range(len(rows)):
+                out[s].append(nxt[s])
+        return out
+
+
+def run_llama_cpp_batch(batcher, tokenizer, prompts, new_tokens):
+    return timed(lambda: batcher.generate([[tokenizer.l2r_id] + p for p in prompts], new_tokens))
+
+
 def describe_machine() -> str:
     """The CPU model and the kernels torch runs on (BLAS library, ISA level)."""
     cpu = platform.processor() or platform.machine()
@@ -251,12 +319,15 @@ def main():
             variants.pop("compiled, one token/pass", None)
         if llm is not None and batch == 1:
             variants["llama.cpp"] = lambda: run_llama_cpp(llm, tokenizer, prompts, args.new_tokens)
+        elif llm is not None:
+            batcher = LlamaCppBatch(llm, batch, args.prompt_len + args.new_tokens + 8, torch.get_num_threads())
+            variants["llama.cpp"] = lambda: run_llama_cpp_batch(batcher, tokenizer, prompts, args.new_tokens)
         runs = {name: [] for name in variants}
         tokens, per_pass = {}, {}
         for name, fn in variants.items():
             wall, _, _ = fn()  # warm up (compiles the compiled rows' buckets)
             if name.startswith("compiled"):
-                print(f"{batch:>5d} {name}: warm-up run (compiling its buckets) {wall:.1f} s")
+                print(f"{batch:>5d} {name}: warm-up run (compiling its buckets) {wall:.1f} s", flush=True)
         for _ in range(args.repeats):
             for name, fn in variants.items():
                 counter = compiled_passes if name.startswith("compiled") else passes
@@ -286,6 +357,11 @@ def main():
             for name in [n for n in variants if n.startswith(("codelm", "compiled"))]:
                 print(f"{batch:>5d} {name} / llama.cpp: {rate[name][0] / rate['llama.cpp'][0]:.2f}x "
                       f"(CPU time {rate[name][1] / rate['llama.cpp'][1]:.2f}x)")
+            one = next(n for n in ("compiled, one token/pass", "compiled", "codelm, one token/pass", "codelm")
+                       if n in rate and (batch > 1 or not args.lookup_draft or "one token" in n))
+            if rate[one][1] < rate["llama.cpp"][1]:
+                where_time_goes(compiled if one.startswith("compiled") else model, tokenizer, prompts,
+                                args.new_tokens, one)
 
 
 if __name__ == "__main__":

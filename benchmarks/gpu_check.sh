@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check, under 5 minutes on one CUDA GPU: train the tiny preset in bf16, evaluate it with the codelm and
-# transformers backends on a slice of HumanEval (and vLLM where .venv-vllm exists), print tokens/s and MFU.
+# GPU check, under 5 minutes on one CUDA GPU: train the tiny preset in bf16, print training throughput and MFU (bf16,
+# tiny and small presets, eager and compiled), evaluate the model with the codelm and transformers backends on a slice
+# of HumanEval (and vLLM where .venv-vllm exists), print generation tokens/s.
 # Uses whatever torch is installed (GPU machines may have no network and another torch build).
 #   benchmarks/gpu_check.sh [PYTHON]        (default .venv/bin/python, else python3)
 # Without CUDA it says so and exits 3 after the checks a CPU can do (imports, packaged data, the sandbox).
@@ -32,6 +33,23 @@ $CODELM data prepare --out "$OUT/data" >/dev/null
 $CODELM train --data "$OUT/data" --out "$OUT/run" --preset tiny --steps 200 --batch-size 64 --precision bf16 \
   --device cuda --eval-every 0 --save-every 200 --log-every 50 2>&1 | grep -E "step|MFU|tok/s" | tail -4
 CKPT=$(ls -d "$OUT"/run/checkpoints/step_* | tail -1)
+echo "== training throughput, bf16: tiny and small presets, default (eager) and --compile true"
+# 60 steps each; the rate and MFU of the last logged stretch (steps 41-60: past the compile and warm-up steps)
+for preset in tiny small; do
+  for compile in false true; do
+    run="$OUT/speed-$preset-compile-$compile"
+    $CODELM train --data "$OUT/data" --out "$run" --preset $preset --steps 60 --batch-size 16 --precision bf16 \
+      --device cuda --compile $compile --eval-every 0 --save-every 0 --log-every 20 >/dev/null 2>&1 \
+      || { echo "train $preset bf16 compile=$compile: FAILED (see $run)"; continue; }
+    $PY - "$run/metrics.jsonl" "$preset" "$compile" <<'PY'
+import json, sys
+path, preset, compiled = sys.argv[1:]
+last = [r for r in map(json.loads, open(path)) if r.get("kind") == "train"][-1]
+print(f"train {preset:5s} bf16 compile={compiled:5s} {last['tok_s']:>12,.0f} tok/s  MFU {100 * last['mfu']:5.1f}%"
+      f"  (step {last['step']})")
+PY
+  done
+done
 echo "== export it as a Llama directory (both model backends load the same weights)"
 $CODELM export --hf "$OUT/hf" "$CKPT" >/dev/null
 for backend in codelm transformers; do

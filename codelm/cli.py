@@ -32,7 +32,7 @@ from pathlib import Path
 from codelm.config import (UNSET, ArgumentParser, add_dataclass_arguments, add_options_command, option, resolve_config,
                            save_config)
 from codelm.errors import UserError
-from codelm.terms import FIM, INFILL_MODES
+from codelm.terms import COMPILE_HELP, COMPILE_SETTINGS, FIM, INFILL_MODES
 
 log = logging.getLogger("codelm")
 
@@ -156,6 +156,7 @@ class SamplingOptions:
     backend: str = option("auto", "codelm (codelm checkpoints, Llama-architecture HF dirs) or transformers (any "
                                   "AutoModelForCausalLM); auto picks codelm for what it loads",
                           choices=("auto", "codelm", "transformers"))
+    compile: str = option("auto", "codelm backend: " + COMPILE_HELP, choices=COMPILE_SETTINGS)
     dtype: str = option("auto", "transformers backend: auto, float32, bfloat16, float16")
     device: str = option("auto", "transformers backend: auto, cpu, cuda, cuda:N")
     trust_remote_code: bool = option(False, "transformers backend: run the code a model directory ships")
@@ -209,6 +210,11 @@ def _seeds(cfg: SamplingOptions) -> list[int] | None:
     return None if cfg.seed is None else [cfg.seed + j for j in range(cfg.n)]
 
 
+def _compile_setting(model, setting: str):
+    from codelm.compiled import apply_compile_setting
+    return apply_compile_setting(model, setting)
+
+
 def _checkpoint(cfg) -> str:
     if not cfg.checkpoint:
         raise UserError("give a CHECKPOINT (a checkpoint or run directory)")
@@ -243,6 +249,7 @@ def cmd_sample(args) -> int:
             print(prompt + c.text)
         return 0
     ckpt = load_checkpoint(_checkpoint(cfg))
+    _compile_setting(ckpt.model, cfg.compile)
     if cfg.n == 1:  # stream the one sample as it is generated
         sys.stdout.write(prompt)
         generate_batch(ckpt.model, ckpt.tokenizer, [prompt], params, None if seeds is None else [seeds], 1,
@@ -283,6 +290,7 @@ def cmd_infill(args) -> int:
     else:
         ckpt = load_checkpoint(_checkpoint(cfg))
         require_mode(ckpt.capabilities, cfg.mode, cfg.fim_format, ckpt.tokenizer)
+        _compile_setting(ckpt.model, cfg.compile)
         result = infill(ckpt.model, ckpt.tokenizer, prefix, suffix, cfg.mode, params, n=cfg.n, seeds=seeds,
                         capabilities=ckpt.capabilities, fim_format=cfg.fim_format)
     if cfg.json:

@@ -6,9 +6,10 @@ What changes underneath:
 
 - **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up)
   and its rows are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last
-  row, computed and ignored. Every pass writes
-  its keys at tensor slots and attends over the whole cache through a mask (`Transformer.forward_static`), so a step
-  reads no Python-side length: one traced step serves every position.
+  row, computed and ignored. Every pass writes its keys at tensor slots and attends over the cache's first S slots
+  through a mask (`Transformer.forward_static`), so a step reads no Python-side length: one traced step serves
+  every position (on CPU S, the filled part, is a dynamic size; on GPU it is the whole cache, gpt-fast's way,
+  since a CUDA graph is recorded per shape).
 - **Passes are bucketed.** A pass of T tokens runs as the next bucket (1: a decoding step; up to 8: a prompt-lookup
   draft being verified, a MIM candidate; 16, 32, ...: a prefill), right-padded with dummy tokens written past the
   real ones: causality keeps real tokens from seeing them and the next pass overwrites their slots.
@@ -18,8 +19,9 @@ What changes underneath:
   codelm/fast_paths.py where it applies them (an opaque custom op), and on GPU the step can be a CUDA graph.
 
 A pass that fits no bucket (a prefill longer than the room left in the cache) runs eagerly on the same cache.
-Compiling costs tens of seconds per bucket on a small CPU, so `should_compile` turns it on only where the tokens to
-decode repay that (see its docstring for the measurements).
+Compiling costs tens of seconds per bucket on a small CPU, so `--compile auto` (`use_compile`) turns it on there
+only where the tokens to decode repay that (see CPU_REPAYS_AFTER_TOKENS for the measurements). GPU decoding
+(CUDA graphs through mode="reduce-overhead") is written but was not run here: no GPU was available.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ import types
 import torch
 
 from codelm.model import Transformer
+from codelm.terms import COMPILE_SETTINGS
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 DRAFT_BUCKET = 8        # verification passes (a token plus a prompt-lookup draft, a MIM candidate) up to 8 tokens
 MIN_PREFILL_BUCKET = 16
 MIN_CAPACITY = 128
-COMPILE_SETTINGS = ("auto", "on", "off")
 
 
 def row_bucket(n: int) -> int:
@@ -102,12 +104,17 @@ class CompiledTransformer(Transformer):
         ids[:B, :T] = idx
         pos = torch.zeros(rows, Tb, dtype=positions.dtype, device=idx.device)
         pos[:B, :T] = positions
-        keys = torch.ones(rows, capacity, dtype=torch.bool, device=idx.device)
+        # the slots this pass sees (2 at least: dynamo specialises sizes 0 and 1). A CUDA graph is recorded per
+        # shape, so on GPU every pass sees the whole cache (gpt-fast's way); on CPU attention then costs the
+        # capacity instead of the filled part, so there the number is the filled part, a dynamic size.
+        cuda = idx.device.type == "cuda"
+        n_keys = capacity if cuda else max(start + Tb, 2)
+        keys = torch.ones(rows, n_keys, dtype=torch.bool, device=idx.device)
         if key_padding is not None:
             keys[:B, :start + T] = key_padding[:, :start + T]
         slots = torch.arange(start, start + Tb, device=idx.device)
         if Tb == token_bucket(T):
-            out = self._steps.run(ids, pos, slots, keys, return_hidden)
+            out = self._steps.run(ids, pos, slots, keys, return_hidden, dynamic_keys=not cuda)
         else:
             out = self.forward_static(ids, pos, slots, keys, return_hidden)
         self.set_cache_length(start + T)
@@ -122,19 +129,25 @@ class _CompiledSteps:
         self.model, self.mode = model, mode
         self.fns = {}
 
-    def run(self, ids, positions, slots, keys, return_hidden: bool) -> torch.Tensor:
+    def run(self, ids, positions, slots, keys, return_hidden: bool, dynamic_keys: bool = True) -> torch.Tensor:
+        # the cache's capacity is a module buffer's shape, which the skipped module guards would not check
         weight = self.model.embed.weight
-        key = (weight.dtype, weight.device)
+        key = (weight.dtype, weight.device, self.model.cache_capacity)
         fn = self.fns.get(key)
         if fn is None:
             fn = self.fns[key] = self._compile()
+        # one graph for every number of keys a pass sees (where a pass sees the whole cache, dynamo may make that a
+        # graph of its own: a second graph, not an error)
+        if dynamic_keys:
+            torch._dynamo.maybe_mark_dynamic(keys, 1)
         return fn(self.model, ids, positions, slots, keys, return_hidden)
 
     def _compile(self):
         """A private copy of forward_static's code for this model and dtype, compiled. Dynamo keeps its graphs per
         code object, so no other model's graphs can serve this one; that is what makes it safe to skip dynamo's
         guards on the modules' attributes (checking ~100 parameters cost ~0.3 ms per step, a tenth of a tiny
-        model's step): what the graphs depend on (shapes of the passes, the cache's) is in the guarded inputs."""
+        model's step): what the graphs depend on is in the guarded inputs (the pass's rows, which are the cache's,
+        and tokens) or in the key of `fns` (dtype, device, cache capacity)."""
         code = Transformer.forward_static.__code__
         fn = types.FunctionType(code.replace(), Transformer.forward_static.__globals__, "forward_static",
                                 Transformer.forward_static.__defaults__)
@@ -170,3 +183,28 @@ def uncompiled(model: Transformer) -> Transformer:
         model.__class__ = Transformer
         del model._steps
     return model
+
+
+# On CPU compiling repays itself only over a long decode: measured under load (2 shared cores, load ~12, tiny preset,
+# benchmarks/bench_generate.py), compiled steps took 0.70x eager's CPU time at batch 1 (one token per pass) and
+# 0.88x at batch 8, after 40-110 s of compiling a batch size's buckets: ~0.4-1 ms saved per token, so on the order
+# of 10^5 tokens to break even. An evaluation plans tasks x samples x max_new_tokens; one `sample` or `infill`
+# never comes near, nor does a CPU server (each new bucket would stall the requests waiting on it).
+CPU_REPAYS_AFTER_TOKENS = 100_000
+
+
+def use_compile(setting: str, model: Transformer, planned_tokens: int = 0) -> bool:
+    """Resolve a `--compile` setting for a model that will decode up to `planned_tokens` tokens. auto: on for a
+    CUDA model (gpt-fast's setting: there a step is mostly launch overhead, which a compiled step removes); on CPU
+    only when planned_tokens reaches CPU_REPAYS_AFTER_TOKENS (above)."""
+    if setting not in COMPILE_SETTINGS:
+        from codelm.errors import ConfigError
+        raise ConfigError(f"--compile {setting!r}: choose one of {', '.join(COMPILE_SETTINGS)}")
+    if setting == "auto":
+        return model.embed.weight.device.type == "cuda" or planned_tokens >= CPU_REPAYS_AFTER_TOKENS
+    return setting == "on"
+
+
+def apply_compile_setting(model: Transformer, setting: str, planned_tokens: int = 0) -> Transformer:
+    """The model with compiled decoding if `setting` (on/off/auto, see use_compile) says so; returns the model."""
+    return compile_decoding(model) if use_compile(setting, model, planned_tokens) else model

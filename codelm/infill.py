@@ -10,15 +10,16 @@ fim  a fill-in-the-middle prompt (Bavarian et al. 2022, arXiv 2207.14255), decod
 
 mim  meet-in-the-middle decoding (Nguyen et al. 2023, arXiv 2303.07295, section 3.3): the forward direction generates
      from `<l2r> prefix` while the backward direction generates, reversed, from `<r2l> reversed(suffix)`, one token
-     each per step, as one batch of two rows. When the newest n = 4 tokens of one side appear in what the other side
+     each per step, as two rows of one batch. When the newest n = 4 tokens of one side appear in what the other side
      knows (its generation, or the boundary of its given context: the forward side generating the start of the
      suffix), the join is verified by teacher-forcing the other side's tokens through the proposing side in the next
      pass (greedy agreement, as in speculative decoding, so verification costs no extra step); a partial match
      fast-forwards the side by the agreeing tokens. The infill is the forward tokens up to the join plus the
-     re-reversed backward tokens. If the sides never meet, the more likely complete generation wins.
+     re-reversed backward tokens. If the sides never meet, the more likely complete generation wins. Many problems
+     decode as one batch (`mim_infill_batch`), each giving what it gives alone.
 
-The join logic (`propose_join`, `count_agreeing`, `meet_in_the_middle`) is pure over token lists and a two-row
-`step` backend, so it is tested on scripted token streams without a model (tests/test_infill.py).
+The join logic (`propose_join`, `count_agreeing`, `MimSearch`) is pure over token lists and a `step` backend, so it
+is tested on scripted token streams without a model (tests/test_infill.py).
 """
 
 from __future__ import annotations
@@ -444,7 +445,7 @@ class ModelRows:
     def step(self, feeds: list[list[int]]) -> list[StepResult]:
         start = self.model.cache_length
         lengths = torch.tensor([len(f) for f in feeds], device=self.device)
-        T = int(lengths.max())
+        T = max(len(f) for f in feeds)
         self._reserve(start + T)
         fed = torch.arange(T, device=self.device) < lengths[:, None]  # [R, T]: the real (not padding) positions
         ids = torch.zeros(len(feeds), T, dtype=torch.long, device=self.device)
@@ -504,21 +505,30 @@ def mim_contexts(tokenizer, prefix: str, suffix: str, context_length: int, max_n
                  prefix_starts_document: bool = True) -> tuple[list[int], list[int], list[int], list[int]]:
     """(prefix ids, suffix ids as the sides know them, forward context, backward context). Each side's context is
     its marker and its text (reversed for the backward side), trimmed from the far end so the side can still
-    generate max_new_tokens. A document is bounded by end-of-text on both sides in training, so a suffix that runs
-    to the end of the document (an editor's file, a benchmark's function) is followed by it (read backwards, a
-    document starts with its end-of-text; without it an empty or short suffix leaves the backward side guessing
-    where it is), and a prefix that is the document's beginning is preceded by it (`document_head`). A side trimmed
-    at its far end gets none."""
+    generate max_new_tokens, or half the context length if that is less: as FIM's prompt keeps its context and
+    generates in what is left (`mim_budget`). A budget as long as the context would leave each side one token of
+    text, blind, as `codelm eval`'s 512-token default did on 256-token models. A document is bounded by end-of-text
+    on both sides in training, so a suffix that runs to the end of the document (an editor's file, a benchmark's
+    function) is followed by it (read backwards, a document starts with its end-of-text; without it an empty or short
+    suffix leaves the backward side guessing where it is), and a prefix that is the document's beginning is preceded
+    by it (`document_head`). A side trimmed at its far end gets none."""
     l2r, r2l = bos_id(tokenizer, capabilities, "l2r"), bos_id(tokenizer, capabilities, "r2l")
     if r2l is None:
         raise CapabilityError("this model has no right-to-left marker; meet-in-the-middle needs a mim-trained model")
-    room = max(1, context_length - 4 - max_new_tokens)  # marker, end-of-text, a confirm token, one spare
+    # marker, end-of-text, a confirm token, one spare
+    room = max(1, context_length - 4 - min(max_new_tokens, context_length // 2))
     pre_ids, suf_ids = tokenizer.encode(prefix), tokenizer.encode(suffix)
     pre = document_head(tokenizer, None, prefix_starts_document and len(pre_ids) <= room) + pre_ids[-room:]
     suf = suf_ids[:room] + ([tokenizer.eot_id] if suffix_ends_document and len(suf_ids) <= room else [])
     forward = ([l2r] if l2r is not None else []) + pre
     backward = [r2l] + list(reversed(suf))
     return pre, suf, forward, backward
+
+
+def mim_budget(context_length: int, max_new_tokens: int, contexts: Sequence[Sequence[int]], confirm: int = 1) -> int:
+    """The tokens each side may generate after its context: max_new_tokens, less if the longer context leaves less
+    room (every position a side reads, a confirming candidate's included, must fit the context length)."""
+    return max(1, min(max_new_tokens, context_length - 1 - confirm - max(len(c) for c in contexts)))
 
 
 @torch.inference_mode()
@@ -543,12 +553,13 @@ def mim_infill_batch(model, tokenizer, prefixes: Sequence[str], suffixes: Sequen
     for prefix, suffix, seed in zip(prefixes, suffixes, seeds):
         pre, suf, fwd_ctx, bwd_ctx = mim_contexts(tokenizer, prefix, suffix, limit, max_new, capabilities,
                                                   suffix_ends_document, prefix_starts_document)
-        searches.append(MimSearch(pre, suf, eot_id=tokenizer.eot_id, max_new_tokens=max_new, decode=tokenizer.decode,
+        budget = mim_budget(limit, max_new, (fwd_ctx, bwd_ctx), confirm)
+        searches.append(MimSearch(pre, suf, eot_id=tokenizer.eot_id, max_new_tokens=budget, decode=tokenizer.decode,
                                   stop=params.stop, ngram=ngram, confirm=confirm))
         contexts += [fwd_ctx, bwd_ctx]
         row_seeds += [seed, None if seed is None else seed + 1]
     generators = make_generators(row_seeds, next(model.parameters()).device)
-    rows = ModelRows(model, contexts, params, generators, tokenizer.n_vocab, max_new)
+    rows = ModelRows(model, contexts, params, generators, tokenizer.n_vocab, max(s.max_new_tokens for s in searches))
     try:
         return meet_in_the_middle_batch(rows, searches)
     finally:

@@ -448,20 +448,21 @@ class Transformer(nn.Module):
         """The same pass over a static KV cache, the shape a compiled decoding step needs (codelm/compiled.py).
 
         idx and positions [B, T] with B = the cache's rows; the tokens go to cache `slots` [T] (a tensor, as
-        gpt-fast's input_pos) and attend over every slot of the cache, masked by slot order and `key_padding`
-        [B, cache_capacity]: keys past a token's own slot are never seen, so the unfilled slots need no bookkeeping.
-        Nothing here depends on how full the cache is, so one traced step serves every position; it reads nothing
-        back to the host and does not advance `cache_length` (the caller does, with `set_cache_length`)."""
-        capacity = self.cache_capacity
-        keys = torch.arange(capacity, device=idx.device)
-        allowed = (keys[None, :] <= slots[:, None]) & key_padding[:, None, None, :]  # [B, 1, T, capacity]
+        gpt-fast's input_pos) and attend over the first S cache slots, S = key_padding.shape[1] (`key_padding`
+        [B, S] bool), masked by slot order and key_padding: keys past a token's own slot are never seen, so slots
+        not yet filled need no bookkeeping. Nothing here reads how full the cache is, so one traced step serves
+        every position (S may be a dynamic size); it reads nothing back to the host and does not advance
+        `cache_length` (the caller does, with `set_cache_length`)."""
+        n_keys = key_padding.shape[1]
+        keys = torch.arange(n_keys, device=idx.device)
+        allowed = (keys[None, :] <= slots[:, None]) & key_padding[:, None, None, :]  # [B, 1, T, S]
         allowed = allowed | (keys[None, :] == slots[:, None])  # a padding query sees itself (no NaN; ignored)
         mask = allowed
         if self.config.position == "alibi":
             distance = (slots[:, None] - keys[None, :]).float()
             bias = -self.alibi_slopes[None, :, None, None] * distance
             mask = bias.masked_fill(~allowed, float("-inf"))
-        x = self._layers(idx, positions, mask, slots, capacity)
+        x = self._layers(idx, positions, mask, slots, n_keys)
         return x if return_hidden else self.output_logits(x)
 
     def _layers(self, idx, positions, mask, cache_slots, n_keys) -> torch.Tensor:

@@ -5,7 +5,7 @@ it, and how a long input is cut to fit.
     FIM, PSM     [marker] [<|endoftext|>] <PRE> prefix <SUF> suffix <MID> [middle]
     FIM, SPM     [marker] [<|endoftext|>] <PRE> <SUF> suffix <MID> prefix [middle]
 
-Other model families' FIM templates (StarCoder, Code Llama, DeepSeek-Coder, Qwen2.5-Coder: `FIM_TEMPLATES`) are here
+Other model families' FIM templates (StarCoder, SantaCoder, Code Llama, DeepSeek-Coder, Qwen2.5-Coder: `FIM_TEMPLATES`) are here
 too, with the detection of a family from its tokenizer's sentinel tokens: an imported model infills with its own
 family's template, whichever backend decodes it.
 
@@ -111,6 +111,10 @@ FIM_TEMPLATES: dict[str, FimTemplate] = {
     "starcoder": FimTemplate("<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
                              "<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}",
                              ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|endoftext|>", "<file_sep>")),
+    # SantaCoder (Allal et al. 2023) spells its sentinels with hyphens
+    "santacoder": FimTemplate("<fim-prefix>{prefix}<fim-suffix>{suffix}<fim-middle>",
+                              "<fim-prefix><fim-suffix>{suffix}<fim-middle>{prefix}",
+                              ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), ("<|endoftext|>",)),
     # Code Llama (Rozière et al. 2023): the spaces are part of the format
     "codellama": FimTemplate("<PRE> {prefix} <SUF>{suffix} <MID>", "<PRE> <SUF>{suffix} <MID> {prefix}",
                              ("<PRE>", "<SUF>", "<MID>"), ("<EOT>", "</s>")),

@@ -29,3 +29,9 @@ FIM_FORMATS_KEY = "fim_formats"  # the FIM layouts (codelm.prompts.FIM_FORMATS) 
 # block-causal per document with positions restarting at each (`--attention-mask document`)
 ATTENTION_MASK_KEY = "attention_mask"
 CAUSAL, DOCUMENT = "causal", "document"
+
+# `--compile` for decoding (codelm/compiled.py decides what auto means for a model)
+COMPILE_SETTINGS = ("auto", "on", "off")
+COMPILE_HELP = ("compiled decoding (static KV cache, a graph per bucketed shape): on, off, or auto (on for a CUDA "
+                "model; on CPU only for decodes long enough to repay tens of seconds of compiling per batch size, "
+                "~10^5 tokens)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.config import ArgumentParser, add_options_command, option
-from codelm.terms import FIM, INFILL_MODES
+from codelm.terms import COMPILE_HELP, COMPILE_SETTINGS, FIM, INFILL_MODES
 from evals.models import MODEL_BACKENDS
 
 BENCHMARKS = ("humaneval", "mbpp", "infilling", "humaneval-x")
@@ -73,6 +73,7 @@ class EvalConfig:
     dtype: str = option("auto", "model weights: auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, "
                                 "float16")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    compile: str = option("auto", "codelm backend: " + COMPILE_HELP, choices=COMPILE_SETTINGS)
     trust_remote_code: bool = option(False, "let transformers/vLLM run the code a model directory ships")
     tensor_parallel_size: int = option(1, "vllm: GPUs per model")
     gpu_memory_utilization: float = option(0.9, "vllm: share of GPU memory it may take")
@@ -261,8 +262,9 @@ def _run_one(args: EvalConfig) -> int:
             model = load_model(args.endpoint_model, endpoint=args.endpoint, concurrency=args.concurrency,
                                retries=args.retries, rate_limit=args.rate_limit, fim_template=args.fim_template)
         else:
+            planned = len(runner.select_tasks(benchmark, args.limit, tasks)[0]) * sampling.n * sampling.max_new_tokens
             model = load_model(args.model, args.device, backend=model_backend, dtype=args.dtype,
-                               trust_remote_code=args.trust_remote_code,
+                               trust_remote_code=args.trust_remote_code, compile=args.compile, planned_tokens=planned,
                                vllm_options={"tensor_parallel_size": args.tensor_parallel_size,
                                              "gpu_memory_utilization": args.gpu_memory_utilization})
         summary = runner.evaluate_model(benchmark, model, output, sampling, seed=args.seed,

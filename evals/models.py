@@ -29,6 +29,7 @@ MODEL_BACKENDS = ("auto", "codelm", "transformers", "vllm", "endpoint")
 
 def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str | None = None,
                backend: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+               compile: str = "auto", planned_tokens: int = 0,
                vllm_options: dict | None = None, **endpoint_options) -> CompletionModel:
     """A model as a CompletionModel, through one of the backends:
 
@@ -71,7 +72,11 @@ def load_model(path_or_name: str | None, device: str = "auto", *, endpoint: str 
         if dtype not in DTYPES:
             raise EvalInputError(f"--dtype: unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
         torch_dtype = DTYPES[dtype]
-    return CodelmModel(load_checkpoint(path_or_name, device=device, dtype=torch_dtype))
+    from codelm.compiled import apply_compile_setting
+
+    ckpt = load_checkpoint(path_or_name, device=device, dtype=torch_dtype)
+    apply_compile_setting(ckpt.model, compile, planned_tokens)
+    return CodelmModel(ckpt)
 
 
 def backend_versions(*names: str) -> dict:

@@ -10,6 +10,7 @@ EOS = "<|endoftext|>"
 BOS = "<s>"
 FAMILY_SENTINELS = {
     "starcoder": ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<file_sep>"],
+    "santacoder": ["<fim-prefix>", "<fim-middle>", "<fim-suffix>"],
     "codellama": ["<PRE>", "<SUF>", "<MID>", "<EOT>"],
     "deepseek-coder": ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>"],
     "qwen2.5-coder": ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>"],
@@ -64,3 +65,15 @@ def make_model(arch: str, vocab_size: int, seed: int = 0, context: int = 256):
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(configs[arch]())
     return model.eval()
+
+
+def save_model_dir(path, arch: str, fim_family: str | None = None, bos: bool = False):
+    """A Hugging Face model directory of a tiny `arch` model and its tokenizer, the model's configs agreeing with the
+    tokenizer on BOS (None without one, as Qwen2.5-Coder's and StarCoder's) and EOS."""
+    tok = make_tokenizer(fim_family, bos=bos)
+    model = make_model(arch, len(tok.get_vocab()))
+    for cfg in (model.config, model.generation_config):
+        cfg.bos_token_id, cfg.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -4,6 +4,7 @@ decoding gives the same tokens and streams, and after warm-up nothing recompiles
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,12 @@ from codelm.compiled import capacity_bucket, compile_decoding, row_bucket, token
 from codelm.fast_paths import apply_fast_paths
 from codelm.generate import SamplingParams, decode_batch
 from codelm.model import ModelConfig, Transformer
+from test_infill import FUNCTIONS, HELD_OUT, infill_model, split_at_line  # noqa: F401 (a fixture)
+
+
+# inductor compiles the steps it writes with the machine's C++ compiler
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="no C++ compiler for torch.compile's CPU backend")
 
 
 def micro(**kw) -> Transformer:
@@ -88,6 +95,11 @@ def pair():
     return eager, compile_decoding(copy.deepcopy(eager))
 
 
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def _no_recompiles_and_no_graph_breaks(run):
     """Run `run` with dynamo told to fail on a recompile; returns the graphs compiled during it (must be 0)."""
     from torch._dynamo.utils import counters
@@ -99,14 +111,17 @@ def _no_recompiles_and_no_graph_breaks(run):
     return counters["stats"]["unique_graphs"] - before
 
 
+@needs_compiler
 def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, tokenizer):
     """One row, greedy, with prompt-lookup drafts (compiles a prefill bucket and the draft-verification bucket):
     the same tokens, passes and stream as eager decoding, log-probabilities within 1e-5; then other prompts of
     the same buckets run with recompiling made an error, and no graph breaks anywhere."""
     eager, compiled = pair
     drafts, single = (SamplingParams(max_new_tokens=24, lookup_draft=k, stop=["\n\n"]) for k in (4, 0))
+    before = _graphs()
     for params in (drafts, single):
         _compare(eager, compiled, tokenizer, ["def add(a, b):\n    return a"], params)
+    assert _graphs() - before == 3  # the prefill, draft and one-token buckets
 
     def again():
         for params in (drafts, single):
@@ -115,6 +130,7 @@ def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, toke
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_compiled_batches_samples_and_changing_rows_equal_eager(pair, tokenizer):
     """Padded prompts, n samples per prompt, rows leaving as they finish (row buckets 8, 4, 2, 1), sampling with
     seeds: all as eager; a second batch of other prompts compiles nothing new."""
@@ -124,3 +140,77 @@ def test_compiled_batches_samples_and_changing_rows_equal_eager(pair, tokenizer)
     _compare(eager, compiled, tokenizer, prompts, greedy)
     assert _no_recompiles_and_no_graph_breaks(lambda: _compare(
         eager, compiled, tokenizer, ["def sub(a, b):\n    return", "import sys\n\nclass Base:\n    def run(self):", "y = [3, 4"], greedy)) == 0
+
+
+def test_compile_setting_resolves_and_reaches_the_commands():
+    """--compile on/off/auto: auto on a CPU model is on only for a decode long enough to repay compiling (an
+    evaluation of many samples), not for one prompt; the sample, infill, eval and serve options all carry it."""
+    import dataclasses
+
+    from codelm.cli import InfillConfig, SampleConfig
+    from codelm.compiled import use_compile
+    from codelm.errors import ConfigError
+    from evals.cli import EvalConfig
+    from web.config import ServeConfig
+
+    model = micro()
+    assert (use_compile("auto", model), use_compile("on", model), use_compile("off", model)) == (False, True, False)
+    assert use_compile("auto", model, planned_tokens=164 * 512 * 10) and not use_compile("auto", model, 128)
+    with pytest.raises(ConfigError):
+        use_compile("yes", model)
+    for cfg in (SampleConfig, InfillConfig, EvalConfig, ServeConfig):
+        assert {f.name: f.default for f in dataclasses.fields(cfg)}["compile"] == "auto"
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_meet_in_the_middle_equals_eager(infill_model):
+    """Meet-in-the-middle (two directions in one batch, candidates verified in one pass, rows at different
+    lengths) on a model trained to meet: the same middles, joins and passes compiled as eager."""
+    from codelm.generate import SamplingParams
+    from codelm.infill import mim_infill
+
+    ck = infill_model
+    compiled = compile_decoding(copy.deepcopy(ck.model))
+    params = SamplingParams(max_new_tokens=32)
+    before = _graphs()
+    for f, line in HELD_OUT[:2]:
+        prefix, middle, suffix = split_at_line(FUNCTIONS[f], line)
+        want = mim_infill(ck.model, ck.tokenizer, prefix, suffix, params, capabilities=ck.capabilities)
+        got = mim_infill(compiled, ck.tokenizer, prefix, suffix, params, capabilities=ck.capabilities)
+        assert (got.text, got.met, got.steps) == (want.text, want.met, want.steps) and want.text == middle
+    assert _graphs() > before  # it did decode compiled
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_the_servers_worker_decodes_the_same_compiled(tokenizer):
+    """The server's worker on a compiled model: rows joining and leaving a running batch (row buckets change, the
+    cache is rebuilt right-aligned) generate what eager decoding of each prompt alone generates."""
+    import threading
+
+    from codelm.generate import generate
+    from web.engine import Engine, Job, RowSpec
+
+    torch.manual_seed(0)
+    eager = Transformer(ModelConfig(vocab_size=16448, n_layer=2, n_head=2, d_model=64, context_length=96)).eval()
+    prompts = ["def add(a, b):", "import os\nimport sys\n\nclass Foo(object):", "x = 1"]
+    params = [SamplingParams(max_new_tokens=10 + 6 * k) for k in range(len(prompts))]
+    alone = [generate(eager, tokenizer, p, sp) for p, sp in zip(prompts, params)]
+    before = _graphs()
+    engine = Engine(compile_decoding(copy.deepcopy(eager)), tokenizer, max_batch=3).start()
+    try:
+        texts, done = [""] * len(prompts), [threading.Event() for _ in prompts]
+
+        def sink(k):
+            def take(event):
+                texts[k] += event.text
+                if event.finish_reason:
+                    done[k].set()
+            return take
+        for k, (prompt, sp) in enumerate(zip(prompts, params)):
+            engine.submit(Job([RowSpec([tokenizer.l2r_id] + tokenizer.encode(prompt), sp)], sink(k)))
+        assert all(d.wait(900) for d in done)
+        assert texts == alone and _graphs() > before
+    finally:
+        engine.stop()

@@ -49,7 +49,7 @@ def test_fim_prompt_matches_what_the_fim_objective_trains_on(tokenizer):
 def test_infill_contexts_mark_both_ends_of_a_whole_document(tokenizer):
     """FIM and both MIM sides see end-of-text where the document begins and ends, unless that end was trimmed away
     to fit the context."""
-    from codelm.infill import mim_contexts
+    from codelm.infill import mim_budget, mim_contexts
     E, L, R = tokenizer.eot_id, tokenizer.l2r_id, tokenizer.r2l_id
     pre, suf, fwd, bwd = mim_contexts(tokenizer, "a = 1\n", "c = 3\n", 64, 8)
     assert pre == [E] + tokenizer.encode("a = 1\n") and fwd == [L] + pre
@@ -57,10 +57,15 @@ def test_infill_contexts_mark_both_ends_of_a_whole_document(tokenizer):
     long = "x = 1\n" * 40
     pre, suf, fwd, bwd = mim_contexts(tokenizer, long, long, 64, 8)
     assert E not in pre and E not in suf and fwd[0] == L and len(fwd) <= 64 - 8
+    # a token budget as long as the context leaves each side half of it, not one token
+    pre, suf, fwd, bwd = mim_contexts(tokenizer, long, long, 64, 512)
+    assert 64 // 2 - 4 <= len(fwd) <= 64 // 2 and len(bwd) == len(fwd)
+    assert mim_budget(64, 512, (fwd, bwd)) + max(len(fwd), len(bwd)) + 1 < 64  # the rest is the side's to generate
 
 
 @pytest.mark.parametrize("family, expected", [
     ("starcoder", "<fim_prefix>def f():\n<fim_suffix>\n    return {x}<fim_middle>"),
+    ("santacoder", "<fim-prefix>def f():\n<fim-suffix>\n    return {x}<fim-middle>"),
     ("codellama", "<PRE> def f():\n <SUF>\n    return {x} <MID>"),
     ("deepseek-coder", "<｜fim▁begin｜>def f():\n<｜fim▁hole｜>\n    return {x}<｜fim▁end｜>"),
     ("qwen2.5-coder", "<|fim_prefix|>def f():\n<|fim_suffix|>\n    return {x}<|fim_middle|>"),
@@ -490,11 +495,12 @@ def same_results(a, b):
         and [r.logprob for r in a] == pytest.approx([r.logprob for r in b], abs=1e-4)
 
 
-def test_greedy_middles_of_a_batch_equal_each_problem_decoded_alone(chaotic, monkeypatch):
+@pytest.mark.parametrize("max_new_tokens", [12, 500])  # 500: longer than the context, the sides share it
+def test_greedy_middles_of_a_batch_equal_each_problem_decoded_alone(chaotic, monkeypatch, max_new_tokens):
     from codelm.generate import SamplingParams
     from codelm.infill import mim_infill, mim_infill_batch
     model, tok, caps = chaotic
-    params = SamplingParams(max_new_tokens=12, stop=["e"])
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop=["e"])
     widths = []
     select = model.select_cache_rows
     monkeypatch.setattr(model, "select_cache_rows", lambda rows: (widths.append(len(rows)), select(rows))[1])
@@ -505,6 +511,34 @@ def test_greedy_middles_of_a_batch_equal_each_problem_decoded_alone(chaotic, mon
     assert len({r.steps for r in together}) >= 3  # problems decided after different passes
     assert any(abs(r.forward_tokens - r.backward_tokens) > 5 for r in together)  # a side that ended early
     assert widths and widths[0] < 2 * len(PROBLEMS) and widths == sorted(widths, reverse=True)  # rows left
+
+
+def test_a_batch_whose_cache_runs_out_of_slots_grows_it_and_decodes_the_same(chaotic, monkeypatch):
+    """A batch's cache grows by its longest accepted row each pass; a mix of problems may need more slots than it
+    started with, and growing keeps every row's keys where they were."""
+    import codelm.infill as infill_module
+    from codelm.generate import SamplingParams
+    from codelm.infill import mim_infill_batch
+    model, tok, caps = chaotic
+    params = SamplingParams(max_new_tokens=12, stop=["e"])
+    prefixes, suffixes = [p for p, _ in PROBLEMS], [s for _, s in PROBLEMS]
+    roomy = mim_infill_batch(model, tok, prefixes, suffixes, params)
+    grown = []
+
+    class Cramped(infill_module.ModelRows):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.slots = max(len(c) for c in self.contexts) + 2  # room for the first pass only
+            self.key_padding = self.key_padding[:, :self.slots]
+
+        def _reserve(self, slots):
+            if slots > self.slots:
+                grown.append(slots)
+            super()._reserve(slots)
+
+    monkeypatch.setattr(infill_module, "ModelRows", Cramped)
+    cramped = mim_infill_batch(model, tok, prefixes, suffixes, params)
+    assert grown and same_results(cramped, roomy)
 
 
 def test_a_sampled_middle_depends_only_on_its_seed(chaotic):
@@ -521,7 +555,8 @@ def test_a_sampled_middle_depends_only_on_its_seed(chaotic):
         assert [c.token_ids for c in batch[i]] == [c.token_ids for c in alone.samples]
     # reversed, each sample its own problem, among other problems
     flat = [(p, s, seed) for p, s, pair in zip(prefixes, suffixes, seeds) for seed in pair][::-1]
-    mixed = mim_infill_batch(model, tok, [PROBLEMS[5][0]] + [f[0] for f in flat], [PROBLEMS[5][1]] + [f[1] for f in flat],
+    extra_prefix, extra_suffix = PROBLEMS[5]
+    mixed = mim_infill_batch(model, tok, [extra_prefix] + [f[0] for f in flat], [extra_suffix] + [f[1] for f in flat],
                              params, [7] + [f[2] for f in flat])[1:][::-1]
     assert [r.token_ids for r in mixed] == [c.token_ids for row in batch for c in row]
     other = mim_infill_batch(model, tok, prefixes, suffixes, params, [s[0] + 1000 for s in seeds])

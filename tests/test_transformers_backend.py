@@ -62,7 +62,7 @@ def test_the_model_s_own_bos_handling(tokenizer):
     assert no_bos.prompt_ids("x = 1") == plain("x = 1")["input_ids"] == plain.encode("x = 1")
 
 
-@pytest.mark.parametrize("family", ["starcoder", "codellama", "deepseek-coder", "qwen2.5-coder"])
+@pytest.mark.parametrize("family", ["starcoder", "santacoder", "codellama", "deepseek-coder", "qwen2.5-coder"])
 def test_fim_prompts_are_the_family_s_exact_tokens(family):
     from codelm.backends.transformers_lm import TransformersLM
     from codelm.prompts import FIM_TEMPLATES, fim_prompt_text

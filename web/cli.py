@@ -53,7 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ckpt = ServedBackend(lm, config.checkpoint)
     else:
         from codelm.loader import load_checkpoint
+        from codelm.compiled import apply_compile_setting
         ckpt = load_checkpoint(config.checkpoint, device=config.device)
+        apply_compile_setting(ckpt.model, config.compile)
     app = create_app(ckpt, config)
     print(f"codelm: serving {ckpt.path} on http://{config.host}:{config.port}/ (playground at /, API at /v1)",
           flush=True)

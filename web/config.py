@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from codelm.config import option
+from codelm.terms import COMPILE_HELP, COMPILE_SETTINGS
 
 
 @dataclass
@@ -21,6 +22,7 @@ class ServeConfig:
                                   "transformers (any AutoModelForCausalLM, one request at a time); auto picks codelm "
                                   "for what it loads", choices=("auto", "codelm", "transformers"))
     dtype: str = option("auto", "transformers backend: auto, float32, bfloat16, float16")
+    compile: str = option("auto", "codelm backend: " + COMPILE_HELP, choices=COMPILE_SETTINGS)
     trust_remote_code: bool = option(False, "transformers backend: run the code a model directory ships")
     max_batch: int = option(8, "rows decoded together per step")
     max_queue: int = option(32, "waiting requests before answering 429")

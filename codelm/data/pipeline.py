@@ -65,6 +65,7 @@ from codelm.errors import DataError
 log = logging.getLogger("codelm.data")
 
 EXAMPLES = 5             # examples per removal reason in the manifest
+WORK_LAYOUT = 2          # what the working directory holds; one left by code of another layout is refused
 ORDER_SHIFT = 1 << 44    # order = source number * 2^44 + position in that source
 KEY_DTYPE = np.dtype([("key", "S16"), ("order", "<i8"), ("idx", "<u4"), ("bytes", "<i8")])
 
@@ -351,6 +352,7 @@ class CodeMinhashSignature(MinhashDedupSignature):
         full_path = self.folder / "full" / f"{rank:05d}.sig"
         for p in paths + [full_path]:
             p.parent.mkdir(parents=True, exist_ok=True)
+        own = 0.0  # this step's own seconds
         with self.track_time():
             outs = [open(p.with_name(p.name + tmp), "wb") for p in paths]
             full = open(full_path.with_name(full_path.name + tmp), "wb")
@@ -368,7 +370,8 @@ class CodeMinhashSignature(MinhashDedupSignature):
                 rows.clear()
                 idxs.clear()
 
-            for idx, doc in enumerate(data):
+            for idx, doc in enumerate(data):  # (pulling a document runs the steps before this one)
+                t_doc = time.perf_counter()
                 self.stat_update(StatHints.total)
                 shingles = self.get_shingles(doc.text)
                 if shingles.size:
@@ -380,6 +383,8 @@ class CodeMinhashSignature(MinhashDedupSignature):
                 else:
                     sig = np.full(self.num_hashes, np.iinfo(np.uint32).max, dtype=np.uint32)
                 full.write(sig.tobytes())
+                own += time.perf_counter() - t_doc
+            t_end = time.perf_counter()
             flush()
             for fh in outs + [full]:
                 fh.close()
@@ -390,6 +395,9 @@ class CodeMinhashSignature(MinhashDedupSignature):
                 rec.tofile(t)
                 t.replace(p)
             full_path.with_name(full_path.name + tmp).replace(full_path)
+        # the near_dedup stage's timing in the manifest's timings: this, plus its share of the cluster step
+        _atomic_json(self.folder.parent.parent / "stats" / "filter_minhash" / f"{rank:05d}.json",
+                     {"seconds": own + time.perf_counter() - t_end})
         return iter(())
 
 
@@ -455,11 +463,12 @@ class TokenizeSplit(PipelineStep):
             tmp = folder / f".{stem}.bin.tmp-{os.getpid()}"
             state[name] = {"stem": stem, "tmp": tmp, "fh": open(tmp, "wb"), "offsets": [0], "bytes": 0,
                            "ids": []}
-        log_lengths = []
+        doc_tokens = np.zeros(24, dtype=np.int64)  # histogram of log10(tokens per document), kept as counts
         t0 = time.perf_counter()
         batch: list = []
 
         def flush():
+            lengths = []
             for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch], num_threads=1)):
                 s = state["val" if is_validation(doc, self.val_fraction) else "train"]
                 np.asarray(ids + [tok.eot_id], dtype=dtype).tofile(s["fh"])
@@ -468,7 +477,9 @@ class TokenizeSplit(PipelineStep):
                 heapq.heappush(s["ids"], (-doc.metadata["order"], doc.id))  # the first 1000 in source order
                 if len(s["ids"]) > 1000:
                     heapq.heappop(s["ids"])
-                log_lengths.append(float(np.log10(max(1, len(ids)))))
+                lengths.append(max(1, len(ids)))
+            if lengths:
+                doc_tokens[:] += np.histogram(np.log10(lengths), bins=24, range=(0, 6))[0]
             batch.clear()
 
         for doc in data:
@@ -491,9 +502,8 @@ class TokenizeSplit(PipelineStep):
             entries[name] = {"file": f"{s['stem']}.bin", "docs_file": f"{s['stem']}.docs.npy",
                              "n_tokens": int(offsets[-1]), "n_docs": len(offsets) - 1, "n_bytes": s["bytes"],
                              "ids": sorted((-o, i) for o, i in s["ids"])}
-        counts, _ = np.histogram(np.asarray(log_lengths, dtype=float), bins=24, range=(0, 6))
         _atomic_json(self.work / "stats" / "tokenize" / f"{rank:05d}.json",
-                     {"files": entries, "doc_tokens": counts.tolist(), "seconds": time.perf_counter() - t0})
+                     {"files": entries, "doc_tokens": doc_tokens.tolist(), "seconds": time.perf_counter() - t0})
 
 
 
@@ -521,13 +531,9 @@ def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
         cache.clear()
     values = list(map(cache.get, tokens))  # C speed; only new tokens are hashed below
     if None in values:
-        for i, v in enumerate(values):
-            if v is None:
-                t = tokens[i]
-                v = cache.get(t)
-                if v is None:
-                    v = cache[t] = hash_func(t.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
-                values[i] = v
+        for t in set(tokens).difference(cache):
+            cache[t] = hash_func(t.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
+        values = list(map(cache.get, tokens))
     h = np.array(values, dtype=np.uint64)
     if len(h) < n:
         h = np.pad(h, (0, n - len(h)))
@@ -782,7 +788,7 @@ def run(cfg) -> dict:
     t_start = time.perf_counter()
     work = work_dir(cfg)
     config = {k: v for k, v in vars(cfg).items() if k not in RUNTIME_ONLY}
-    check_work_dir(cfg, work, {**config, "tasks": cfg.tasks})
+    check_work_dir(cfg, work, {**config, "tasks": cfg.tasks, "work_layout": WORK_LAYOUT})
     stages = filter_stages(cfg)
     if cfg.decontaminate:
         pkl = work / "decontaminate.pkl"
@@ -818,10 +824,13 @@ def run(cfg) -> dict:
 
 
 def command_line(cfg) -> list[str]:
-    """The `codelm data prepare` command that reproduces cfg (what the Slurm assemble job runs)."""
+    """The `codelm data prepare` command that reproduces cfg, less --executor and --dry-run (the Slurm assemble job
+    adds `--executor local --dry-run false`)."""
     import sys
     out = [sys.executable, "-m", "codelm.cli", "data", "prepare"]
     for key, value in vars(cfg).items():
+        if key in ("executor", "dry_run"):  # the caller says how this command runs
+            continue
         out += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     return out
 
@@ -870,6 +879,9 @@ def assemble_manifest(cfg, work: Path, config: dict, filter_names: list[str]):
             extra["edu_scores"] = {"threshold": cfg.edu_threshold, "scorer": cfg.edu_scorer,
                                    "histogram": histogram(scores, 0.0, 1.0, 20)}
     stage_list += [merge_stage_stats([s]) for s in json.loads((stats / "cluster.json").read_text())["stages"]]
+    for s in stage_list:
+        if s["name"] == "near_dedup":
+            s["seconds"] += sum(p["seconds"] for p in _read_all(stats / "filter_minhash"))
     if cfg.decontaminate:
         parts = _read_all(stats / "shards" / "decontaminate")
         stage_list.append(merge_stage_stats([p["stage"] for p in parts]))

@@ -191,15 +191,16 @@ def test_unknown_language_is_a_clear_error():
 def test_sweep_canonical_pass_mutants_fail_and_verdicts_hold_under_oversubscription(bench):
     """Canonical solutions pass but the known upstream defects; at least 95% of mutants fail; the same verdicts with
     three programs per core and CPU hogs beside them. Every 8th task (21 per language, a few minutes in all);
-    CODELM_HUMANEVAL_X_FULL=1 sweeps all 164."""
+    CODELM_HUMANEVAL_X_FULL=1 sweeps all 164; CODELM_HUMANEVAL_X_BACKEND=docker runs it in the sandbox-lang image."""
+    backend = os.environ.get("CODELM_HUMANEVAL_X_BACKEND", "local")
     problems = list(bench.problems.values())
     if not os.environ.get("CODELM_HUMANEVAL_X_FULL"):
         problems = problems[::8]
-    canonical = verdicts(bench, [(p, bench.reference(p)) for p in problems])
+    canonical = verdicts(bench, [(p, bench.reference(p)) for p in problems], backend=backend)
     failing = {p["task_id"] for p, v in zip(problems, canonical) if not v.passed}
     assert failing <= KNOWN_BAD, failing - KNOWN_BAD
     mutants = [(p, m) for p in problems if p["task_id"] not in KNOWN_BAD and (m := mutate(bench.reference(p)))]
-    mutant_verdicts = verdicts(bench, mutants)
+    mutant_verdicts = verdicts(bench, mutants, backend=backend)
     killed = sum(not v.passed for v in mutant_verdicts)
     assert killed >= 0.95 * len(mutants), f"{killed}/{len(mutants)} mutants fail"
     stop = threading.Event()
@@ -207,7 +208,8 @@ def test_sweep_canonical_pass_mutants_fail_and_verdicts_hold_under_oversubscript
     for hog in hogs:
         hog.start()
     try:
-        loaded = verdicts(bench, [(p, bench.reference(p)) for p in problems], workers=3 * (os.cpu_count() or 1))
+        loaded = verdicts(bench, [(p, bench.reference(p)) for p in problems], workers=3 * (os.cpu_count() or 1),
+                          backend=backend)
     finally:
         stop.set()
     stable = [i for i, p in enumerate(problems) if p["task_id"] not in KNOWN_BAD]

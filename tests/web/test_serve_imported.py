@@ -10,20 +10,14 @@ from fastapi.testclient import TestClient
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: hf_tiny
 
-from hf_tiny import make_model, make_tokenizer  # noqa: E402
+from hf_tiny import save_model_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def no_bos_llama(tmp_path_factory):
     """A tiny Llama-architecture directory whose tokenizer has no BOS token, imported through codelm/hf.py."""
     from codelm.loader import load_checkpoint
-    path = tmp_path_factory.mktemp("no-bos-llama")
-    tok = make_tokenizer(None, bos=False)
-    model = make_model("llama", len(tok.get_vocab()))
-    for cfg in (model.config, model.generation_config):  # as Qwen2.5-Coder's: no BOS id anywhere
-        cfg.bos_token_id, cfg.eos_token_id = None, tok.eos_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    path = save_model_dir(tmp_path_factory.mktemp("no-bos-llama"), "llama")  # as Qwen2.5-Coder's: no BOS id anywhere
     ckpt = load_checkpoint(path, device="cpu")
     assert ckpt.tokenizer.bos_id is None  # its forward marker falls back to end-of-text (codelm/hf_tokenizer.py)
     return ckpt
@@ -45,22 +39,12 @@ def test_completions_of_a_model_without_bos(no_bos_llama):
 PREFIX, SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
 
 
-def save_hf(path, arch: str, family: str | None, bos: bool):
-    tok = make_tokenizer(family, bos=bos)
-    model = make_model(arch, len(tok.get_vocab()))
-    for cfg in (model.config, model.generation_config):
-        cfg.bos_token_id, cfg.eos_token_id = tok.bos_token_id, tok.eos_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def starcoder2_fim(tmp_path_factory):
     """A tiny StarCoder2 (an architecture codelm cannot convert) with StarCoder's FIM tokens and no BOS."""
     from codelm.backends.transformers_lm import TransformersLM
     from web.app import ServedBackend
-    path = save_hf(tmp_path_factory.mktemp("starcoder2"), "starcoder2", "starcoder", bos=False)
+    path = save_model_dir(tmp_path_factory.mktemp("starcoder2"), "starcoder2", "starcoder", bos=False)
     return ServedBackend(TransformersLM.load(path, device="cpu"), str(path))
 
 
@@ -101,7 +85,7 @@ def test_the_transformers_backend_serves_completions_and_infills(starcoder2_fim)
 def test_a_transformers_model_without_fim_tokens_is_refused_in_one_line(tmp_path):
     from codelm.backends.transformers_lm import TransformersLM
     from web.app import ServeConfig, ServedBackend, create_app
-    path = save_hf(tmp_path / "qwen2", "qwen2", None, bos=False)
+    path = save_model_dir(tmp_path / "qwen2", "qwen2", None, bos=False)
     served = ServedBackend(TransformersLM.load(path, device="cpu"), str(path))
     with TestClient(create_app(served, ServeConfig(max_tokens=8))) as client:
         assert client.post("/v1/completions", json={"prompt": "x = ", "max_tokens": 4}).status_code == 200
@@ -114,7 +98,7 @@ def test_a_transformers_model_without_fim_tokens_is_refused_in_one_line(tmp_path
 @pytest.fixture(scope="module")
 def codellama_dir(tmp_path_factory):
     """A tiny Llama-architecture directory whose tokenizer has Code Llama's FIM tokens and a BOS."""
-    return save_hf(tmp_path_factory.mktemp("codellama"), "llama", "codellama", bos=True)
+    return save_model_dir(tmp_path_factory.mktemp("codellama"), "llama", "codellama", bos=True)
 
 
 def test_an_imported_model_infills_with_its_family_s_template(codellama_dir):
