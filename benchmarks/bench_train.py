@@ -39,7 +39,7 @@ import codelm.fast_paths
 from codelm.data.shards import write_shards
 from codelm.model import flops_per_token, preset_config
 from codelm.tokenizer import get_tokenizer
-from codelm.train import Trainer, TrainConfig, measure_peak_flops
+from codelm.train import Trainer, TrainConfig, matmul_peaks
 
 MODELS = {  # name -> (preset, model overrides, batch size)
     "tiny": ("tiny", {}, 8),
@@ -128,6 +128,7 @@ def make_trainer(name: str, precision: str, root: Path, opts: dict) -> Trainer:
                       preset=preset, model=dict(model), batch_size=batch, steps=1000, warmup_steps=10,
                       precision=precision, eval_every=0, save_every=0, seed=0, **opts)
     trainer = Trainer(cfg)
+    trainer.auto_compile(cfg.steps)  # a row with compile None gets what a 1000-step run gets by default
     if direct:
         mim = trainer.objectives["mim"]
         mim.loss = direct_mim_loss.__get__(mim)
@@ -242,6 +243,22 @@ def check_bf16(steps: int, root: Path, data: str) -> dict:
             "bf16_minus_fp32_seed0": bf16 - fp32[0], "within_spread": min(fp32) <= bf16 <= max(fp32)}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
+def describe_peaks(kernels: dict) -> str:
+    return ", ".join(f"{str(dtype).replace('torch.', '').replace('float32', 'fp32').replace('bfloat16', 'bf16')} "
+                     f"{kernel} {flops / 1e9:.0f} GFLOP/s" for (dtype, kernel), flops in kernels.items())
+
+
 def with_ratios(rows: list[dict], to_previous: bool) -> list[dict]:
     """`ratio`: each row's tokens/s over the row above it (the ladder) or over the first row (options)."""
     for i, r in enumerate(rows):
@@ -264,6 +281,8 @@ def main():
     p.add_argument("--models", default="tiny,nanogpt,small", help="comma-separated: tiny, nanogpt, small")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     p.add_argument("--steps", type=int, default=6, help="timed rounds per table (best step of each variant counts)")
+    p.add_argument("--rounds", type=int, default=3, help="--mim, --peers, --ablate: rounds of alternating processes "
+                                                         "(best of each variant counts)")
     p.add_argument("--ablate", action="store_true", help="bf16: each speed-up in turn (ratio over the row above; "
                                                         "in one process, then one process each), and other trainer "
                                                         "options (ratio over the default)")
@@ -284,13 +303,13 @@ def main():
     logging.basicConfig(level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="bench_train-"))
     cpu = torch.device("cpu")
-    peak = {"fp32": measure_peak_flops(cpu, None, reps=10), "bf16": measure_peak_flops(cpu, torch.bfloat16, reps=10)}
-    print(f"threads {torch.get_num_threads()}; matmul peak (best of 10, 1024^3): fp32 {peak['fp32'] / 1e9:.0f} "
-          f"GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    kernels = matmul_peaks(cpu, reps=10)
+    print(f"CPU {cpu_model()}; threads {torch.get_num_threads()}; torch {torch.__version__}")
+    print(f"matmul peak (best of 10, 1024^3): {describe_peaks(kernels)}")
     rows = []
     for name in args.models.split(","):
         if args.peers:  # ratio: over litgpt at its best
-            peer_rows = race_peers(name, args.steps, 3, args.peer_python)
+            peer_rows = race_peers(name, args.steps, args.rounds, args.peer_python)
             best_peer = max((r for r in peer_rows if r["variant"].startswith("litgpt")), key=lambda r: r["tok_s"])
             for r in peer_rows:
                 r["ratio"] = r["tok_s"] / best_peer["tok_s"]
@@ -299,7 +318,7 @@ def main():
         if args.mim:  # ratio: over l2r with the same windows
             batch = args.batch or {"tiny": 16}.get(name, MODELS[name][2])
             variants = {k: dict(v, batch_size=batch) for k, v in MIM.items()}
-            rows += with_ratios(race_processes(name, variants, args.steps), False)
+            rows += with_ratios(race_processes(name, variants, args.steps, args.rounds), False)
             continue
         if args.attention_mask:  # ratio: over causal l2r
             rows += with_ratios(race(name, {k: ("bf16", o) for k, o in DOCUMENT_MASK.items()}, root, args.steps),
@@ -310,13 +329,16 @@ def main():
             options = with_ratios(race(name, {k: ("bf16", o) for k, o in OPTIONS.items()}, root, args.steps), False)
             rows += with_ratios(race(name, {k: ("bf16", o) for k, o in LADDER.items()}, root, args.steps), True)
             rows += options
-            rows += with_ratios(race_processes(name, PROCESSES, args.steps), True)
+            rows += with_ratios(race_processes(name, PROCESSES, args.steps, args.rounds), True)
         else:  # ratio: bf16 over fp32
             rows += with_ratios(race(name, {p: (p, {}) for p in args.precisions.split(",")}, root, args.steps), False)
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):  # the best probe of the run is the roof
-        peak[precision] = max(peak[precision], measure_peak_flops(cpu, dtype, reps=10))
-    print(f"matmul peak at the end: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
-          f"(MFU below is against the higher probe)")
+    at_end = matmul_peaks(cpu, reps=10)
+    print(f"matmul peak at the end: {describe_peaks(at_end)}")
+    # the roof of each precision: its fastest kernel (fp32: BLAS or oneDNN), at the better of the two probes
+    peak = {name: max(max(k[key] for key in k if key[0] == dtype) for k in (kernels, at_end))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print(f"MFU below is against fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s and bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
+          f"(each precision's fastest kernel, best probe)")
     print_table(rows, peak)
     if args.mim:
         print("ratio = tokens/s over l2r's at B windows (a MIM window is read in both directions); peak resident "

@@ -4,9 +4,10 @@
 write: `codelm.generate`, `codelm.infill` and the server's worker keep calling `model(...)` and the cache methods.
 What changes underneath:
 
-- **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up)
-  and its rows are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last
-  row, computed and ignored. Every pass writes its keys at tensor slots and attends over the cache's first S slots
+- **The cache is static.** Its capacity is a power of two (128, 256, ...: what the caller asks for, rounded up;
+  one spare slot past it keeps dynamo from specialising a pass that fills it, see `setup_cache`) and its rows
+  are padded up to a bucket (1, 2, 4, 8, 16, ...): rows past the caller's are copies of its last row, computed
+  and ignored. Every pass writes its keys at tensor slots and attends over the cache's first S slots
   through a mask (`Transformer.forward_static`), so a step reads no Python-side length: one traced step serves
   every position (on CPU S, the filled part, is a dynamic size; on GPU it is the whole cache, gpt-fast's way,
   since a CUDA graph is recorded per shape).
@@ -73,8 +74,15 @@ class CompiledTransformer(Transformer):
     _steps: "_CompiledSteps"
 
     def setup_cache(self, batch: int, max_len: int | None = None, dtype=None) -> None:
-        """The static cache: rows padded to a bucket, capacity a power of two (at least MIN_CAPACITY)."""
-        super().setup_cache(row_bucket(batch), capacity_bucket(max_len or self.config.context_length), dtype)
+        """The static cache: rows padded to a bucket, capacity a power of two (at least MIN_CAPACITY), plus one
+        spare slot that no pass writes or sees: a pass's number of keys (a dynamic size, at most the capacity)
+        then never equals the cache's length, which dynamo would otherwise specialise on (a pass that filled
+        the cache exactly compiled a graph of its own, an error under mark_dynamic)."""
+        super().setup_cache(row_bucket(batch), capacity_bucket(max_len or self.config.context_length) + 1, dtype)
+
+    @property
+    def cache_capacity(self) -> int:
+        return super().cache_capacity - 1 if self.has_cache else 0
 
     def select_cache_rows(self, rows: torch.Tensor) -> None:
         pad = row_bucket(rows.numel()) - rows.numel()
@@ -136,8 +144,8 @@ class _CompiledSteps:
         fn = self.fns.get(key)
         if fn is None:
             fn = self.fns[key] = self._compile()
-        # one graph for every number of keys a pass sees (where a pass sees the whole cache, dynamo may make that a
-        # graph of its own: a second graph, not an error)
+        # one graph for every number of keys a pass sees, the whole capacity included (see setup_cache; "maybe":
+        # should dynamo still specialise on some size, that costs a graph, never a failed decode)
         if dynamic_keys:
             torch._dynamo.maybe_mark_dynamic(keys, 1)
         return fn(self.model, ids, positions, slots, keys, return_hidden)

@@ -266,25 +266,47 @@ GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, 
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype | None, size: int = 1024, reps: int = 4) -> float:
-    """FLOP/s of a dense square matmul in the dtype the model's matmuls run in: the roof MFU is measured against.
-    On a shared CPU the best of a few runs is the closest to the machine's own peak."""
+    """FLOP/s of a dense square matmul in the dtype the model's matmuls run in: the roof MFU is measured against,
+    the best of the kernels that dtype can run on (`matmul_peaks`), so a faster kernel the model does not use
+    still counts against it. On a shared CPU the best of a few runs is the closest to the machine's own peak."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAK_FLOPS.items():
             if key in name:
                 return peak if dtype in (torch.bfloat16, torch.float16) else peak / 2  # TF32 rate for fp32
     dt = dtype or torch.float32
-    a = torch.randn(size, size, device=device).to(dt)
-    b = torch.randn(size, size, device=device).to(dt)
-    best = float("inf")
-    for i in range(reps + 2):
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:  # the first runs warm caches and pick kernels
-            best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best
+    return max(flops for (kernel_dtype, _), flops in matmul_peaks(device, size, reps, [dt]).items()
+               if kernel_dtype == dt)
+
+
+def matmul_peaks(device: torch.device, size: int = 1024, reps: int = 4,
+                 dtypes=(torch.float32, torch.bfloat16)) -> dict[tuple[torch.dtype, str], float]:
+    """{(dtype, kernel): FLOP/s} of a size^3 matmul: `a @ b` (fp32: the BLAS torch links, MKL or OpenBLAS; bf16:
+    oneDNN) and, for fp32 on CPU, oneDNN's linear on a packed weight (the kernel codelm/fast_paths.py uses)."""
+    def best_of(fn) -> float:
+        best = float("inf")
+        for i in range(reps + 2):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:  # the first runs warm caches and pick kernels
+                best = min(best, time.perf_counter() - t0)
+        return 2 * size ** 3 / best
+
+    out = {}
+    for dt in dtypes:
+        a = torch.randn(size, size, device=device).to(dt)
+        b = torch.randn(size, size, device=device).to(dt)
+        out[(dt, "matmul" if device.type != "cpu" or dt != torch.float32 else "BLAS")] = best_of(lambda: a @ b)
+        if device.type == "cpu" and dt == torch.float32 and torch.backends.mkldnn.is_available():
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), size)
+                linear = torch.ops.mkldnn._linear_pointwise
+                out[(dt, "oneDNN")] = best_of(lambda: linear(a, packed, None, "none", [], ""))
+            except (AttributeError, RuntimeError, NotImplementedError):  # a build without these kernels
+                pass
+    return out
 
 
 def resident_memory() -> tuple[float, float]:
@@ -671,6 +693,20 @@ class Trainer:
         return out
 
     # --- the loop --------------------------------------------------------------------------------------------------
+    def auto_compile(self, last_step: int) -> None:
+        """Measure the matmul peak (for MFU) and, with --compile unset, compile the blocks when the steps up to
+        `last_step` are long enough to repay it (compile_repays)."""
+        cfg = self.cfg
+        self.peak_flops = self.peak_flops or cfg.peak_flops or measure_peak_flops(self.device, self.autocast_dtype)
+        if cfg.compile is None and not self.compiled:
+            tokens_per_step = self.batch_at(self.context) * cfg.grad_accum * self.context * self.dist.world
+            train_flops = flops_per_token(self.model_cfg, self.context)["train"]
+            if compile_repays(last_step - self.step, tokens_per_step, train_flops, self.peak_flops * self.dist.world):
+                log.info("compiling the blocks (--compile unset: this run is long enough to repay it; "
+                         "--compile false to skip)")
+                compile_blocks(self.model)
+                self.compiled = True
+
     def fit(self, stop_at: int | None = None) -> dict:
         """Train to cfg.steps (or stop early at `stop_at`, checkpointed, as an interrupted run would be)."""
         cfg = self.cfg
@@ -686,15 +722,7 @@ class Trainer:
             log.warning("the validation split has %d tokens, fewer than one window of %d: %s", n, self.context,
                         f"validating on windows of {self.val_context()}" if self.val_context() >= 2
                         else "no validation losses")
-        self.peak_flops = cfg.peak_flops or measure_peak_flops(self.device, self.autocast_dtype)
-        if cfg.compile is None and not self.compiled:
-            tokens_per_step = self.batch_at(self.context) * cfg.grad_accum * self.context * self.dist.world
-            train_flops = flops_per_token(self.model_cfg, self.context)["train"]
-            if compile_repays(last_step - self.step, tokens_per_step, train_flops, self.peak_flops * self.dist.world):
-                log.info("compiling the blocks (--compile unset: this run is long enough to repay it; "
-                         "--compile false to skip)")
-                compile_blocks(self.model)
-                self.compiled = True
+        self.auto_compile(last_step)
         log.info("model: %.2fM parameters, %.1f MFLOPs/token (train), context %d, objective %s, device %s x %d (%s), "
                  "%s, peak %.0f GFLOP/s per process", count_parameters(self.model) / 1e6,
                  flops_per_token(self.model_cfg, self.context)["train"] / 1e6, self.context, cfg.objective,

@@ -111,6 +111,39 @@ def _no_recompiles_and_no_graph_breaks(run):
     return counters["stats"]["unique_graphs"] - before
 
 
+def _passes(model, widths, seed):
+    """Cached passes of these widths over one random row on a fresh 128-slot cache; their logits."""
+    ids = torch.randint(0, 128, (1, sum(widths)), generator=torch.Generator().manual_seed(seed))
+    out, start = [], 0
+    with torch.no_grad():
+        model.setup_cache(1, 128)
+        for w in widths:
+            out.append(model(ids[:, start:start + w]))
+            start += w
+    return out
+
+
+@needs_compiler
+def test_passes_that_fill_the_cache_exactly_compile_no_graph_of_their_own():
+    """A pass whose bucket ends at the cache's last slot (a 100-token prompt's 128-token prefill bucket in a
+    128-slot cache, a draft bucket or a step ending there) once made dynamo specialise the number of keys to the
+    capacity: an error, later a graph of its own. Now one graph per bucket serves every start, logits as eager."""
+    torch.manual_seed(0)
+    eager = Transformer(ModelConfig(vocab_size=128, context_length=128, n_layer=2, n_head=4, d_model=32)).eval()
+    compiled = compile_decoding(copy.deepcopy(eager))
+    first = [100] + [1] * 20 + [8]            # the prefill and the 8-token bucket each end at slot 128
+    second = [110, 5] + [1] * 13              # other starts; the last step sees all 128 slots
+    before = _graphs()
+    for want, got in zip(_passes(eager, first, 0), _passes(compiled, first, 0)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert _graphs() - before == 3  # the prefill, draft and one-token buckets
+
+    def again():
+        for want, got in zip(_passes(eager, second, 1), _passes(compiled, second, 1)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert _no_recompiles_and_no_graph_breaks(again) == 0
+
+
 @needs_compiler
 def test_compiled_greedy_decoding_equals_eager_and_does_not_recompile(pair, tokenizer):
     """One row, greedy, with prompt-lookup drafts (compiles a prefill bucket and the draft-verification bucket):
@@ -214,3 +247,26 @@ def test_the_servers_worker_decodes_the_same_compiled(tokenizer):
         assert texts == alone and _graphs() > before
     finally:
         engine.stop()
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_batched_meet_in_the_middle_equals_eager():
+    """Meet-in-the-middle for several problems as one batch (six rows, rows leaving as problems end, each row
+    verifying a candidate of its own length, the infill_batch entry point): the same middles, joins and passes
+    compiled as eager, log-probabilities as close as a batch's."""
+    from support import wandering_model
+    from test_infill import PROBLEMS, same_results
+
+    from codelm.infill import infill_batch, mim_infill_batch
+
+    model, tok, caps = wandering_model()
+    compiled = compile_decoding(copy.deepcopy(model))
+    params = SamplingParams(max_new_tokens=12, stop=["e"])
+    prefixes, suffixes = [p for p, _ in PROBLEMS[:3]], [s for _, s in PROBLEMS[:3]]
+    before = _graphs()
+    assert same_results(mim_infill_batch(compiled, tok, prefixes, suffixes, params),
+                        mim_infill_batch(model, tok, prefixes, suffixes, params))
+    assert _graphs() > before  # it did decode compiled
+    got, want = (infill_batch(m, tok, prefixes, suffixes, "mim", params, capabilities=caps) for m in (compiled, model))
+    assert [[c.token_ids for c in per] for per in got] == [[c.token_ids for c in per] for per in want]
