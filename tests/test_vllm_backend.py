@@ -97,7 +97,10 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real(tiny_dir):
     from codelm.backends.vllm_lm import VllmLM
-    return VllmLM.load(tiny_dir, dtype="float32", gpu_memory_utilization=MEMORY)
+    lm = VllmLM.load(tiny_dir, dtype="float32", gpu_memory_utilization=MEMORY)
+    yield lm
+    # stop the engine's worker processes now, while pytest's output is still open (else they log into closed files)
+    lm.llm.llm_engine.engine_core.shutdown()
 
 
 MEMORY = 0.05  # on vLLM's CPU build, the share of the machine's memory it reserves (0.9 by default)
