@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from codelm import benchdata
+from codelm.data.budget import TOKEN_CACHE_ENTRIES
 from codelm.errors import DataError
 
 BENCHMARKS = ("humaneval", "mbpp", "humaneval-infilling")
@@ -79,7 +80,7 @@ def _h(text: str) -> int:
     its tokens, and this is the hot loop."""
     value = _H_CACHE.get(text)
     if value is None:
-        if len(_H_CACHE) > 1_000_000:
+        if len(_H_CACHE) >= TOKEN_CACHE_ENTRIES:
             _H_CACHE.clear()
         value = _H_CACHE[text] = zlib.crc32(text.encode("utf-8", "surrogatepass")) | (1 << 40)
     return value

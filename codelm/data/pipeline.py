@@ -56,7 +56,7 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupSi
 from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
+from codelm.data.budget import TIMED_OUT_REASON, TOKEN_CACHE_ENTRIES, DocumentTimeout, time_budget
 from codelm.data.sources import Document as CodeDocument
 from codelm.data.stages import (RUNTIME_ONLY, decontaminator, filter_stages, histogram, is_validation,
                                  reason_kind)
@@ -527,7 +527,7 @@ def code_shingles(text: str, n: int, hash_func) -> np.ndarray:
     if not tokens:
         return np.zeros((0, 1), dtype=np.uint64)
     cache = _TOKEN_HASHES
-    if len(cache) > 1_000_000:
+    if len(cache) >= TOKEN_CACHE_ENTRIES:
         cache.clear()
     values = list(map(cache.get, tokens))  # C speed; only new tokens are hashed below
     if None in values:
