@@ -1,7 +1,7 @@
 """Where benchmark data comes from, and reading JSONL files people hand us.
 
 Benchmark files are looked up by codelm.benchdata (--data-dir, $CODELM_DATA_DIR where it holds the file, then the
-copy packaged with codelm, then shared/data near the repository); a file found nowhere is fetched from its public
+copy packaged with codelm); a file found nowhere is fetched from its public
 source (the Hugging Face hub or the upstream release), which each benchmark module names. When all fail, the error
 lists every place that was tried.
 """
@@ -27,7 +27,7 @@ def find_local_file(relative_path: str, data_dir=None) -> tuple[Path | None, lis
 
 
 def find_or_download(relative_path: str, url: str, cache_dir: Path, what: str, data_dir=None) -> Path:
-    """A local copy (--data-dir, $CODELM_DATA_DIR, the packaged one, shared/data), else a cached download of the
+    """A local copy (--data-dir, $CODELM_DATA_DIR, the packaged one), else a cached download of the
     upstream file, else one clear error listing everything tried (how an offline machine without the files says it)."""
     path, tried = find_local_file(relative_path, data_dir)
     if path is not None:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def stdlib_texts(n: int = 60) -> list[str]:

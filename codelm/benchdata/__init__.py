@@ -8,7 +8,6 @@ A file `<relative>` (e.g. "mbpp/mbpp.jsonl") is looked up, in order, under
   1. the directory given with --data-dir,
   2. $CODELM_DATA_DIR,
   3. this package (the default: always there, so a clone with no network and no data folder works),
-  4. `shared/data` in the repository, then `../shared/data` beside it (files the package does not ship),
 each as `<relative>` or `<relative>.gz`. A directory that does not hold the file is passed over, so an override only
 overrides what it holds.
 """
@@ -22,7 +21,6 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent.parent
 ENV_VAR = "CODELM_DATA_DIR"
 
 
@@ -34,8 +32,6 @@ def candidates(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Pat
     if os.environ.get(ENV_VAR):
         out.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR])))
     out.append(("packaged with codelm", PACKAGE_DIR))
-    out.append(("repository", REPO_ROOT / "shared" / "data"))
-    out.append(("beside the repository", REPO_ROOT.parent / "shared" / "data"))
     return out
 
 

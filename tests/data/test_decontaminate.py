@@ -157,7 +157,6 @@ def test_builtins_keywords_and_attributes_stay_literal():
 
 def test_the_packaged_benchmarks_are_found_when_the_data_dir_is_empty(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
     stage = Decontaminator(["mbpp", "humaneval-infilling"])
     sources = stage.describe()["sources"]
     assert all(s.startswith("codelm/benchdata/") for s in sources["mbpp"] + sources["humaneval-infilling"])
@@ -174,7 +173,6 @@ def test_benchmark_sets_have_the_standard_sizes():
 def test_missing_benchmark_data_names_the_places_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
     monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "no-package")
     with pytest.raises(DataError, match=str(tmp_path / "mbpp" / "mbpp.jsonl") + ".*hub copy"):
         Decontaminator(["mbpp"])
@@ -184,7 +182,6 @@ def test_missing_benchmark_data_names_the_places_tried(tmp_path, monkeypatch):
 
 def test_infilling_falls_back_to_humaneval_programs_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere")
     monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "no-package")
     stage = Decontaminator(["humaneval-infilling"])
     assert stage.n_items == 164

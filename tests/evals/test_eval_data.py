@@ -40,11 +40,10 @@ def test_an_uncompressed_override_of_a_packaged_file_is_read(tmp_path, monkeypat
 
 
 def test_every_evaluation_loads_from_the_package_when_the_data_dir_is_empty(tmp_path, monkeypatch):
-    """A clone with no data folder and no network: CODELM_DATA_DIR names an empty directory, the repository's and
-    ../shared/data are out of reach, the hub is unreachable. Every benchmark still loads, from the package."""
+    """A clone with no data folder and no network: CODELM_DATA_DIR names an empty directory and the hub is
+    unreachable. Every benchmark still loads, from the package."""
     from evals import evalplus, humaneval
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere" / "repo")
     for module in (infilling, evalplus):
         monkeypatch.setattr(module, "UPSTREAM", "file:///nonexistent/" if module is infilling else
                             {k: "file:///nonexistent/" for k in module.UPSTREAM})
@@ -68,7 +67,6 @@ def test_the_evaluations_run_from_the_package_and_record_which_data_they_read(tm
     from fake_models import ReferenceModel
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
-    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "nowhere" / "repo")
     hashes = benchdata.packaged_hashes()
     for name, load, packaged_file in (
             ("mbpp", mbpp.load, "mbpp/mbpp.jsonl.gz"),
@@ -93,14 +91,13 @@ def test_packaged_files_match_their_recorded_hashes():
 
 def test_a_file_found_nowhere_names_every_place_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("CODELM_DATA_DIR", str(tmp_path / "env"))
-    monkeypatch.setattr(benchdata, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.setattr(benchdata, "PACKAGE_DIR", tmp_path / "package")
     monkeypatch.setattr(infilling, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(infilling, "UPSTREAM", "file:///nonexistent/")  # keep the test offline and quick
     with pytest.raises(EvalInputError) as error:
         infilling.load("single-line", data_dir=tmp_path / "given")
     message = str(error.value)
-    for place in ("given", "env", "package", "repo", "cache", "nonexistent"):
+    for place in ("given", "env", "package", "cache", "nonexistent"):
         assert place in message
     assert "\n" not in message
 

@@ -26,7 +26,7 @@ EARLY_EXIT = {"cpp": "    exit(0);\n", "java": "        System.exit(0);\n", "js"
 KNOWN_BAD = {"JavaScript/112", "JavaScript/155", "JavaScript/162", "Go/95", "Rust/50"}
 
 if find_local_file("humaneval-x/humaneval_cpp.jsonl.gz")[0] is None:
-    pytest.skip("HumanEval-X data not found (../shared/data/humaneval-x or $CODELM_DATA_DIR)",
+    pytest.skip("HumanEval-X data not found (neither packaged nor in $CODELM_DATA_DIR)",
                 allow_module_level=True)
 
 
