@@ -205,7 +205,19 @@ def run(program: "str | Program", *, stdin: str | None = None, files: dict[str, 
     client()
     payload = json.dumps({"program": program, "stdin": stdin, "files": _encode_files(files),
                           **lim.to_json()}).encode()
-    pool = pool_for(lim)
+
+    def one_run(container) -> tuple[Result, bool]:
+        reply = container.run(payload, lim.timeout_s)
+        dirty = reply.pop("dirty", True)
+        return Result.from_json(reply), dirty
+
+    return _with_container(pool_for(lim), one_run)
+
+
+def _with_container(pool, attempt) -> Result:
+    """`attempt(container) -> (result, dirty)` in a container of the pool, retried on infrastructure errors. A
+    timed-out container may still hold stuck processes; a failed one is suspect; a dirty one kept something of its
+    program: all are replaced instead of going back to the pool."""
     result = Result.infra_error("sandbox: docker run never attempted")
     for _attempt in range(INFRA_RETRIES):
         try:
@@ -215,13 +227,9 @@ def run(program: "str | Program", *, stdin: str | None = None, files: dict[str, 
             continue
         dirty = True
         try:
-            reply = container.run(payload, lim.timeout_s)
-            dirty = reply.pop("dirty", True)
-            result = Result.from_json(reply)
+            result, dirty = attempt(container)
         except Exception as e:
             result = Result.infra_error(f"sandbox: container error: {type(e).__name__}: {e}")
-        # A timed-out container may still hold stuck processes; a failed one is suspect; a dirty one kept something
-        # of its program: replace them all.
         pool.release(container, healthy=not dirty and result.status not in ("timeout", "infra_error", "memory"))
         if result.status != "infra_error":
             return result
@@ -246,30 +254,19 @@ def run_program(program: Program, stdin: str | None, files: dict, lim: Limits) -
     # the container's tmpfs (and so its pool) is sized for the largest step; each step then gets its own limits
     largest = Limits(**{**base, "memory_mb": max(r["memory_mb"] for _, r in steps),
                         "max_processes": max(r["max_processes"] for _, r in steps)})
-    pool = pool_for(largest, LANG_IMAGE)
-    result = Result.infra_error("sandbox: docker run never attempted")
-    for _attempt in range(INFRA_RETRIES):
-        try:
-            container = pool.acquire()
-        except Exception as e:
-            result = Result.infra_error(f"sandbox: could not start a container: {e}")
-            continue
-        dirty = True
-        try:
-            for name, request in steps:
-                container.set_limits(request["memory_mb"], request["max_processes"])
-                reply = container.run(json.dumps(request).encode(), request["timeout_s"])
-                dirty = reply.pop("dirty", True)
-                result = Result.from_json(reply)
-                result.step = name
-                if result.status != "ok":
-                    break
-        except Exception as e:
-            result = Result.infra_error(f"sandbox: container error: {type(e).__name__}: {e}")
-        pool.release(container, healthy=not dirty and result.status not in ("timeout", "infra_error", "memory"))
-        if result.status != "infra_error":
-            return result
-    return result
+
+    def all_steps(container) -> tuple[Result, bool]:
+        for name, request in steps:
+            container.set_limits(request["memory_mb"], request["max_processes"])
+            reply = container.run(json.dumps(request).encode(), request["timeout_s"])
+            dirty = reply.pop("dirty", True)
+            result = Result.from_json(reply)
+            result.step = name
+            if result.status != "ok":
+                break
+        return result, dirty
+
+    return _with_container(pool_for(largest, LANG_IMAGE), all_steps)
 
 
 def shutdown() -> None:
