@@ -47,6 +47,27 @@ def micro_train_config(data: Path, out: Path, **kw):
     return TrainConfig(**base)
 
 
+def assert_resume_is_bit_exact(data: Path, tmp: Path, stop_at: int, **kw):
+    """A run interrupted at `stop_at` and resumed ends with the uninterrupted run's weights and logged losses.
+    Returns the uninterrupted run's Trainer."""
+    import json
+    import torch
+    from codelm.train import Trainer
+    full = Trainer(micro_train_config(data, tmp / "full", **kw))
+    full.fit()
+    part = Trainer(micro_train_config(data, tmp / "part", **kw))
+    part.fit(stop_at=stop_at)  # stops with a checkpoint, as an interrupted run would have
+    resumed = Trainer(micro_train_config(data, tmp / "part", resume=True, **kw))
+    assert resumed.step == stop_at
+    resumed.fit()
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    losses = lambda run: [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                          if m["kind"] == "train"]
+    assert losses(tmp / "full") == losses(tmp / "part")
+    return full
+
+
 # ---- a real uvicorn server on 127.0.0.1 (loopback only) ----
 def free_port() -> int:
     with socket.socket() as s:

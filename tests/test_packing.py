@@ -12,8 +12,7 @@ from codelm.model import ModelConfig, Transformer
 from codelm.objectives import (IGNORE, FillInTheMiddle, LeftToRight, MeetInTheMiddle, mim_loss, next_token_loss,
                                total_variation)
 from codelm.packing import block_causal_mask, document_layout, fitting_prefix
-from codelm.train import Trainer
-from support import make_shards, micro_train_config
+from support import assert_resume_is_bit_exact, make_shards
 
 WINDOW = 40
 
@@ -156,16 +155,6 @@ def short_docs(tmp_path_factory, tokenizer):
 
 def test_document_mask_run_resumes_bit_for_bit_and_records_the_mode(tmp_path, short_docs):
     cfg = dict(steps=6, objective="mim:0.5,fim:0.5,l2r:0.5", attention_mask="document", batch_size=3)
-    full = Trainer(micro_train_config(short_docs, tmp_path / "full", **cfg))
-    full.fit()
-    part = Trainer(micro_train_config(short_docs, tmp_path / "part", **cfg))
-    part.fit(stop_at=3)
-    resumed = Trainer(micro_train_config(short_docs, tmp_path / "part", resume=True, **cfg))
-    resumed.fit()
-    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b)
-    losses = lambda run: [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                          if m["kind"] == "train"]
-    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+    assert_resume_is_bit_exact(short_docs, tmp_path, stop_at=3, **cfg)
     caps = json.loads(next((tmp_path / "full" / "checkpoints").iterdir()).joinpath("config.json").read_text())
     assert caps["capabilities"]["attention_mask"] == "document"

@@ -2,13 +2,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from codelm.checkpoint import list_checkpoints
 from codelm.loader import load_checkpoint
 from codelm.generate import SamplingParams, generate
 from codelm.train import Trainer, TrainConfig, lr_at, sample_windows
-from support import micro_train_config
+from support import assert_resume_is_bit_exact, micro_train_config
 
 
 def test_loss_goes_down_and_checkpoint_samples(trained_run):
@@ -43,18 +42,7 @@ def test_schedule_warmup_then_cosine_to_floor():
 
 
 def test_resume_continues_bit_for_bit(tmp_path, small_shards):
-    full = Trainer(micro_train_config(small_shards, tmp_path / "full", steps=12))
-    full.fit()
-    part = Trainer(micro_train_config(small_shards, tmp_path / "part", steps=12))
-    part.fit(stop_at=6)  # stops at 6 with a checkpoint, as an interrupted run would have
-    resumed = Trainer(micro_train_config(small_shards, tmp_path / "part", steps=12, resume=True))
-    assert resumed.step == 6
-    resumed.fit()
-    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b)
-    losses = lambda run: [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                          if m["kind"] == "train"]
-    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+    assert_resume_is_bit_exact(small_shards, tmp_path, stop_at=6, steps=12)
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path, small_shards):
