@@ -275,8 +275,8 @@ def compile_repays(steps_left: int, tokens_per_step: int, flops_per_token: float
 
 
 def compile_losses(objectives: dict) -> None:
-    """Each objective's fused loss through its compiled chunk kernel (codelm/objectives.py: _nll_kernel,
-    _mim_kernel): the loss's dozen passes over the logits become two or three."""
+    """Each objective's fused loss through its compiled chunk kernels (codelm/objectives.py: _exp_kernel and
+    _nll_grad_kernel or _mim_grad_kernel): the loss's dozen passes over the logits become a few."""
     for objective in objectives.values():
         objective.compiled_loss = True
 
