@@ -317,7 +317,8 @@ def main():
             continue
         if args.mim:  # ratio: over l2r with the same windows
             batch = args.batch or {"tiny": 16}.get(name, MODELS[name][2])
-            variants = {k: dict(v, batch_size=batch) for k, v in MIM.items()}
+            # as users get them: --compile unset, so the steps of a long run compile (blocks and loss kernels)
+            variants = {k: dict(v, batch_size=batch, compile=None) for k, v in MIM.items()}
             rows += with_ratios(race_processes(name, variants, args.steps, args.rounds), False)
             continue
         if args.attention_mask:  # ratio: over causal l2r

@@ -42,6 +42,7 @@ objective; use a few micro-batches per step for a smoother mixture.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,9 +115,10 @@ class NextTokenObjective:
     """An objective whose loss is plain next-token cross-entropy on its batch (l2r, fim, sft); `name` keys its
     metrics."""
     name = ""
+    compiled_loss = False  # the loss's chunk kernel through torch.compile (set by the trainer: compile_losses)
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
-        loss = fused_next_token_loss(model(batch.x, **batch.training_inputs()), batch.y)
+        loss = fused_next_token_loss(model(batch.x, **batch.training_inputs()), batch.y, self.compiled_loss)
         return loss, {f"loss_{self.name}": loss.detach()}
 
     def val_metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
@@ -284,6 +286,76 @@ def _row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1, 1)
 
 
+# The chunk loops below run eagerly as one pass over a [rows x vocabulary] chunk per operation (a dozen for MIM);
+# the kernels here are the same chunk arithmetic written as whole expressions, which torch.compile fuses into a few
+# passes (an l2r step at the nanoGPT shape spent ~9% of its time in the eager loss). Two stages, compiled apart, so
+# the exponentials are computed once and kept (a float32 chunk, cache-sized) instead of recomputed by every pass
+# that reads them: 1.3-1.4x faster than one fused kernel, measured. The trainer switches them on when it compiles
+# the blocks (train.compile_losses); tests/test_objectives.py holds both forms equal.
+def _exp_kernel(logits: torch.Tensor, y: torch.Tensor):
+    """[c, V] rows -> (summed NLL of the rows with a target, e = exp(x - rowmax) in float32, the rows' sums of e):
+    softmax = e / sum."""
+    x = logits.float()
+    valid = (y != IGNORE).unsqueeze(1)
+    top = x.amax(dim=-1, keepdim=True)
+    e = torch.exp(x - top)
+    total = e.sum(dim=-1, keepdim=True)
+    nll = ((torch.log(total) + top - x.gather(1, torch.where(valid, y.unsqueeze(1), 0))) * valid).sum()
+    return nll, e, total
+
+
+def _onehot_weight(y: torch.Tensor, vocab: int, scale: torch.Tensor):
+    """(onehot(y) [c, V], scale on rows with a target and 0 elsewhere [c, 1])."""
+    valid = (y != IGNORE).unsqueeze(1)
+    onehot = torch.arange(vocab, device=y.device) == torch.where(valid, y.unsqueeze(1), 0)
+    return onehot.float(), valid * scale
+
+
+def _nll_grad_kernel(e: torch.Tensor, total: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
+                     grad: torch.Tensor) -> None:
+    """Writes `grad` = scale * (softmax - onehot(y)), zero on rows without a target (`_nll_grad_`)."""
+    onehot, w = _onehot_weight(y, e.shape[-1], scale)
+    grad.copy_((e / total - onehot) * w)
+
+
+def _mim_grad_kernel(e_a, total_a, e_b, total_b, y_a, y_b, scale_a, scale_b, tv_scale, grad_a, grad_b,
+                     with_tv: bool, stop_grad: bool) -> torch.Tensor:
+    """One chunk of _MimLoss from the two stages' exponentials of aligned forward rows a and backward rows b: writes
+    both gradients, returns the summed L1 distance of the two softmaxes over rows where a has a target."""
+    p_a, p_b = e_a / total_a, e_b / total_b
+    onehot_a, w_a = _onehot_weight(y_a, e_a.shape[-1], scale_a)
+    onehot_b, w_b = _onehot_weight(y_b, e_b.shape[-1], scale_b)
+    g_a, g_b = (p_a - onehot_a) * w_a, (p_b - onehot_b) * w_b
+    tv = torch.zeros((), device=e_a.device)
+    if with_tv:
+        has_target = (y_a != IGNORE).unsqueeze(1)
+        d = p_a - p_b
+        sign, w = torch.sign(d), has_target * tv_scale
+        tv = (d.abs().sum(-1, keepdim=True) * has_target).sum()
+        g_a = g_a + (sign - (sign * p_a).sum(-1, keepdim=True)) * p_a * w
+        if not stop_grad:
+            g_b = g_b + ((sign * p_b).sum(-1, keepdim=True) - sign) * p_b * w
+    grad_a.copy_(g_a)
+    grad_b.copy_(g_b)
+    return tv
+
+
+def _scaled_(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """The fused losses' backward: their stored gradient times the incoming one, in place — skipped when that is 1
+    (a plain loss.backward()), a pass over a logits-sized tensor (reading a 0-d CPU tensor costs nothing; on CUDA
+    it would wait for the GPU, so there it always multiplies)."""
+    if grad_loss.device.type == "cpu" and grad_loss.numel() == 1 and float(grad_loss) == 1.0:
+        return grad
+    return grad.mul_(grad_loss)
+
+
+@functools.cache
+def _compiled(kernel):
+    # dynamic: one compilation for every chunk height (a short last chunk, curriculum contexts, mixtures), where
+    # static shapes compiled each anew: 11.5 s against 15 s at the first step of a tiny MIM run, as fast after
+    return torch.compile(kernel, dynamic=True)
+
+
 class _MimLoss(torch.autograd.Function):
     """NLL_fwd + NLL_bwd + beta * TV over aligned row pairs of one [2B, T, V] logits tensor, with the value and the
     gradient computed together, one chunk of rows at a time.
@@ -297,14 +369,14 @@ class _MimLoss(torch.autograd.Function):
     logits, outlives the chunk; backward scales it by the incoming gradient (in place: no second backward)."""
 
     @staticmethod
-    def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs):
+    def forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs, compiled: bool = False):
         # in float32 whatever the caller's autocast: under bf16 autocast the row dot products would each cast two
         # [rows x vocab] operands and run as tiny bf16 matrix products (measured slower than the unfused loss)
         with torch.autocast(logits.device.type, enabled=False):
-            return _MimLoss._forward(ctx, logits, y, n_forward, beta, stop_grad, pairs)
+            return _MimLoss._forward(ctx, logits, y, n_forward, beta, stop_grad, pairs, compiled)
 
     @staticmethod
-    def _forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs):
+    def _forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs, compiled: bool):
         T, V = logits.shape[1:]
         flat = logits.reshape(-1, V)
         n_fwd_rows = n_forward * T
@@ -323,10 +395,21 @@ class _MimLoss(torch.autograd.Function):
         grad = torch.empty(flat.shape, dtype=logits.dtype, device=flat.device)  # every row is written below
         nll_f = nll_b = tv = torch.zeros((), dtype=dtype, device=flat.device)
         rows = max(1, MIM_CHUNK_ELEMENTS // V)
+        if compiled:
+            scales = [torch.tensor(v, dtype=dtype, device=flat.device) for v in (1 / n_f, 1 / n_b, 0.5 * beta / n_f)]
         for s0 in range(0, n_fwd_rows, rows):
             s1 = min(s0 + rows, n_fwd_rows)
             br = bwd_rows[s0:s1]
             a, b = flat[s0:s1], flat.index_select(0, br)
+            if compiled:
+                chunk_nll_a, e_a, total_a = _compiled(_exp_kernel)(a, y_fwd[s0:s1])
+                chunk_nll_b, e_b, total_b = _compiled(_exp_kernel)(b, y_bwd[s0:s1])
+                g_b = torch.empty_like(b)
+                chunk_tv = _compiled(_mim_grad_kernel)(e_a, total_a, e_b, total_b, y_fwd[s0:s1], y_bwd[s0:s1],
+                                                       *scales, grad[s0:s1], g_b, beta > 0, stop_grad)
+                nll_f, nll_b, tv = nll_f + chunk_nll_a, nll_b + chunk_nll_b, tv + chunk_tv
+                grad.index_copy_(0, br, g_b)
+                continue
             p_a, chunk_nll_a = _softmax_rows(a, y_fwd[s0:s1], dtype)
             p_b, chunk_nll_b = _softmax_rows(b, y_bwd[s0:s1], dtype)
             if beta > 0:
@@ -358,7 +441,7 @@ class _MimLoss(torch.autograd.Function):
             raise RuntimeError("the fused MIM loss scales its stored gradient in place: one backward per forward")
         ctx.done = True
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss).view(ctx.logits_shape), None, None, None, None, None
+        return _scaled_(grad, grad_loss).view(ctx.logits_shape), None, None, None, None, None, None
 
 
 class _NextTokenLoss(torch.autograd.Function):
@@ -368,7 +451,7 @@ class _NextTokenLoss(torch.autograd.Function):
     log-softmax for backward. Same value and gradient (tests/test_objectives.py)."""
 
     @staticmethod
-    def forward(ctx, logits, y):
+    def forward(ctx, logits, y, compiled: bool = False):
         with torch.autocast(logits.device.type, enabled=False):
             V = logits.shape[-1]
             flat, y = logits.reshape(-1, V), y.reshape(-1)
@@ -377,7 +460,13 @@ class _NextTokenLoss(torch.autograd.Function):
             grad = torch.empty(flat.shape, dtype=logits.dtype, device=flat.device)
             nll = torch.zeros((), dtype=dtype, device=flat.device)
             rows = max(1, MIM_CHUNK_ELEMENTS // V)
+            scale = torch.tensor(1.0 / n, dtype=dtype, device=flat.device)
             for s0 in range(0, flat.shape[0], rows):
+                if compiled:
+                    chunk_nll, e, total = _compiled(_exp_kernel)(flat[s0:s0 + rows], y[s0:s0 + rows])
+                    _compiled(_nll_grad_kernel)(e, total, y[s0:s0 + rows], scale, grad[s0:s0 + rows])
+                    nll = nll + chunk_nll
+                    continue
                 p, chunk_nll = _softmax_rows(flat[s0:s0 + rows], y[s0:s0 + rows], dtype)
                 _nll_grad_(p, y[s0:s0 + rows], 1.0 / n)
                 grad[s0:s0 + rows] = p
@@ -392,24 +481,25 @@ class _NextTokenLoss(torch.autograd.Function):
             raise RuntimeError("the fused next-token loss scales its stored gradient in place: one backward per forward")
         ctx.done = True
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss).view(ctx.logits_shape), None
+        return _scaled_(grad, grad_loss).view(ctx.logits_shape), None, None
 
 
-def fused_next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """`next_token_loss(logits, y)` (mean over targets that are not IGNORE) for training: see _NextTokenLoss."""
+def fused_next_token_loss(logits: torch.Tensor, y: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+    """`next_token_loss(logits, y)` (mean over targets that are not IGNORE) for training: see _NextTokenLoss;
+    `compiled`: its chunks through the compiled kernels (_exp_kernel, _nll_grad_kernel)."""
     if not logits.requires_grad:
         return next_token_loss(logits.float(), y)
-    return _NextTokenLoss.apply(logits, y)
+    return _NextTokenLoss.apply(logits, y, compiled)
 
 
 def mim_loss(logits: torch.Tensor, y: torch.Tensor, n_forward: int, beta: float = 0.1, stop_grad: bool = False,
-             pairs: torch.Tensor | None = None):
+             pairs: torch.Tensor | None = None, compiled: bool = False):
     """(loss, [nll_fwd, nll_bwd, tv]) for a MIM batch: logits [2B, T, V] of the forward rows then the backward rows
     (as `MeetInTheMiddle.make_batch` lays them out), targets y [2B, T]. TV averages over positions whose forward
     target is not IGNORE. `stop_grad` keeps the TV gradient out of the backward rows. `pairs` [B*T]: for each
     forward row position (flattened), the flattened index of the backward position predicting the same token (a
     permutation of the backward positions; default: the time-reversed one, T-1-i)."""
-    loss, metrics = _MimLoss.apply(logits, y, n_forward, float(beta), bool(stop_grad), pairs)
+    loss, metrics = _MimLoss.apply(logits, y, n_forward, float(beta), bool(stop_grad), pairs, compiled)
     return loss, metrics
 
 
@@ -421,6 +511,7 @@ class MeetInTheMiddle:
     which is the plain reading of a shared-weight regularizer)."""
 
     name = "mim"
+    compiled_loss = False  # as NextTokenObjective's
 
     def __init__(self, tokenizer, mim_beta: float = 0.1, mim_stop_grad: bool = False, attention_mask: str = CAUSAL,
                  **_):
@@ -464,7 +555,7 @@ class MeetInTheMiddle:
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
         loss, (nll_fwd, nll_bwd, tv) = mim_loss(model(batch.x, **batch.training_inputs()), batch.y,
                                                  batch.extra["n_forward"], self.beta, self.stop_grad,
-                                                 batch.extra.get("pairs"))
+                                                 batch.extra.get("pairs"), self.compiled_loss)
         metrics = {"loss_mim_fwd": nll_fwd, "loss_mim_bwd": nll_bwd}
         if self.beta > 0:
             metrics["mim_tv"] = tv

@@ -234,6 +234,23 @@ def enable_activation_checkpointing(model: Transformer) -> None:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
+def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float,
+                   folded: bool = True) -> torch.Tensor:
+    """Clip the global gradient norm to `max_norm` (clip_grad_norm_'s coefficient, max_norm / (norm + 1e-6), when
+    below 1); returns the norm before clipping. With the fused AdamW the coefficient is folded into the update: the
+    kernel divides each gradient by the optimizer's `grad_scale` as it reads it (the hook fp16 loss scaling uses,
+    so not `folded` when a GradScaler holds it), which saves a pass over every gradient; the update equals clipping
+    first up to rounding, and a norm under `max_norm` divides by exactly 1. The caller drops `grad_scale` after
+    the step."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    # the groups' flag, not the defaults: a resumed optimizer takes its groups from the checkpoint (FSDP's: foreach)
+    if not (folded and all(group.get("fused") for group in optimizer.param_groups)):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    optimizer.grad_scale = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
+    return norm
+
+
 def compile_blocks(model: Transformer) -> None:
     """torch.compile each block's training pass (regional compilation, as torchtitan does): the blocks share their code,
     so one graph is compiled and reused by all of them (seconds, where the whole model takes minutes). It fuses the
@@ -255,6 +272,13 @@ def compile_repays(steps_left: int, tokens_per_step: int, flops_per_token: float
     tokens) qualifies, a 20-step test of a micro model does not."""
     eager_s = steps_left * tokens_per_step * flops_per_token / max(peak_flops * ASSUMED_MFU, 1.0)
     return eager_s >= COMPILE_REPAYS_AFTER_S
+
+
+def compile_losses(objectives: dict) -> None:
+    """Each objective's fused loss through its compiled chunk kernels (codelm/objectives.py: _exp_kernel and
+    _nll_grad_kernel or _mim_grad_kernel): the loss's dozen passes over the logits become a few."""
+    for objective in objectives.values():
+        objective.compiled_loss = True
 
 
 def _compiled_when_training(block, eager, compiled, *args):
@@ -405,6 +429,8 @@ class Trainer:
                                            fim_split=cfg.fim_split, mim_beta=cfg.mim_beta,
                                            mim_stop_grad=cfg.mim_stop_grad, sft_data=cfg.sft_data,
                                            attention_mask=cfg.attention_mask)
+        if self.compiled:
+            compile_losses(self.objectives)
         self.optimizer = configure_optimizer(self.model, cfg)
         # fp16 needs loss scaling (its 5-bit exponent underflows small gradients); bf16 has fp32's range
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
@@ -637,13 +663,14 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = clip_gradients(self.model, self.optimizer, cfg.grad_clip, folded=self.scaler is None)
             totals["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+            self.optimizer.__dict__.pop("grad_scale", None)  # clip_gradients' coefficient is for this step only
         self.optimizer.zero_grad(set_to_none=True)
         for name, n in counts.items():
             totals.update({k: v / n for k, v in own[name].items()})
@@ -705,6 +732,7 @@ class Trainer:
                 log.info("compiling the blocks (--compile unset: this run is long enough to repay it; "
                          "--compile false to skip)")
                 compile_blocks(self.model)
+                compile_losses(self.objectives)
                 self.compiled = True
 
     def fit(self, stop_at: int | None = None) -> dict:

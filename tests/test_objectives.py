@@ -527,3 +527,39 @@ def test_fused_next_token_loss_equals_cross_entropy_in_value_and_gradient():
     up = low.detach().double().requires_grad_()
     (g_up,) = torch.autograd.grad(next_token_loss(up, y), up)
     torch.testing.assert_close(g_low.double(), g_up, atol=2e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_loss_kernels_equal_the_eager_chunk_loops(monkeypatch, dtype):
+    """The trainer's compiled losses (compile_losses: each chunk through torch.compile) give the eager loops' values
+    and gradients — l2r and MIM with and without the agreement term, stop_grad, a document layout's pairing, ignored
+    targets, a short last chunk — up to float32 rounding (bf16 gradients: one bf16 step)."""
+    from codelm.objectives import fused_next_token_loss
+
+    torch.manual_seed(5)
+    B, T, V = 3, 7, 50
+    monkeypatch.setattr("codelm.objectives.MIM_CHUNK_ELEMENTS", 4 * V)  # 4 rows a chunk, the last one short
+    logits = (3 * torch.randn(2 * B, T, V)).to(dtype)
+    y = torch.randint(0, V, (2 * B, T))
+    y[0, :2] = y[B + 1, 3] = y[2 * B - 1, 0] = IGNORE
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-3)
+
+    def run(loss_fn, compiled):
+        x = logits.clone().requires_grad_(True)
+        out = loss_fn(x, compiled)
+        value = out[0] if isinstance(out, tuple) else out
+        (1.5 * value).backward()
+        return out, x.grad
+
+    (value_e, grad_e), (value_c, grad_c) = (run(lambda x, c: fused_next_token_loss(x[:B], y[:B], c), c)
+                                            for c in (False, True))
+    torch.testing.assert_close(value_c, value_e, rtol=1e-6, atol=1e-6)
+    assert grad_c.dtype == dtype
+    torch.testing.assert_close(grad_c, grad_e, **tol)
+    pairs = torch.randperm(B * T) + B * T  # any pairing of forward positions with backward ones (a document layout)
+    for beta, stop_grad, pair in ((0.3, False, None), (0.3, True, None), (0.0, False, None), (0.2, False, pairs)):
+        ((loss_e, metrics_e), grad_e), ((loss_c, metrics_c), grad_c) = (
+            run(lambda x, c: mim_loss(x, y, B, beta, stop_grad, pair, c), c) for c in (False, True))
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(metrics_c, metrics_e, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad_c, grad_e, **tol)

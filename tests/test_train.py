@@ -126,3 +126,32 @@ def test_compile_is_automatic_for_runs_long_enough_to_repay_it():
     assert not compile_repays(300, 16 * 256, tiny, 850e12)  # a GPU runs the same steps in a second
     micro = flops_per_token(preset_config("tiny", n_layer=2, n_head=2, d_model=64, context_length=128), 128)["train"]
     assert not compile_repays(20, 4 * 64, micro, 850e9)
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])  # clipping, and a norm under the limit (divides by exactly 1)
+def test_clipping_folded_into_the_fused_optimizer_takes_the_clip_then_step_update(max_norm):
+    """clip_gradients hands the fused AdamW the clip coefficient instead of scaling every gradient first: the
+    parameters after two steps equal clip_grad_norm_ then step, and the returned norm is the unclipped one."""
+    import torch
+    from codelm.train import clip_gradients
+
+    def run(folded):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3))
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+        norms = []
+        for step in range(2):
+            model(torch.randn(5, 8, generator=torch.Generator().manual_seed(step))).square().sum().backward()
+            if folded:
+                norms.append(float(clip_gradients(model, opt, max_norm)))
+            else:
+                norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+            opt.step()
+            opt.__dict__.pop("grad_scale", None)
+            opt.zero_grad(set_to_none=True)
+        return [p.detach().clone() for p in model.parameters()], norms
+
+    (params_f, norms_f), (params_c, norms_c) = run(True), run(False)
+    assert norms_f == pytest.approx(norms_c, rel=1e-6) and min(norms_c) > 0.05
+    for a, b in zip(params_f, params_c):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

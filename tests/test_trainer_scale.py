@@ -283,10 +283,14 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path, small_sha
 
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager_and_keep_parameter_names(tmp_path, small_shards):
-    """--compile (torch.compile per block, ~10-30 s on CPU): a speed option only. Validation stays eager."""
-    eager = Trainer(micro_train_config(small_shards, tmp_path / "a", steps=3, plot=False))
+    """--compile (torch.compile per block and the losses' chunk kernels, ~10-30 s on CPU): a speed option only.
+    Validation stays eager. A mixture (with seed 0 its fifth step draws mim): both loss kernels train."""
+    mixture = "l2r:0.5,mim:0.5"
+    eager = Trainer(micro_train_config(small_shards, tmp_path / "a", steps=5, objective=mixture, plot=False))
     eager.fit()
-    compiled = Trainer(micro_train_config(small_shards, tmp_path / "b", steps=3, compile=True, plot=False))
+    compiled = Trainer(micro_train_config(small_shards, tmp_path / "b", steps=5, objective=mixture, compile=True,
+                                          plot=False))
+    assert all(o.compiled_loss for o in compiled.objectives.values())
     compiled.fit()
     assert_same_params(eager.model, compiled.model, exact=False)
     assert list(eager.model.state_dict()) == list(compiled.model.state_dict())
