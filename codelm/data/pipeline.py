@@ -781,8 +781,9 @@ class _FilterStage:
         return filter_stages(self.cfg)[self.index]
 
 
-def run(cfg) -> dict:
-    """Run the whole pipeline for `cfg` and assemble the shard directory; returns its index."""
+def run(cfg, index_build=None) -> dict:
+    """Run the whole pipeline for `cfg` and assemble the shard directory; returns its index. `index_build`: the
+    decontamination index being built meanwhile (stages.IndexBuild), else it is built here."""
     from codelm.tokenizer import get_tokenizer
     _quiet_datatrove()
     tokenizer = get_tokenizer(cfg.tokenizer)  # fail early on a bad name
@@ -795,10 +796,9 @@ def run(cfg) -> dict:
         pkl = work / "decontaminate.pkl"
         if not pkl.is_file():  # built once per run, loaded by every task
             import pickle
-            decontam = decontaminator(cfg)
+            data = index_build.result() if index_build else None
             tmp = pkl.with_name(f".{pkl.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                pickle.dump(decontam, f)
+            tmp.write_bytes(data or pickle.dumps(decontaminator(cfg)))
             tmp.replace(pkl)
     runs = build_executors(cfg, work, [(_FilterStage(cfg, i), s.name) for i, s in enumerate(stages)], cfg.decontaminate)
     if cfg.executor == "slurm":
