@@ -143,6 +143,18 @@ def test_files_are_dealt_to_tasks_by_bytes(tmp_path):
     assert _all_tasks(config, 4) == _all_tasks(config, 1)
 
 
+def test_a_huge_file_weighs_no_more_than_the_weight_cap(tmp_path):
+    """Past FILE_WEIGHT_BYTES a file's size says little about its work (often data the quality stage rejects at
+    once): one huge file must not leave its task with a fraction of the other files."""
+    from codelm.data.sources import FILE_WEIGHT_BYTES, deal_files
+    files = []
+    for i, n in enumerate([8 * FILE_WEIGHT_BYTES] + [FILE_WEIGHT_BYTES // 8] * 40):
+        files.append(tmp_path / f"f{i:03d}.py")
+        files[-1].write_bytes(b"x" * n)
+    owner = deal_files(files, 2)
+    assert abs(int((owner == 0).sum()) - int((owner == 1).sum())) <= 8  # weighed in full: 1 file against 40
+
+
 def test_one_jsonl_file_is_split_across_tasks_by_byte_range(tmp_path):
     path = tmp_path / "big.jsonl"
     lines = [json.dumps({"id": f"d{i}", "content": f"x = {i}\n" * (i % 7 + 1)}) for i in range(50)]
