@@ -14,6 +14,16 @@ Four datatrove executor runs, each a list of pipeline steps, chained (a run star
 All the heavy per-document work is in the filter run, so the two cores are busy together once, and the later runs
 are short (a task that ends early idles its core until the run's last task ends).
 
+Where a local 2-task run could lose time against half a 1-task run, and what is done about it: the start-up before
+the filter run (the decontamination index is built in a forked process meanwhile, see stages.IndexBuild), each run's
+own start (datatrove's LocalPipelineExecutor without its per-run Manager process, see local_executor), the tasks'
+shares (files dealt by bytes, a file weighing at most 128 kB, see sources.deal_files) and the cyclic garbage
+collector (see _few_collections). Measured in CPU seconds: two tasks together spend what one task does; the critical
+path (start-up, then each run's slowest task) is 1.01x half of a 1-task run on a quarter of the installed packages'
+sources (58 MB) and 1.16x on the 12 MB standard library, where the start-up (0.5 s) weighs more. The rest of the wall
+time gap is the machine's: two processes at once each run ~12% slower here than one alone (`benchmarks/bench_data.py`
+prints that ceiling).
+
 Then this process assembles index.json and one manifest from every task's stats file.
 
 Determinism: every document carries its *order*, its position in the sources (source number, then file number,
@@ -47,6 +57,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -780,8 +791,9 @@ class _FilterStage:
         return filter_stages(self.cfg)[self.index]
 
 
-def run(cfg) -> dict:
-    """Run the whole pipeline for `cfg` and assemble the shard directory; returns its index."""
+def run(cfg, index_build=None) -> dict:
+    """Run the whole pipeline for `cfg` and assemble the shard directory; returns its index. `index_build`: the
+    decontamination index being built meanwhile (stages.IndexBuild), else it is built here."""
     from codelm.tokenizer import get_tokenizer
     _quiet_datatrove()
     tokenizer = get_tokenizer(cfg.tokenizer)  # fail early on a bad name
@@ -794,10 +806,9 @@ def run(cfg) -> dict:
         pkl = work / "decontaminate.pkl"
         if not pkl.is_file():  # built once per run, loaded by every task
             import pickle
-            decontam = decontaminator(cfg)
+            data = index_build.result() if index_build else None
             tmp = pkl.with_name(f".{pkl.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                pickle.dump(decontam, f)
+            tmp.write_bytes(data or pickle.dumps(decontaminator(cfg)))
             tmp.replace(pkl)
     runs = build_executors(cfg, work, [(_FilterStage(cfg, i), s.name) for i, s in enumerate(stages)], cfg.decontaminate)
     if cfg.executor == "slurm":
@@ -809,11 +820,12 @@ def run(cfg) -> dict:
             submit_slurm(submit)
         return {"slurm": str(submit), "submitted": not cfg.dry_run}
     timings = {}
-    for name, steps, tasks in runs:
-        t0 = time.perf_counter()
-        execute(cfg, name, steps, tasks, work)
-        timings[name] = round(time.perf_counter() - t0, 3)
-        log.info("%s: %d task(s) done in %.1fs", name, tasks, timings[name])
+    with _few_collections():
+        for name, steps, tasks in runs:
+            t0 = time.perf_counter()
+            execute(cfg, name, steps, tasks, work)
+            timings[name] = round(time.perf_counter() - t0, 3)
+            log.info("%s: %d task(s) done in %.1fs", name, tasks, timings[name])
     manifest, files, stage_timings = assemble_manifest(cfg, work, config, [s.name for s in stages])
     timings = {"runs": timings, **stage_timings, "total_seconds": round(time.perf_counter() - t_start, 3)}
     from codelm.data.shards import assemble_shards
@@ -821,6 +833,29 @@ def run(cfg) -> dict:
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return json.loads((Path(out) / "index.json").read_text())
+
+
+GC_THRESHOLD = 10_000  # allocations between young-generation collections (Python's default: 700)
+
+
+@contextmanager
+def _few_collections():
+    """While the runs work: what is alive before them (modules, the stages, the decontamination index, ~60k objects)
+    is frozen out of the cyclic garbage collector, which otherwise walks all of it again and again while the edu
+    score's `ast.parse` allocates millions of short-lived nodes (12% of a filter task's CPU on the stdlib; freezing
+    before the tasks fork also keeps the collector from writing to the parent's pages). The per-document work makes
+    no reference cycles worth collecting often (AST nodes have no parent links), so young collections are rarer too.
+    Only speed changes: nothing here decides anything."""
+    import gc
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def command_line(cfg) -> list[str]:
@@ -842,10 +877,8 @@ def execute(cfg, name: str, steps: list, tasks: int, work: Path) -> None:
     every = cfg.progress_seconds if name in ("filter", "shards") else 0
     with RunProgress(name, work / "progress" / name, tasks, every):
         if cfg.executor == "local":
-            from datatrove.executor import LocalPipelineExecutor
             workers = max(1, min(cfg.workers or os.cpu_count() or 1, tasks))
-            LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir,
-                                  start_method="fork").run()
+            local_executor(steps, tasks, workers, logging_dir).run()
         elif cfg.executor == "ray":
             from codelm.data.executors import run_ray
             run_ray(cfg, steps, tasks, logging_dir)
@@ -855,6 +888,54 @@ def execute(cfg, name: str, steps: list, tasks: int, work: Path) -> None:
     if missing:
         raise DataError(f"{name}: task(s) {', '.join(map(str, missing[:10]))} did not finish (logs in "
                         f"{logging_dir}/logs); run the same command again to resume")
+
+
+_FORKED_EXECUTOR = None  # the executor whose tasks the forked pool runs (inherited: nothing is pickled per task)
+
+
+def _run_forked_task(rank: int):
+    return _FORKED_EXECUTOR._run_for_rank(rank)
+
+
+def local_executor(steps: list, tasks: int, workers: int, logging_dir: str):
+    """datatrove's LocalPipelineExecutor (its tasks, completion markers, per-task logs and stats), less the
+    `multiprocess.Manager` its run() starts: a server process per run, through which every task's start and end
+    pass (about six round trips a task, each waiting on a third process for the two busy cores: 0.1-0.3 s a run on a
+    loaded 2-core machine, for no work). Here the pool's workers are forked with the executor already in place, take
+    the next unfinished rank as they become free, and a run of one task or one worker runs in this process."""
+    from copy import deepcopy
+
+    import multiprocess
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.utils.stats import PipelineStats
+
+    class Executor(LocalPipelineExecutor):
+        def run(self):
+            global _FORKED_EXECUTOR
+            self._launched = True
+            ranks = self.get_incomplete_ranks(range(self.tasks))
+            if not ranks:
+                return PipelineStats()
+            self.save_executor_as_json()
+            if self.workers == 1 or len(ranks) == 1:
+                pipeline, stats = self.pipeline, []
+                for rank in ranks:  # a fresh copy of the steps per task, as datatrove does in-process
+                    self.pipeline = deepcopy(pipeline)
+                    stats.append(self._run_for_rank(rank))
+                self.pipeline = pipeline
+            else:
+                _FORKED_EXECUTOR = self
+                try:
+                    with multiprocess.get_context("fork").Pool(min(self.workers, len(ranks))) as pool:
+                        stats = list(pool.imap_unordered(_run_forked_task, ranks))
+                finally:
+                    _FORKED_EXECUTOR = None
+            stats = sum(stats, start=PipelineStats())
+            with self.logging_dir.open("stats.json", "wt") as f:
+                stats.save_to_disk(f)
+            return stats
+
+    return Executor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=logging_dir, start_method="fork")
 
 
 def _read_all(folder: Path) -> list[dict]:

@@ -214,8 +214,14 @@ def prepare(cfg: DataConfig) -> dict:
         raise DataError(f"--tasks {cfg.tasks} --workers {cfg.workers}: both must be at least 1")
     if cfg.dry_run and cfg.executor != "slurm":
         raise DataError("--dry-run writes Slurm scripts: it needs --executor slurm")
-    from codelm.data.pipeline import run
-    return run(cfg)
+    from codelm.data.stages import IndexBuild
+    index_build = IndexBuild(cfg) if cfg.decontaminate else None  # meanwhile: datatrove's imports, the tokenizer
+    try:
+        from codelm.data.pipeline import run
+        return run(cfg, index_build)
+    finally:
+        if index_build:
+            index_build.close()
 
 
 def prepare_in_memory(cfg: DataConfig) -> dict:

@@ -149,8 +149,8 @@ def assemble_shards(out_dir: str | os.PathLike, files: dict[str, list[tuple[Path
     try:
         for name, entries in files.items():
             for directory, entry in entries:
-                for key in ("file", "docs_file"):
-                    shutil.copyfile(directory / entry[key], tmp / entry[key])  # the work dir stays valid to resume
+                for key in ("file", "docs_file"):  # the work dir stays valid to resume
+                    _link_or_copy(directory / entry[key], tmp / entry[key])
             index["splits"][name] = {"files": [e for _, e in entries],
                                      **{k: sum(e[k] for _, e in entries) for k in ("n_tokens", "n_docs", "n_bytes")}}
         _finish(tmp, out_dir, index, manifest, timings)
@@ -158,6 +158,16 @@ def assemble_shards(out_dir: str | os.PathLike, files: dict[str, list[tuple[Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the two are on one filesystem (no second copy of the corpus' tokens to write, in the
+    serial end of a run; a finished token file is never written again), else a copy."""
+    dst.unlink(missing_ok=True)  # a file listed twice
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 class ConcatTokens:

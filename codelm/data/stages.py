@@ -135,6 +135,49 @@ def decontaminator(cfg: DataConfig):
                           cfg.data_dir or None)
 
 
+class IndexBuild:
+    """The decontamination index, pickled, built in a forked process while this one does its other start-up work
+    (the streaming pipeline imports datatrove and loads the tokenizer meanwhile: the second core would idle through
+    all of it). `result()` waits for the bytes; None when the build failed, and the caller builds the index itself,
+    so that its error reads as it always did. `close()` ends a build whose result is not wanted."""
+
+    def __init__(self, cfg: DataConfig):
+        import multiprocessing
+        import sys
+        for stream in (sys.stdout, sys.stderr):  # the child must not write out a copy of what is buffered here
+            stream.flush()
+        ctx = multiprocessing.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=self._build, args=(cfg, send), daemon=True)
+        self._proc.start()
+        send.close()
+
+    @staticmethod
+    def _build(cfg: DataConfig, send) -> None:
+        import pickle
+        try:
+            data = pickle.dumps(decontaminator(cfg))
+        except BaseException:
+            data = b""
+        send.send_bytes(data)
+        send.close()
+
+    def result(self) -> bytes | None:
+        try:
+            data = self._recv.recv_bytes()
+        except EOFError:
+            data = b""
+        self._recv.close()
+        self._proc.join()
+        return data or None
+
+    def close(self) -> None:
+        if not self._recv.closed:  # the result was not taken: the child is building, or blocked sending it
+            self._proc.kill()
+            self._recv.close()
+        self._proc.join()
+
+
 def is_validation(doc: Document, fraction: float) -> bool:
     h = int.from_bytes(hashlib.sha256(doc.text.encode("utf-8")).digest()[:8], "little")
     return (h % 1_000_000) < fraction * 1_000_000

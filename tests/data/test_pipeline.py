@@ -143,6 +143,18 @@ def test_files_are_dealt_to_tasks_by_bytes(tmp_path):
     assert _all_tasks(config, 4) == _all_tasks(config, 1)
 
 
+def test_a_huge_file_weighs_no_more_than_the_weight_cap(tmp_path):
+    """Past FILE_WEIGHT_BYTES a file's size says little about its work (often data the quality stage rejects at
+    once): one huge file must not leave its task with a fraction of the other files."""
+    from codelm.data.sources import FILE_WEIGHT_BYTES, deal_files
+    files = []
+    for i, n in enumerate([8 * FILE_WEIGHT_BYTES] + [FILE_WEIGHT_BYTES // 8] * 40):
+        files.append(tmp_path / f"f{i:03d}.py")
+        files[-1].write_bytes(b"x" * n)
+    owner = deal_files(files, 2)
+    assert abs(int((owner == 0).sum()) - int((owner == 1).sum())) <= 8  # weighed in full: 1 file against 40
+
+
 def test_one_jsonl_file_is_split_across_tasks_by_byte_range(tmp_path):
     path = tmp_path / "big.jsonl"
     lines = [json.dumps({"id": f"d{i}", "content": f"x = {i}\n" * (i % 7 + 1)}) for i in range(50)]
@@ -314,3 +326,26 @@ def test_progress_lines_add_up_every_task(tmp_path, caplog):
     assert "0/3 tasks done, 42% of 12.0 MB, ETA" in line
     TaskProgress(folder, 2, every_s=0).update(1, None)  # a JSONL share: its size is not known up front
     assert "ETA" not in RunProgress("filter", folder, 3, every_s=0).line()
+
+
+def test_the_decontamination_index_built_alongside_equals_one_built_here_and_keeps_its_errors(corpus, tmp_path):
+    """prepare() builds the index in a forked process while it starts the pipeline: the same index, and a build that
+    fails there still fails with its own one-line error, leaving no process behind."""
+    import multiprocessing
+    import pickle
+
+    from codelm.data.stages import IndexBuild, decontaminator
+    c = cfg(corpus, tmp_path / "x")
+    alongside, here = pickle.loads(IndexBuild(c).result()), decontaminator(c)
+    for name in ("code_index", "short_index", "text_index"):
+        assert np.array_equal(getattr(alongside, name).hashes, getattr(here, name).hashes)
+        assert np.array_equal(getattr(alongside, name).owners, getattr(here, name).owners)
+    assert alongside.describe() == here.describe()
+    with pytest.raises(DataError, match="unknown benchmark.*nope"):
+        prepare(cfg(corpus, tmp_path / "out", decontam_benchmarks="humaneval,nope"))
+    assert not multiprocessing.active_children()
+    (tmp_path / "refused.work").mkdir()  # refused before the index is taken: its build is ended, not left waiting
+    (tmp_path / "refused.work" / "options.json").write_text("{}")
+    with pytest.raises(DataError, match="other options"):
+        prepare(cfg(corpus, tmp_path / "refused"))
+    assert not multiprocessing.active_children()
