@@ -189,7 +189,7 @@ class CodeStage(PipelineStep):
                     reason = (stage.decide(code_doc, stage.analyze(code_doc)) if hasattr(stage, "analyze")
                               else stage.keep(code_doc))
             except DocumentTimeout:
-                log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
+                log.warning("%s: %s took more than %.0f CPU seconds; rejected", stage.name, doc.id, self.doc_seconds)
                 reason = f"{TIMED_OUT_REASON} ({stage.name})"
             counter.seconds += time.perf_counter() - t0
             counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
@@ -225,7 +225,7 @@ class CheckDecontamination(PipelineStep):
                 with time_budget(self.doc_seconds):
                     reason = stage.decide(code_doc, stage.analyze(code_doc))
             except DocumentTimeout:
-                log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, self.doc_seconds)
+                log.warning("%s: %s took more than %.0f CPU seconds; rejected", stage.name, doc.id, self.doc_seconds)
                 reason = f"{TIMED_OUT_REASON} ({stage.name})"
             seconds += time.perf_counter() - t0
             if reason:

@@ -66,7 +66,7 @@ def _analyze(stage, doc: Document, budget: float):
         with time_budget(budget):
             return stage.analyze(doc)
     except DocumentTimeout:
-        log.warning("%s: %s took more than %.0fs; rejected", stage.name, doc.id, budget)
+        log.warning("%s: %s took more than %.0f CPU seconds; rejected", stage.name, doc.id, budget)
         return _TimedOut()
 
 

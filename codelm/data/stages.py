@@ -69,7 +69,7 @@ class DataConfig:
     slurm_sbatch_args: str = option("", "slurm: extra sbatch options, e.g. '--account=x --mem=8G'")
     dry_run: bool = option(False, "slurm: write each stage's sbatch script and submit.sh, submit nothing")
     ray_address: str = option("", "ray: cluster address (empty = start a local Ray)")
-    doc_seconds: float = option(30.0, "per-document time budget of each stage: a document still running after it "
+    doc_seconds: float = option(30.0, "per-document CPU-time budget of each stage: a document still running after it "
                                       "is rejected and named, instead of stalling the run (0 = none)")
     progress_seconds: float = option(5.0, "seconds between progress lines on long stages (0 = quiet)")
 

@@ -75,15 +75,29 @@ def test_a_numeric_table_with_long_numbers_is_still_data_like():
     assert quality_issue("TABLE = [\n" + rows + "]\n", QualityConfig()) == "data-like (literal table)"
 
 
+def _burn_cpu_forever():
+    while True:
+        sum(range(1000))
+
+
 def test_time_budget_interrupts_and_is_lifted_after():
     import time
     with pytest.raises(DocumentTimeout):
         with time_budget(0.05):
-            while True:
-                time.sleep(0.01)
+            _burn_cpu_forever()
     with time_budget(0.05):
         pass
-    time.sleep(0.1)  # the timer was cleared: nothing fires here
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.1:  # the timer was cleared: nothing fires here
+        pass
+
+
+def test_time_budget_counts_cpu_time_not_waiting():
+    """A starved or waiting document (a busy machine) does not spend its budget: the same command keeps the same
+    documents whatever the load."""
+    import time
+    with time_budget(0.05):
+        time.sleep(0.3)
 
 
 class _Stalls:
@@ -91,9 +105,7 @@ class _Stalls:
 
     def analyze(self, doc):
         if "stall" in doc.id:
-            import time
-            while True:
-                time.sleep(0.01)
+            _burn_cpu_forever()
         return None
 
     def decide(self, doc, result):
