@@ -231,23 +231,26 @@ def _scaling_work(docs: list[str], out=None) -> float:
     return seconds
 
 
-def machine_scaling() -> float:
+def machine_scaling(rounds: int = 3) -> float:
     """This machine's ceiling for "2 tasks / 1 task": the same pure-Python work alone, then in two processes at once
-    (wall per process). Two cores that share a physical core or its caches give less than 2x whatever the pipeline
-    does; the 2-task goal reads against this."""
+    (each process's own work seconds, so forking and exiting do not count; best of `rounds`, as a short probe read
+    1.5x once where reruns read 2.0x). Two cores that share a physical core or its caches give less than 2x whatever
+    the pipeline does; the 2-task goal reads against this."""
     import multiprocessing
     docs = [d.text for d in stdlib_documents()][:300]
     _scaling_work(docs)
-    alone = min(_scaling_work(docs) for _ in range(2))
+    alone = min(_scaling_work(docs) for _ in range(rounds))
     ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_scaling_work, args=(docs, q)) for _ in range(2)]
-    t0 = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    both = time.perf_counter() - t0
+    both = float("inf")
+    for _ in range(rounds):
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_scaling_work, args=(docs, q)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        seconds = [q.get() for _ in procs]
+        for p in procs:
+            p.join()
+        both = min(both, max(seconds))
     return round(2 * alone / both, 2)
 
 
