@@ -20,9 +20,9 @@ own start (datatrove's LocalPipelineExecutor without its per-run Manager process
 shares (files dealt by bytes, a file weighing at most 128 kB, see sources.deal_files) and the cyclic garbage
 collector (see _few_collections). Measured in CPU seconds: two tasks together spend what one task does; the critical
 path (start-up, then each run's slowest task) is 1.01x half of a 1-task run on a quarter of the installed packages'
-sources (58 MB) and 1.16x on the 12 MB standard library, where the start-up (0.5 s) weighs more. The rest of the wall
-time gap is the machine's: two processes at once each run ~12% slower here than one alone (`benchmarks/bench_data.py`
-prints that ceiling).
+sources (58 MB) and 1.16x on the 12 MB standard library, where the start-up (0.5 s) weighs more. Under load two
+processes at once each ran ~12% slower here than one alone; quiet, they scale 1.9-2.1x (`benchmarks/bench_data.py`
+prints that ceiling beside the 2-task ratio).
 
 Then this process assembles index.json and one manifest from every task's stats file.
 
