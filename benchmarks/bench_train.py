@@ -14,9 +14,10 @@ instead of whichever happened to run during it. With 2 threads on 2 cores a busy
 (each parallel region waits for the descheduled thread): measure on a quiet machine, or compare ratios only.
 Raced variants read ~5-10% below the same trainer alone (each step starts with caches left cold by another model).
 
-Reference point (same machine class, 2 threads): nanoGPT's 6 x 384 model, context 256, batch 8, vocab 8192 trains at
-~4,350 tokens/s under bf16 autocast, about 45% of the bf16 matmul peak (~850 GFLOP/s). The `nanogpt` row here is the
-codelm model at that size (SwiGLU 8/3 instead of GELU 4x: same FLOPs).
+The `nanogpt` row is the codelm model at nanoGPT's shape (6 x 384, context 256, batch 8, vocabulary ~8k; SwiGLU 8/3
+instead of GELU 4x: same FLOPs); `--peers` races litgpt's own model at that shape in the same run. For the record, one
+quiet run on a 2-core AMD EPYC (2026-12): codelm's default 8,074 tokens/s, 70.1% of the best bf16 probe
+(1,034 GFLOP/s), 1.60x litgpt at its best (bf16 autocast + torch.compile, 5,051) — rerun it rather than compare with it.
 """
 
 from __future__ import annotations
