@@ -378,7 +378,7 @@ class _MimLoss(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, logits, y, n_forward: int, beta: float, stop_grad: bool, pairs, compiled: bool):
         T, V = logits.shape[1:]
-        flat = logits.reshape(-1, V)
+        flat = logits.detach().reshape(-1, V)  # the gradient is computed here (and the kernels then see one kind)
         n_fwd_rows = n_forward * T
         # forward row b*T + i and the backward row that predicts the same token: (n_forward + b)*T + T-1-i, or as
         # the document layout paired them
@@ -454,7 +454,7 @@ class _NextTokenLoss(torch.autograd.Function):
     def forward(ctx, logits, y, compiled: bool = False):
         with torch.autocast(logits.device.type, enabled=False):
             V = logits.shape[-1]
-            flat, y = logits.reshape(-1, V), y.reshape(-1)
+            flat, y = logits.detach().reshape(-1, V), y.reshape(-1)  # as in _MimLoss
             n = max(int((y != IGNORE).sum()), 1)
             dtype = torch.promote_types(logits.dtype, torch.float32)
             grad = torch.empty(flat.shape, dtype=logits.dtype, device=flat.device)
