@@ -286,12 +286,16 @@ def test_compiled_blocks_train_like_eager_and_keep_parameter_names(tmp_path, sma
     """--compile (torch.compile per block and the losses' chunk kernels, ~10-30 s on CPU): a speed option only.
     Validation stays eager. A mixture (with seed 0 its fifth step draws mim): both loss kernels train."""
     mixture = "l2r:0.5,mim:0.5"
-    eager = Trainer(micro_train_config(small_shards, tmp_path / "a", steps=5, objective=mixture, plot=False))
+    eager = Trainer(micro_train_config(small_shards, tmp_path / "a", steps=5, objective=mixture, plot=False,
+                                       log_every=1))
     eager.fit()
     compiled = Trainer(micro_train_config(small_shards, tmp_path / "b", steps=5, objective=mixture, compile=True,
-                                          plot=False))
+                                          plot=False, log_every=1))
     assert all(o.compiled_loss for o in compiled.objectives.values())
     compiled.fit()
+    drawn = [{k for k in r if k.startswith("loss_")} for r in train_records(tmp_path / "b")]
+    assert {"loss_l2r"} in drawn and any("loss_mim_fwd" in d for d in drawn)  # both kernels ran
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-4)
     assert_same_params(eager.model, compiled.model, exact=False)
     assert list(eager.model.state_dict()) == list(compiled.model.state_dict())
 

@@ -28,6 +28,11 @@ class DocumentTimeout(Exception):
     pass
 
 
+def timed_out_warning(stage: str, doc_id: str, seconds: float) -> str:
+    """The log line naming a document rejected for its budget (every pipeline logs the same one)."""
+    return f"{stage}: {doc_id} took more than {seconds:.0f} CPU seconds; rejected"
+
+
 def _raise_timeout(signum, frame):
     raise DocumentTimeout()
 

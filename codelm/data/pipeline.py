@@ -67,7 +67,8 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupSi
 from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from codelm.data.budget import TIMED_OUT_REASON, TOKEN_CACHE_ENTRIES, DocumentTimeout, time_budget
+from codelm.data.budget import (TIMED_OUT_REASON, TOKEN_CACHE_ENTRIES, DocumentTimeout, time_budget,
+                                 timed_out_warning)
 from codelm.data.sources import Document as CodeDocument
 from codelm.data.stages import (RUNTIME_ONLY, decontaminator, filter_stages, histogram, is_validation,
                                  reason_kind)
@@ -189,7 +190,7 @@ class CodeStage(PipelineStep):
                     reason = (stage.decide(code_doc, stage.analyze(code_doc)) if hasattr(stage, "analyze")
                               else stage.keep(code_doc))
             except DocumentTimeout:
-                log.warning("%s: %s took more than %.0f CPU seconds; rejected", stage.name, doc.id, self.doc_seconds)
+                log.warning(timed_out_warning(stage.name, doc.id, self.doc_seconds))
                 reason = f"{TIMED_OUT_REASON} ({stage.name})"
             counter.seconds += time.perf_counter() - t0
             counter.count(doc.metadata["order"], doc.id, doc.metadata["n_bytes"], reason)
@@ -225,7 +226,7 @@ class CheckDecontamination(PipelineStep):
                 with time_budget(self.doc_seconds):
                     reason = stage.decide(code_doc, stage.analyze(code_doc))
             except DocumentTimeout:
-                log.warning("%s: %s took more than %.0f CPU seconds; rejected", stage.name, doc.id, self.doc_seconds)
+                log.warning(timed_out_warning(stage.name, doc.id, self.doc_seconds))
                 reason = f"{TIMED_OUT_REASON} ({stage.name})"
             seconds += time.perf_counter() - t0
             if reason:

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget
+from codelm.data.budget import TIMED_OUT_REASON, DocumentTimeout, time_budget, timed_out_warning
 from codelm.data.dedup import ExactDedup, NearDedup
 from codelm.data.progress import Progress
 from codelm.data.shards import write_shards
@@ -66,7 +66,7 @@ def _analyze(stage, doc: Document, budget: float):
         with time_budget(budget):
             return stage.analyze(doc)
     except DocumentTimeout:
-        log.warning("%s: %s took more than %.0f CPU seconds; rejected", stage.name, doc.id, budget)
+        log.warning(timed_out_warning(stage.name, doc.id, budget))
         return _TimedOut()
 
 
